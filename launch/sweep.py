@@ -1,0 +1,75 @@
+"""Runs a layer-subset fine-tuning sweep.
+
+  python launch/sweep.py                                  # configs/default.py
+  python launch/sweep.py --config=configs/default.py:tiny --workdir=/tmp/w
+  python launch/sweep.py --config.finetune.steps=500 --config.only=full,head
+
+Exit codes: 0 done, 2 a problem with the flags, config, data or work
+directory (one message, no traceback), 130 interrupted.
+"""
+
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from unet_jax.errors import UserError
+from unet_jax.results import format_table
+from unet_jax.sweep import run_sweep
+
+_DEFAULT_CONFIG = os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), '..', 'configs', 'default.py'))
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Work directory; default ./runs/<config name>[-<variant>].')
+_PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+
+
+def _last_line(error: Exception) -> str:
+  """The useful line of an error; config_flags embeds whole tracebacks."""
+  if isinstance(error, (KeyError, AttributeError)) and error.args:
+    return f'unknown config field {str(error.args[0]).strip(chr(34))}'
+  text = str(error)
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  return lines[-1] if 'Traceback' in str(text) else ' '.join(lines)
+
+
+def load_flags(argv):
+  """Parses the flags and loads the config; any problem is a UserError."""
+  try:
+    # Defined here, not at import, so that errors in the config file or in a
+    # --config.x override surface inside this try and not as a traceback.
+    holder = config_flags.DEFINE_config_file(
+        'config', _DEFAULT_CONFIG, 'Sweep config file[:variant].', sys_argv=argv)
+    flags.FLAGS(argv)
+    config = holder.value
+    config.to_dict()  # config_flags defers load errors to the first access
+  except Exception as e:  # noqa: BLE001 - every error here is the user's input
+    raise UserError(f'bad flags or config: {_last_line(e)}') from None
+  return config, flags.FLAGS['config'].config_filename
+
+
+def _default_workdir(config_file: str, variant: str) -> str:
+  name = os.path.splitext(os.path.basename(config_file))[0]
+  return os.path.join('runs', f'{name}-{variant}' if variant else name)
+
+
+def main(argv) -> int:
+  try:
+    config, config_file = load_flags(argv)
+    variant = flags.FLAGS['config'].serialize().partition(':')[2]
+    workdir = _WORKDIR.value or _default_workdir(config_file, variant)
+    summaries = run_sweep(config, workdir, progress=_PROGRESS.value)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print('interrupted', file=sys.stderr)
+    return 130
+  print(format_table(summaries))
+  print(f'\nresults in {os.path.abspath(workdir)}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))

@@ -1,0 +1,145 @@
+"""The real sweep, tiny: two experiments, a few steps, into a temporary directory."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from unet_jax.errors import UserError
+from unet_jax.results import read_jsonl
+from unet_jax.settings import load_config
+from unet_jax.sweep import run_sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP = os.path.join(ROOT, 'launch', 'sweep.py')
+TINY = os.path.join(ROOT, 'configs', 'default.py') + ':tiny'
+
+
+def tiny_config(**overrides):
+  config = load_config(TINY)
+  config.only = 'full,head'
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def sweep_dir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('sweep'))
+  summaries = run_sweep(tiny_config(), workdir, progress=False)
+  return workdir, summaries
+
+
+def test_results_file_has_a_row_per_experiment_and_test_image(sweep_dir):
+  workdir, summaries = sweep_dir
+  rows = read_jsonl(os.path.join(workdir, 'results.jsonl'))
+  n_test = summaries[0]['test_images']
+  assert n_test == 6  # 40% of 16, stratified
+  assert len(rows) == 2 * n_test
+  assert {r['experiment'] for r in rows} == {'full', 'head'}
+  for r in rows:
+    assert 0.0 <= r['dice'] <= 1.0 and 0.0 <= r['iou'] <= r['dice'] + 1e-9
+  full = [r['dice'] for r in rows if r['experiment'] == 'full']
+  assert summaries[[s['name'] for s in summaries].index('full')]['mean_dice'] == \
+      pytest.approx(np.mean(full))
+
+
+def test_summary_records_rules_and_frozen_paths(sweep_dir):
+  workdir, _ = sweep_dir
+  with open(os.path.join(workdir, 'experiments', 'head', 'summary.json')) as f:
+    head = json.load(f)
+  assert head['rules'] == [['head', 'train'], ['.*', 'freeze']]
+  assert 'enc1/conv1/kernel' in head['frozen']
+  assert not any(p.startswith('head/') for p in head['frozen'])
+  assert head['trainable_params'] == 4 + 1  # 1x1 conv, 4 channels -> 1, plus bias
+  lo, hi = head['dice_ci95']
+  assert lo <= head['mean_dice'] <= hi
+  with open(os.path.join(workdir, 'experiments', 'full', 'summary.json')) as f:
+    assert json.load(f)['frozen'] == []
+
+
+def test_checkpoints_read_back_with_plain_orbax(sweep_dir):
+  workdir, _ = sweep_dir
+  checkpointer = ocp.StandardCheckpointer()
+  pre = checkpointer.restore(os.path.join(workdir, 'pretrain', 'weights'))
+  head = checkpointer.restore(os.path.join(workdir, 'experiments', 'head', 'weights'))
+  full = checkpointer.restore(os.path.join(workdir, 'experiments', 'full', 'weights'))
+  # 'head' froze everything but the head: its encoder is the pretrained one.
+  np.testing.assert_array_equal(pre['params']['enc1']['conv1']['kernel'],
+                                head['params']['enc1']['conv1']['kernel'])
+  np.testing.assert_array_equal(pre['batch_stats']['enc1']['norm1']['mean'],
+                                head['batch_stats']['enc1']['norm1']['mean'])
+  assert not np.array_equal(pre['params']['head']['kernel'], head['params']['head']['kernel'])
+  assert not np.array_equal(pre['params']['enc1']['conv1']['kernel'],
+                            full['params']['enc1']['conv1']['kernel'])
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['only'] == 'full,head'
+
+
+def test_pretraining_is_reused(sweep_dir, capsys):
+  workdir, _ = sweep_dir
+  before = os.path.getmtime(os.path.join(workdir, 'pretrain', 'meta.json'))
+  run_sweep(tiny_config(only='head'), workdir, progress=True)
+  assert 'reusing pretrained weights' in capsys.readouterr().err
+  assert os.path.getmtime(os.path.join(workdir, 'pretrain', 'meta.json')) == before
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'model.norm': 'layer'}, "'model.norm' is 'layer'; valid choices: batch, group, none"),
+    ({'image_size': 34}, 'image_size=34 must be divisible by 2**model.depth = 4'),
+    ({'only': 'full,encoder'}, 'unknown experiment(s) encoder; valid names:'),
+    ({'experiments.head.rules': 'encoder'}, "'experiments.head.rules': unknown freeze preset"),
+    ({'experiments.head.init': 'imagenet'}, 'valid choices: pretrained, random'),
+    ({'finetune.steps': 0}, "'finetune.steps' must be an integer >= 1"),
+    ({'data.test_fraction': 0.01}, 'leaves no train or no test images'),
+    ({'pretrain.source': 'xpie'}, 'valid choices: ultrasound, dead_leaves'),
+])
+def test_bad_config_fields_are_named(tmp_path, overrides, message):
+  with pytest.raises(UserError) as e:
+    run_sweep(tiny_config(**overrides), str(tmp_path), progress=False)
+  assert message in str(e.value)
+
+
+def test_unknown_block_in_rules_lists_valid_blocks(tmp_path):
+  config = tiny_config(only='mine')
+  config.experiments['mine'] = {'rules': (('enc7', 'train'), ('.*', 'freeze')),
+                                'init': 'pretrained'}
+  with pytest.raises(UserError, match='valid block names: bottleneck, dec1, dec2, enc1'):
+    run_sweep(config, str(tmp_path), progress=False)
+
+
+def _cli(*args, cwd):
+  return subprocess.run([sys.executable, SWEEP, *args], cwd=cwd, capture_output=True,
+                        text=True, timeout=300)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config.model.norm=layer'], "'model.norm' is 'layer'"),
+    (['--config.no_such_field=1'], 'no_such_field'),
+    (['--config=configs/nope.py'], 'nope.py'),
+    (['--workdir=/dev/null/sub'], 'is not writable'),
+])
+def test_cli_user_errors_exit_2_without_traceback(tmp_path, args, message):
+  proc = _cli(f'--config={ROOT}/configs/default.py:tiny', *args, cwd=tmp_path) \
+      if not args[0].startswith('--config=') else _cli(*args, cwd=ROOT)
+  assert proc.returncode == 2, proc.stderr
+  assert message in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_cli_runs_and_prints_table(tmp_path):
+  proc = _cli(f'--config={ROOT}/configs/default.py:tiny', '--config.only=head',
+              '--workdir', str(tmp_path / 'w'), '--noprogress', cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  header = proc.stdout.splitlines()[0].split()
+  assert header == ['experiment', 'trainable', 'dice', '95%', 'CI', 'steps', 'seconds']
+  assert proc.stdout.splitlines()[2].startswith('head')
+  assert os.path.exists(tmp_path / 'w' / 'results.jsonl')

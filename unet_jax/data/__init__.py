@@ -1,0 +1,74 @@
+"""Data sources by name: built-in generators now, real-set loaders later.
+
+``make_dataset(name, num, size, seed)`` returns a :class:`Dataset` of numpy
+arrays: images (N, size, size, 1) float32 in [0, 1], masks (N, size, size, 1)
+in {0, 1}, string ids and a per-image class label.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import numpy as np
+
+from unet_jax.data import dead_leaves, ultrasound
+from unet_jax.errors import UserError
+
+
+class Dataset(NamedTuple):
+  images: np.ndarray
+  masks: np.ndarray
+  ids: list[str]
+  labels: list[str]  # class per image ('benign', 'malignant', 'object', ...)
+
+  def take(self, index) -> 'Dataset':
+    index = np.asarray(index)
+    return Dataset(self.images[index], self.masks[index],
+                   [self.ids[i] for i in index], [self.labels[i] for i in index])
+
+  def __len__(self):
+    return len(self.ids)
+
+
+def _ultrasound(num: int, size: int, seed: int) -> Dataset:
+  scan = ultrasound.BreastScan(size=size)
+  images, masks, malignant = ultrasound.breast_images(jax.random.key(seed), num, scan)
+  labels = ['malignant' if m else 'benign' for m in np.asarray(malignant)]
+  return Dataset(np.asarray(images), np.asarray(masks),
+                 [f'us_{i:05d}' for i in range(num)], labels)
+
+
+def _dead_leaves(num: int, size: int, seed: int) -> Dataset:
+  spec = dead_leaves.DeadLeaves(size=size)
+  images, masks = dead_leaves.dead_leaves_images(jax.random.key(seed), num, spec)
+  return Dataset(np.asarray(images), np.asarray(masks),
+                 [f'dl_{i:05d}' for i in range(num)], ['object'] * num)
+
+
+SOURCES: dict[str, Callable[[int, int, int], Dataset]] = {
+    'ultrasound': _ultrasound,
+    'dead_leaves': _dead_leaves,
+}
+
+
+def make_dataset(name: str, num: int, size: int, seed: int) -> Dataset:
+  """Generates ``num`` images of a built-in source, deterministic in ``seed``."""
+  if name not in SOURCES:
+    raise UserError(f'unknown data source {name!r}; valid sources: '
+                    f'{", ".join(sorted(SOURCES))}')
+  return SOURCES[name](num, size, seed)
+
+
+def holdout_split(labels: list[str], test_fraction: float, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(train_index, test_index), stratified by label, deterministic in seed."""
+  rng = np.random.default_rng(seed)
+  labels_arr = np.asarray(labels)
+  train, test = [], []
+  for label in sorted(set(labels)):
+    idx = rng.permutation(np.flatnonzero(labels_arr == label))
+    n_test = int(round(len(idx) * test_fraction))
+    test.extend(idx[:n_test])
+    train.extend(idx[n_test:])
+  return np.sort(np.asarray(train, int)), np.sort(np.asarray(test, int))

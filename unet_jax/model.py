@@ -1,0 +1,152 @@
+"""A U-Net whose blocks carry the names the fine-tuning study talks about.
+
+Blocks: ``enc1 .. encD`` on the contracting path (``enc1`` at full resolution),
+``bottleneck``, ``decD .. dec1`` on the expanding path (``dec1`` at full
+resolution, last in data-flow order) and a 1x1 ``head``. Each block is two 3x3
+convolutions, each followed by normalisation and ReLU; a decoder block owns the
+up-convolution that feeds it, so freezing ``dec2`` freezes its ``up`` too.
+
+The training core is functional: ``split_model`` turns the module into a graph
+definition plus two pure-dict pytrees (parameters and BatchNorm statistics) and
+``apply_model`` runs the graph on them, so the same code can be jitted, vmapped
+and sharded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NORMS = ('batch', 'group', 'none')
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetSpec:
+  """Architecture of a U-Net; the fields mirror ``config.model``."""
+
+  base_width: int = 16
+  depth: int = 4
+  in_channels: int = 1
+  out_channels: int = 1
+  norm: str = 'batch'
+  group_size: int = 8  # channels per group for GroupNorm
+  bn_momentum: float = 0.9
+
+  def block_names(self) -> tuple[str, ...]:
+    """Blocks in data-flow order: enc1..encD, bottleneck, decD..dec1, head."""
+    enc = tuple(f'enc{i}' for i in range(1, self.depth + 1))
+    dec = tuple(f'dec{i}' for i in range(self.depth, 0, -1))
+    return enc + ('bottleneck',) + dec + ('head',)
+
+  def width(self, level: int) -> int:
+    """Channels at a resolution level (1 = full resolution)."""
+    return self.base_width * 2 ** (level - 1)
+
+
+def _make_norm(spec: UNetSpec, features: int, rngs: nnx.Rngs) -> nnx.Module:
+  if spec.norm == 'batch':
+    return nnx.BatchNorm(features, momentum=spec.bn_momentum, rngs=rngs)
+  if spec.norm == 'group':
+    groups = max(1, features // spec.group_size)
+    return nnx.GroupNorm(features, num_groups=groups, rngs=rngs)
+  return _Identity()
+
+
+class _Identity(nnx.Module):
+
+  def __call__(self, x, use_running_average=None):
+    del use_running_average
+    return x
+
+
+class ConvBlock(nnx.Module):
+  """Two 3x3 convolutions, each followed by normalisation and ReLU."""
+
+  def __init__(self, spec: UNetSpec, cin: int, cout: int, rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(cin, cout, (3, 3), rngs=rngs)
+    self.norm1 = _make_norm(spec, cout, rngs)
+    self.conv2 = nnx.Conv(cout, cout, (3, 3), rngs=rngs)
+    self.norm2 = _make_norm(spec, cout, rngs)
+    self._norm = spec.norm
+
+  def _normalise(self, norm, x, train):
+    if self._norm == 'batch':
+      return norm(x, use_running_average=not train)
+    return norm(x)
+
+  def __call__(self, x, train: bool):
+    x = jax.nn.relu(self._normalise(self.norm1, self.conv1(x), train))
+    return jax.nn.relu(self._normalise(self.norm2, self.conv2(x), train))
+
+
+class DecoderBlock(nnx.Module):
+  """Up-convolution by 2, concatenation with the skip, then a ConvBlock."""
+
+  def __init__(self, spec: UNetSpec, cin: int, cout: int, rngs: nnx.Rngs):
+    self.up = nnx.ConvTranspose(cin, cout, (2, 2), strides=(2, 2), rngs=rngs)
+    self.block = ConvBlock(spec, 2 * cout, cout, rngs)
+
+  def __call__(self, x, skip, train: bool):
+    x = self.up(x)
+    return self.block(jnp.concatenate([x, skip], axis=-1), train)
+
+
+class UNet(nnx.Module):
+  """U-Net with human-named blocks; input NHWC, output logits NHW x out_channels."""
+
+  def __init__(self, spec: UNetSpec, rngs: nnx.Rngs):
+    self.spec = spec
+    cin = spec.in_channels
+    for level in range(1, spec.depth + 1):
+      setattr(self, f'enc{level}', ConvBlock(spec, cin, spec.width(level), rngs))
+      cin = spec.width(level)
+    self.bottleneck = ConvBlock(spec, cin, spec.width(spec.depth + 1), rngs)
+    for level in range(spec.depth, 0, -1):
+      setattr(self, f'dec{level}',
+              DecoderBlock(spec, spec.width(level + 1), spec.width(level), rngs))
+    self.head = nnx.Conv(spec.width(1), spec.out_channels, (1, 1), rngs=rngs)
+
+  def __call__(self, x, *, train: bool):
+    skips = []
+    for level in range(1, self.spec.depth + 1):
+      x = getattr(self, f'enc{level}')(x, train)
+      skips.append(x)
+      x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+    x = self.bottleneck(x, train)
+    for level in range(self.spec.depth, 0, -1):
+      x = getattr(self, f'dec{level}')(x, skips[level - 1], train)
+    return self.head(x)
+
+
+def split_model(model: UNet) -> tuple[nnx.GraphDef, PyTree, PyTree]:
+  """Returns (graphdef, params, batch_stats), the states as pure nested dicts."""
+  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
+
+
+def init_model(spec: UNetSpec, seed: int) -> tuple[nnx.GraphDef, PyTree, PyTree]:
+  """Builds a U-Net with random weights and returns its functional parts."""
+  return split_model(UNet(spec, nnx.Rngs(seed)))
+
+
+def apply_model(graphdef: nnx.GraphDef, params: PyTree, stats: PyTree,
+                images: jax.Array, *, train: bool) -> tuple[jax.Array, PyTree]:
+  """Runs the U-Net functionally; returns (logits, new batch statistics).
+
+  ``copy=True`` lets this run under ``vmap`` of ``value_and_grad``: without it
+  the BatchNorm update raises ``TraceContextError``.
+  """
+  model = nnx.merge(graphdef, params, stats, copy=True)
+  logits = model(images, train=train)
+  _, _, new_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  return logits, nnx.to_pure_dict(new_stats)
+
+
+def count_params(tree: PyTree) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(tree))
