@@ -35,8 +35,10 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.image_size = 64
+  # in_channels > 1 repeats the grey images over channels (as for networks
+  # built for RGB input).
   config.model = dict(base_width=16, depth=4, norm='batch', group_size=8,
-                      bn_momentum=0.9)
+                      bn_momentum=0.9, in_channels=1)
   config.pretrain = dict(source='dead_leaves', num_images=1024, steps=600,
                          batch_size=8, learning_rate=1e-3, weight_decay=0.0)
   config.data = dict(source='ultrasound', num_images=160, test_fraction=0.4)

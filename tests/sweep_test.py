@@ -64,6 +64,10 @@ def test_summary_records_rules_and_frozen_paths(sweep_dir):
   assert lo <= head['mean_dice'] <= hi
   with open(os.path.join(workdir, 'experiments', 'full', 'summary.json')) as f:
     assert json.load(f)['frozen'] == []
+  with open(os.path.join(workdir, 'experiments', 'head', 'rules.txt')) as f:
+    lines = f.read().splitlines()
+  assert any(line.startswith('head/kernel') and "rule 0: 'head'" in line for line in lines)
+  assert any(line.startswith('enc1/conv1/kernel') and 'freeze' in line for line in lines)
 
 
 def test_checkpoints_read_back_with_plain_orbax(sweep_dir):
@@ -114,6 +118,12 @@ def test_unknown_block_in_rules_lists_valid_blocks(tmp_path):
                                 'init': 'pretrained'}
   with pytest.raises(UserError, match='valid block names: bottleneck, dec1, dec2, enc1'):
     run_sweep(config, str(tmp_path), progress=False)
+
+
+def test_rgb_shaped_network_gets_repeated_grey(tmp_path):
+  summaries = run_sweep(tiny_config(**{'model.in_channels': 3}, only='head'),
+                        str(tmp_path), progress=False)
+  assert summaries[0]['test_images'] == 6
 
 
 def _cli(*args, cwd):

@@ -61,6 +61,7 @@ class SweepSettings:
         base_width=_int(config, 'model.base_width', 1),
         depth=_int(config, 'model.depth', 1),
         norm=_choice(config, 'model.norm', NORMS),
+        in_channels=_int(config, 'model.in_channels', 1),
         group_size=_int(config, 'model.group_size', 1),
         bn_momentum=_float(config, 'model.bn_momentum', 0.0, 1.0))
     size = _int(config, 'image_size', 8)

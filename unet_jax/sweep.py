@@ -102,7 +102,7 @@ def pretrain(s: SweepSettings, graphdef, init: Weights, workdir: str,
     bar.write('pretrain settings changed: pretraining again', file=sys.stderr)
   bar.set_description('pretrain')
   dataset = data.make_dataset(s.pretrain_source, s.pretrain_images,
-                              s.image_size, s.seed + 1)
+                              s.image_size, s.seed + 1).with_channels(s.model.in_channels)
   start = time.perf_counter()
   weights, losses = train(graphdef, init, freeze.preset_rules('full', s.model.depth),
                           s.pretrain, dataset, jax.random.key(s.seed + 2),
@@ -163,6 +163,8 @@ def run_experiment(s: SweepSettings, exp: ExperimentSpec, graphdef,
       'empty_mask_convention': metrics.EMPTY_MASK_CONVENTION,
   }
   results.write_json(os.path.join(folder, 'summary.json'), summary)
+  results.write_atomic(os.path.join(folder, 'rules.txt'),
+                       freeze.describe_labels(weights.params, exp.rules) + '\n')
   return summary, rows
 
 
@@ -178,7 +180,7 @@ def run_sweep(config, workdir: str, *, progress: bool = True) -> list[dict]:
   workdir = prepare_workdir(workdir)
   results.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   target = data.make_dataset(s.target_source, s.target_images, s.image_size,
-                             s.seed + 3)
+                             s.seed + 3).with_channels(s.model.in_channels)
   train_idx, test_idx = data.holdout_split(target.labels, s.test_fraction, s.seed)
   train_set, test_set = target.take(train_idx), target.take(test_idx)
   graphdef, params, batch_stats = init_model(s.model, s.seed)

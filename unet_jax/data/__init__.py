@@ -7,7 +7,8 @@ in {0, 1}, string ids and a per-image class label.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import dataclasses
+from typing import Callable
 
 import jax
 import numpy as np
@@ -16,7 +17,8 @@ from unet_jax.data import dead_leaves, ultrasound
 from unet_jax.errors import UserError
 
 
-class Dataset(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Dataset:
   images: np.ndarray
   masks: np.ndarray
   ids: list[str]
@@ -26,6 +28,15 @@ class Dataset(NamedTuple):
     index = np.asarray(index)
     return Dataset(self.images[index], self.masks[index],
                    [self.ids[i] for i in index], [self.labels[i] for i in index])
+
+  def with_channels(self, channels: int) -> 'Dataset':
+    """Grey images repeated over ``channels`` (for RGB-shaped networks)."""
+    if channels == self.images.shape[-1]:
+      return self
+    if self.images.shape[-1] != 1:
+      raise UserError(f'cannot turn {self.images.shape[-1]}-channel images '
+                      f'into {channels} channels')
+    return dataclasses.replace(self, images=np.repeat(self.images, channels, axis=-1))
 
   def __len__(self):
     return len(self.ids)
