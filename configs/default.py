@@ -17,8 +17,10 @@ Result:     a table sorted by test Dice; with this little data and training,
 
 import ml_collections
 
-# name -> (freeze preset or rule list, initialisation). The presets live in
-# unet_jax/freeze.py; a rule list is ((pattern, 'train'|'freeze'), ...).
+# name -> (freeze preset, rule list or schedule, initialisation). Presets live
+# in unet_jax/freeze.py; a rule list is ((pattern, 'train'|'freeze'), ...);
+# schedules (unet_jax/schedules.py) are dicts such as
+# {'gradual': 'depth', 'direction': 'shallow_to_deep', 'stage_steps': 50}.
 EXPERIMENTS = {
     'full': ('full', 'pretrained'),
     'scratch': ('full', 'random'),
@@ -45,10 +47,25 @@ def get_config(arg=None):
   config.finetune = dict(steps=300, batch_size=8, learning_rate=1e-3,
                          weight_decay=0.0,
                          # False: frozen blocks keep their BatchNorm statistics.
-                         update_frozen_stats=False)
+                         update_frozen_stats=False,
+                         # >0: a leaf's learning rate ramps up over its first
+                         # trained steps (re-warmup after an unfreeze).
+                         rewarmup_steps=0)
   config.experiments = {name: dict(rules=rules, init=init)
                         for name, (rules, init) in EXPERIMENTS.items()}
+  # Axes crossed with the experiments; an empty tuple means the single value
+  # of the field above (finetune.learning_rate, ..., seed).
+  config.grid = dict(seed=(), learning_rate=(), weight_decay=(), steps=(),
+                     batch_size=())
   config.only = ''  # comma-separated experiment names; empty = all
+  # How a bundle runs: 'auto' times the candidates on this hardware and keeps
+  # the fastest; or one of static, per_experiment, sequential, vmap,
+  # vmap_matmul, sharded_sequential, sharded_vmap (unet_jax/bundle.py).
+  config.strategy = 'auto'
+  config.max_bundle = 0  # most experiments per compiled program; 0 = no cap
+  # JAX's persistent compilation cache: reruns skip compiling ('' = off).
+  config.compilation_cache = '~/.cache/unet_jax/jax'
+
   config.chunk_steps = 50  # steps between host updates (progress, metrics)
   # 'scan': a chunk is one lax.scan; 'host': a jitted step per call; 'auto':
   # host on CPU (XLA:CPU runs conv-heavy scan bodies 14x slower), scan else.

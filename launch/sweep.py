@@ -14,6 +14,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from unet_jax import distributed
 from unet_jax.errors import UserError
 from unet_jax.results import format_table
 from unet_jax.sweep import run_sweep
@@ -23,6 +24,14 @@ _DEFAULT_CONFIG = os.path.normpath(os.path.join(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Work directory; default ./runs/<config name>[-<variant>].')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Join a multi-process run (TPU pod slices, GPU clusters): '
+    'jax.distributed.initialize() with the cluster read from the environment.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator', None, 'host:port of process 0, for clusters JAX cannot detect '
+    '(implies --distributed; give --num_processes and --process_id too).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --coordinator.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator.')
 
 
 def _last_line(error: Exception) -> str:
@@ -59,6 +68,10 @@ def main(argv) -> int:
     config, config_file = load_flags(argv)
     variant = flags.FLAGS['config'].serialize().partition(':')[2]
     workdir = _WORKDIR.value or _default_workdir(config_file, variant)
+    if _COORDINATOR.value and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
+      raise UserError('--coordinator needs --num_processes and --process_id')
+    if _DISTRIBUTED.value or _COORDINATOR.value:
+      distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     summaries = run_sweep(config, workdir, progress=_PROGRESS.value)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
@@ -66,8 +79,9 @@ def main(argv) -> int:
   except KeyboardInterrupt:
     print('interrupted', file=sys.stderr)
     return 130
-  print(format_table(summaries))
-  print(f'\nresults in {os.path.abspath(workdir)}')
+  if distributed.is_writer():
+    print(format_table(summaries))
+    print(f'\nresults in {os.path.abspath(workdir)}')
   return 0
 
 

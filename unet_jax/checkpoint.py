@@ -10,14 +10,24 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 PyTree = Any
 
 
+def _checkpointer() -> ocp.StandardCheckpointer:
+  # Weights are host arrays written by one process (process 0 of a
+  # multi-process sweep): a checkpointer whose only participant is this
+  # process, so orbax does not wait at a barrier for the others.
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}))
+
+
 def save_weights(path: str | os.PathLike, params: PyTree, stats: PyTree) -> None:
   """Writes (or replaces) a weights checkpoint and waits until it is committed."""
-  checkpointer = ocp.StandardCheckpointer()
+  checkpointer = _checkpointer()
   checkpointer.save(os.path.abspath(path), {'params': params, 'batch_stats': stats},
                     force=True)
   checkpointer.wait_until_finished()
@@ -26,7 +36,7 @@ def save_weights(path: str | os.PathLike, params: PyTree, stats: PyTree) -> None
 
 def load_weights(path: str | os.PathLike) -> tuple[PyTree, PyTree]:
   """Reads (params, batch_stats) from a checkpoint written by save_weights."""
-  checkpointer = ocp.StandardCheckpointer()
+  checkpointer = _checkpointer()
   tree = checkpointer.restore(os.path.abspath(path))
   checkpointer.close()
   return tree['params'], tree.get('batch_stats', {})

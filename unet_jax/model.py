@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 NORMS = ('batch', 'group', 'none')
+CONVS = ('xla', 'matmul')
 
 PyTree = Any
 
@@ -37,6 +38,10 @@ class UNetSpec:
   norm: str = 'batch'
   group_size: int = 8  # channels per group for GroupNorm
   bn_momentum: float = 0.9
+  # 'matmul' writes convolutions as im2col + matmul: the same parameters and
+  # outputs, but under vmap over experiments XLA makes batched matmuls
+  # instead of grouped convolutions (DESIGN.md section 3).
+  conv: str = 'xla'
 
   def block_names(self) -> tuple[str, ...]:
     """Blocks in data-flow order: enc1..encD, bottleneck, decD..dec1, head."""
@@ -58,6 +63,43 @@ def _make_norm(spec: UNetSpec, features: int, rngs: nnx.Rngs) -> nnx.Module:
   return _Identity()
 
 
+class MatmulConv(nnx.Conv):
+  """A stride-1 'SAME' convolution as im2col + matmul (same params as nnx.Conv)."""
+
+  def __call__(self, x):
+    kernel = self.kernel[...]
+    kh, kw, cin, cout = kernel.shape
+    if (kh, kw) == (1, 1):
+      y = x @ kernel[0, 0]
+    else:
+      h, w = x.shape[-3:-1]
+      ph, pw = (kh - 1) // 2, (kw - 1) // 2
+      xp = jnp.pad(x, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
+      patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :]
+                                 for i in range(kh) for j in range(kw)], axis=-1)
+      y = patches @ kernel.reshape(kh * kw * cin, cout)
+    return y + self.bias[...] if self.bias is not None else y
+
+
+class MatmulUpConv(nnx.ConvTranspose):
+  """The 2x2, stride-2 transposed convolution as one matmul and a reshape."""
+
+  def __call__(self, x):
+    # lax.conv_transpose without transpose_kernel places tap (a, b) of the
+    # kernel at output offset (1 - a, 1 - b): flip to match it exactly.
+    kernel = self.kernel[...][::-1, ::-1]  # (2, 2, cin, cout)
+    n, h, w, _ = x.shape
+    cout = kernel.shape[-1]
+    y = jnp.einsum('nhwc,abcd->nhawbd', x, kernel)
+    y = y.reshape(n, 2 * h, 2 * w, cout)
+    return y + self.bias[...] if self.bias is not None else y
+
+
+def _conv(spec: UNetSpec, cin: int, cout: int, size: int, rngs: nnx.Rngs):
+  cls = MatmulConv if spec.conv == 'matmul' else nnx.Conv
+  return cls(cin, cout, (size, size), rngs=rngs)
+
+
 class _Identity(nnx.Module):
 
   def __call__(self, x, use_running_average=None):
@@ -69,9 +111,9 @@ class ConvBlock(nnx.Module):
   """Two 3x3 convolutions, each followed by normalisation and ReLU."""
 
   def __init__(self, spec: UNetSpec, cin: int, cout: int, rngs: nnx.Rngs):
-    self.conv1 = nnx.Conv(cin, cout, (3, 3), rngs=rngs)
+    self.conv1 = _conv(spec, cin, cout, 3, rngs)
     self.norm1 = _make_norm(spec, cout, rngs)
-    self.conv2 = nnx.Conv(cout, cout, (3, 3), rngs=rngs)
+    self.conv2 = _conv(spec, cout, cout, 3, rngs)
     self.norm2 = _make_norm(spec, cout, rngs)
     self._norm = spec.norm
 
@@ -89,7 +131,8 @@ class DecoderBlock(nnx.Module):
   """Up-convolution by 2, concatenation with the skip, then a ConvBlock."""
 
   def __init__(self, spec: UNetSpec, cin: int, cout: int, rngs: nnx.Rngs):
-    self.up = nnx.ConvTranspose(cin, cout, (2, 2), strides=(2, 2), rngs=rngs)
+    up = MatmulUpConv if spec.conv == 'matmul' else nnx.ConvTranspose
+    self.up = up(cin, cout, (2, 2), strides=(2, 2), rngs=rngs)
     self.block = ConvBlock(spec, 2 * cout, cout, rngs)
 
   def __call__(self, x, skip, train: bool):
@@ -110,7 +153,7 @@ class UNet(nnx.Module):
     for level in range(spec.depth, 0, -1):
       setattr(self, f'dec{level}',
               DecoderBlock(spec, spec.width(level + 1), spec.width(level), rngs))
-    self.head = nnx.Conv(spec.width(1), spec.out_channels, (1, 1), rngs=rngs)
+    self.head = _conv(spec, spec.width(1), spec.out_channels, 1, rngs)
 
   def __call__(self, x, *, train: bool):
     skips = []

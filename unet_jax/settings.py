@@ -13,9 +13,11 @@ import os
 from typing import Any
 
 from unet_jax import data
+from unet_jax.bundle import STRATEGIES
 from unet_jax.errors import UserError
-from unet_jax.freeze import FreezeRule, parse_rules
+from unet_jax.grid import AXES, Experiment, expand
 from unet_jax.model import NORMS, UNetSpec
+from unet_jax.schedules import Schedule, parse_schedule
 from unet_jax.train import LOOPS
 
 INITS = ('pretrained', 'random')
@@ -31,8 +33,10 @@ class TrainSettings:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentSpec:
+  """An entry of ``config.experiments``: a subset or schedule and an init."""
+
   name: str
-  rules: tuple[FreezeRule, ...]
+  schedule: Schedule
   init: str  # 'pretrained' or 'random'
 
 
@@ -52,7 +56,16 @@ class SweepSettings:
   chunk_steps: int
   loop: str
   experiments: tuple[ExperimentSpec, ...]
+  grid: dict  # axis -> tuple of values, defaults filled in
+  strategy: str  # 'auto' or one of unet_jax.bundle.STRATEGIES
+  max_bundle: int  # 0 = no limit
+  rewarmup_steps: int
   bootstrap_samples: int
+  compilation_cache: str  # '' = off
+
+  def runs(self) -> list[Experiment]:
+    """Every experiment of the sweep: config.experiments x config.grid."""
+    return expand([(e.name, e.schedule, e.init) for e in self.experiments], self.grid)
 
   @classmethod
   def from_config(cls, config) -> 'SweepSettings':
@@ -85,7 +98,12 @@ class SweepSettings:
         chunk_steps=_int(config, 'chunk_steps', 1),
         loop=_choice(config, 'loop', LOOPS),
         experiments=experiments,
-        bootstrap_samples=_int(config, 'bootstrap_samples', 100))
+        grid=_grid(config),
+        strategy=_choice(config, 'strategy', ('auto',) + STRATEGIES),
+        max_bundle=_int(config, 'max_bundle', 0),
+        rewarmup_steps=_int(config, 'finetune.rewarmup_steps', 0),
+        bootstrap_samples=_int(config, 'bootstrap_samples', 100),
+        compilation_cache=str(_get(config, 'compilation_cache')))
     n_test = round(settings.target_images * settings.test_fraction)
     if not 1 <= n_test < settings.target_images:
       raise UserError(
@@ -149,13 +167,41 @@ def _experiments(config, depth, only) -> tuple[ExperimentSpec, ...]:
     field = f'experiments.{name}'
     rules = _get(config, f'{field}.rules')
     try:
-      parsed = parse_rules(rules, depth)
+      schedule = parse_schedule(rules, depth)
     except UserError as e:
       raise UserError(f'config field {field + ".rules"!r}: {e}') from None
-    specs.append(ExperimentSpec(name, parsed, _choice(config, f'{field}.init', INITS)))
+    specs.append(ExperimentSpec(name, schedule, _choice(config, f'{field}.init', INITS)))
   if not specs:
     raise UserError("config field 'experiments' is empty; add at least one")
   return tuple(specs)
+
+
+_GRID_DEFAULTS = {'seed': 'seed', 'learning_rate': 'finetune.learning_rate',
+                  'weight_decay': 'finetune.weight_decay', 'steps': 'finetune.steps',
+                  'batch_size': 'finetune.batch_size'}
+
+
+def _grid(config) -> dict:
+  """config.grid with empty axes filled from the single-valued fields."""
+  grid = {}
+  for axis in AXES:
+    field = f'grid.{axis}'
+    values = _get(config, field)
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+      values = (values,)
+    if not isinstance(values, (tuple, list)):
+      raise UserError(f'config field {field!r} must be a tuple of values; got {values!r}')
+    values = tuple(values) or (_get(config, _GRID_DEFAULTS[axis]),)
+    number = int if axis in ('seed', 'steps', 'batch_size') else float
+    for v in values:
+      ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
+          number is float or float(v).is_integer())
+      if not ok or v < (1 if axis in ('steps', 'batch_size') else 0):
+        raise UserError(f'config field {field!r} has a bad value {v!r}')
+    if len(set(values)) != len(values):
+      raise UserError(f'config field {field!r} repeats a value: {values}')
+    grid[axis] = tuple(number(v) for v in values)
+  return grid
 
 
 def load_config(spec: str):

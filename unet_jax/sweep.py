@@ -1,13 +1,18 @@
-"""A layer-subset sweep, end to end: pretrain once, fine-tune each subset, evaluate.
+"""A layer-subset sweep, end to end: pretrain once, fine-tune every experiment, evaluate.
+
+Experiments (``config.experiments`` x ``config.grid``) are grouped into
+bundles that each run as one compiled program (``unet_jax.engine``).
 
 Work directory layout::
 
-  config.json                    the resolved config
-  pretrain/weights/              orbax checkpoint of the pretrained U-Net
-  pretrain/meta.json             what it was trained with (reused if equal)
-  experiments/<name>/weights/    orbax checkpoint after fine-tuning
-  experiments/<name>/summary.json  rules, frozen paths, Dice, CI, timings
-  results.jsonl                  one row per (experiment, test image)
+  config.json                      the resolved config
+  pretrain/weights/                orbax checkpoint of the pretrained U-Net
+  pretrain/meta.json               what it was trained with (reused if equal)
+  experiments/<name>/weights/      orbax checkpoint after fine-tuning
+  experiments/<name>/summary.json  rules, frozen paths, Dice, CI, bundle, timings
+  experiments/<name>/rules.txt     the rule that decided each parameter, per stage
+  bundles.json                     each bundle's strategy and autotuning timings
+  results.jsonl                    one row per (experiment, test image)
 """
 
 from __future__ import annotations
@@ -16,28 +21,20 @@ import dataclasses
 import json
 import os
 import sys
-import time
-import zlib
-from typing import Any
 
 import jax
 import numpy as np
 import tqdm
 
-from unet_jax import checkpoint, data, freeze, metrics, results, stats
+from unet_jax import checkpoint, data, freeze, grid, metrics, results, stats
+from unet_jax.bundle import BundleContext
+from unet_jax.distributed import is_writer
+from unet_jax.engine import BundleReport, Weights, run_bundle
 from unet_jax.errors import UserError
 from unet_jax.model import count_params, init_model
-from unet_jax.optim import make_optimizer
-from unet_jax.settings import ExperimentSpec, SweepSettings, TrainSettings
-from unet_jax.train import init_state, make_train_chunk, predict
-
-PyTree = Any
-
-
-@dataclasses.dataclass
-class Weights:
-  params: PyTree
-  stats: PyTree
+from unet_jax.schedules import Schedule
+from unet_jax.settings import SweepSettings
+from unet_jax.train import predict
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -45,7 +42,7 @@ def prepare_workdir(workdir: str) -> str:
   workdir = os.path.abspath(workdir)
   try:
     os.makedirs(os.path.join(workdir, 'experiments'), exist_ok=True)
-    probe = os.path.join(workdir, '.write-test')
+    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
     with open(probe, 'w') as f:
       f.write('ok')
     os.unlink(probe)
@@ -55,39 +52,13 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def train(graphdef, weights: Weights, rules, settings: TrainSettings,
-          dataset: data.Dataset, key: jax.Array, *, chunk_steps: int, loop: str,
-          update_frozen_stats: bool, bar: tqdm.tqdm) -> tuple[Weights, list[float]]:
-  """Trains ``weights`` under freeze ``rules``; returns them and chunk losses."""
-  labels = freeze.freeze_labels(weights.params, rules)
-  optimizer = make_optimizer(labels, settings.learning_rate, settings.weight_decay)
-  stats_mask = (jax.tree.map(lambda _: True, weights.stats) if update_frozen_stats
-                else freeze.block_stats_mask(weights.stats, weights.params, rules))
-  train_chunk = make_train_chunk(graphdef, optimizer, stats_mask,
-                                 settings.batch_size, loop=loop)
-  state = init_state(weights.params, weights.stats, optimizer)
-  images, masks = jax.device_put(dataset.images), jax.device_put(dataset.masks)
-  losses = []
-  done = 0
-  while done < settings.steps:
-    n = min(chunk_steps, settings.steps - done)
-    state, chunk_losses = train_chunk(state, images, masks, key, num_steps=n)
-    losses.append(float(np.mean(chunk_losses)))
-    done += n
-    bar.set_postfix(loss=f'{losses[-1]:.3f}', refresh=False)
-    bar.update(n)
-  return Weights(state.params, state.stats), losses
-
-
 def _pretrain_fingerprint(s: SweepSettings) -> dict:
   return {'seed': s.seed, 'image_size': s.image_size,
           'model': dataclasses.asdict(s.model), 'source': s.pretrain_source,
-          'num_images': s.pretrain_images,
-          'train': dataclasses.asdict(s.pretrain)}
+          'num_images': s.pretrain_images, 'train': dataclasses.asdict(s.pretrain)}
 
 
-def pretrain(s: SweepSettings, graphdef, init: Weights, workdir: str,
-             bar: tqdm.tqdm) -> Weights:
+def pretrain(s: SweepSettings, init: Weights, workdir: str, bar: tqdm.tqdm) -> Weights:
   """Pretrains on the natural-image-like source, or reuses a matching run."""
   folder = os.path.join(workdir, 'pretrain')
   meta_path = os.path.join(folder, 'meta.json')
@@ -100,19 +71,21 @@ def pretrain(s: SweepSettings, graphdef, init: Weights, workdir: str,
       bar.update(s.pretrain.steps)
       return Weights(*checkpoint.load_weights(os.path.join(folder, 'weights')))
     bar.write('pretrain settings changed: pretraining again', file=sys.stderr)
-  bar.set_description('pretrain')
-  dataset = data.make_dataset(s.pretrain_source, s.pretrain_images,
-                              s.image_size, s.seed + 1).with_channels(s.model.in_channels)
-  start = time.perf_counter()
-  weights, losses = train(graphdef, init, freeze.preset_rules('full', s.model.depth),
-                          s.pretrain, dataset, jax.random.key(s.seed + 2),
-                          chunk_steps=s.chunk_steps, loop=s.loop, update_frozen_stats=True,
-                          bar=bar)
-  os.makedirs(folder, exist_ok=True)
-  checkpoint.save_weights(os.path.join(folder, 'weights'), weights.params,
-                          weights.stats)
-  results.write_json(meta_path, {'fingerprint': fingerprint, 'losses': losses,
-                                 'seconds': time.perf_counter() - start})
+  dataset = data.make_dataset(s.pretrain_source, s.pretrain_images, s.image_size,
+                              s.seed + 1).with_channels(s.model.in_channels)
+  run = grid.Experiment('pretrain', 'pretrain',
+                        Schedule.constant(freeze.preset_rules('full', s.model.depth)),
+                        'random', s.seed + 2, s.pretrain.learning_rate,
+                        s.pretrain.weight_decay, s.pretrain.steps, s.pretrain.batch_size)
+  ctx = BundleContext(s.model, s.pretrain.batch_size, update_frozen_stats=True)
+  (weights,), (losses,), report = run_bundle(
+      ctx, [run], [init], dataset.images, dataset.masks, strategy='static',
+      loop=s.loop, chunk_steps=s.chunk_steps, bar=bar)
+  if is_writer():
+    os.makedirs(folder, exist_ok=True)
+    checkpoint.save_weights(os.path.join(folder, 'weights'), weights.params, weights.stats)
+    results.write_json(meta_path, {'fingerprint': fingerprint, 'losses': losses,
+                                   'seconds': report.seconds})
   return weights
 
 
@@ -128,44 +101,37 @@ def evaluate(graphdef, weights: Weights, test: data.Dataset) -> list[dict]:
           for i in range(len(test))]
 
 
-def run_experiment(s: SweepSettings, exp: ExperimentSpec, graphdef,
-                   pretrained: Weights, scratch: Weights, train_set, test_set,
-                   workdir: str, bar: tqdm.tqdm) -> tuple[dict, list[dict]]:
-  """Fine-tunes one layer subset, saves it, and returns (summary, rows)."""
-  bar.set_description(exp.name)
-  start = time.perf_counter()
-  init = pretrained if exp.init == 'pretrained' else scratch
-  # The training key depends on the name only, so adding experiments to a
-  # sweep does not change the others.
-  key = jax.random.fold_in(jax.random.key(s.seed), zlib.crc32(exp.name.encode()))
-  weights, losses = train(graphdef, init, exp.rules, s.finetune, train_set, key,
-                          chunk_steps=s.chunk_steps, loop=s.loop,
-                          update_frozen_stats=s.update_frozen_stats, bar=bar)
-  rows = [dict(experiment=exp.name, **r) for r in evaluate(graphdef, weights, test_set)]
-  seconds = time.perf_counter() - start
-  folder = os.path.join(workdir, 'experiments', exp.name)
-  checkpoint.save_weights(os.path.join(folder, 'weights'), weights.params,
-                          weights.stats)
+def _describe_schedule(params, schedule: Schedule) -> str:
+  parts = []
+  for start, rules in zip(schedule.starts, schedule.stages):
+    parts.append(f'# stage from step {start}\n' + freeze.describe_labels(params, rules))
+  return '\n\n'.join(parts) + '\n'
+
+
+def summarise(s: SweepSettings, exp: grid.Experiment, weights: Weights, rows: list[dict],
+              losses: list[float], bundle: int, report: BundleReport) -> dict:
+  """The summary.json of one experiment."""
+  last = exp.schedule.stages[-1]
+  mask = jax.tree.leaves(freeze.trainable_mask(weights.params, last))
+  trainable = sum(int(x.size) for x, m in zip(jax.tree.leaves(weights.params), mask) if m)
   dice = [r['dice'] for r in rows]
-  mask = freeze.trainable_mask(weights.params, exp.rules)
-  trainable = sum(int(x.size) for x, m in zip(jax.tree.leaves(weights.params),
-                                              jax.tree.leaves(mask)) if m)
-  summary = {
-      'name': exp.name, 'init': exp.init,
-      'rules': [[r.pattern, r.action] for r in exp.rules],
-      'frozen': freeze.frozen_paths(weights.params, exp.rules),
+  return {
+      'name': exp.name, 'base': exp.base, 'init': exp.init, 'seed': exp.seed,
+      'learning_rate': exp.learning_rate, 'weight_decay': exp.weight_decay,
+      'schedule': [{'start': start, 'rules': [[r.pattern, r.action] for r in rules]}
+                   for start, rules in zip(exp.schedule.starts, exp.schedule.stages)],
+      'rules': [[r.pattern, r.action] for r in exp.schedule.stages[0]],
+      'frozen': freeze.frozen_paths(weights.params, exp.schedule.stages[0]),
       'trainable_params': trainable, 'total_params': count_params(weights.params),
-      'steps': s.finetune.steps, 'seconds': seconds,
+      'steps': exp.steps, 'batch_size': exp.batch_size,
+      'seconds': report.seconds / len(report.experiments),
+      'bundle': bundle, 'strategy': report.strategy,
       'mean_dice': float(np.mean(dice)),
       'dice_ci95': list(stats.bootstrap_ci(dice, s.bootstrap_samples, seed=s.seed)),
       'mean_iou': float(np.mean([r['iou'] for r in rows])),
       'test_images': len(rows), 'chunk_losses': losses,
       'empty_mask_convention': metrics.EMPTY_MASK_CONVENTION,
   }
-  results.write_json(os.path.join(folder, 'summary.json'), summary)
-  results.write_atomic(os.path.join(folder, 'rules.txt'),
-                       freeze.describe_labels(weights.params, exp.rules) + '\n')
-  return summary, rows
 
 
 def run_sweep(config, workdir: str, *, progress: bool = True) -> list[dict]:
@@ -173,28 +139,68 @@ def run_sweep(config, workdir: str, *, progress: bool = True) -> list[dict]:
 
   Example::
 
-    from configs import default
-    summaries = run_sweep(default.get_config('tiny'), '/tmp/run')
+    from unet_jax.settings import load_config
+    summaries = run_sweep(load_config('configs/default.py:tiny'), '/tmp/run')
   """
   s = SweepSettings.from_config(config)
-  workdir = prepare_workdir(workdir)
-  results.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  if s.compilation_cache:
+    # Reruns and resumed sweeps load compiled programs instead of compiling.
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(s.compilation_cache))
+  runs = s.runs()
+  names = [r.name for r in runs]
+  if len(set(names)) != len(names):
+    raise UserError(f'experiment names collide after grid expansion: {names}')
+  bundles, split_by = grid.group_bundles(runs, s.max_bundle)
+  writer = is_writer()
+  workdir = prepare_workdir(workdir) if writer else os.path.abspath(workdir)
+  if writer:
+    results.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   target = data.make_dataset(s.target_source, s.target_images, s.image_size,
                              s.seed + 3).with_channels(s.model.in_channels)
   train_idx, test_idx = data.holdout_split(target.labels, s.test_fraction, s.seed)
   train_set, test_set = target.take(train_idx), target.take(test_idx)
   graphdef, params, batch_stats = init_model(s.model, s.seed)
-  _, scratch_params, scratch_stats = init_model(s.model, s.seed + 4)
-  total = s.pretrain.steps + len(s.experiments) * s.finetune.steps
-  summaries, rows = [], []
-  with tqdm.tqdm(total=total, unit='step', disable=not progress,
+  tuning_path = os.path.join(workdir, 'autotune.json')
+  tuning = {}
+  if os.path.exists(tuning_path):
+    with open(tuning_path) as f:
+      tuning = json.load(f)
+  total = s.pretrain.steps + sum(r.steps for r in runs)
+  summaries, rows, reports = [], [], []
+  with tqdm.tqdm(total=total, unit='step', disable=not (progress and writer),
                  file=sys.stderr, dynamic_ncols=True) as bar:
-    pretrained = pretrain(s, graphdef, Weights(params, batch_stats), workdir, bar)
-    scratch = Weights(scratch_params, scratch_stats)
-    for exp in s.experiments:
-      summary, exp_rows = run_experiment(s, exp, graphdef, pretrained, scratch,
-                                         train_set, test_set, workdir, bar)
-      summaries.append(summary)
-      rows.extend(exp_rows)
-      results.write_jsonl(os.path.join(workdir, 'results.jsonl'), rows)
+    if split_by:
+      bar.write(f'{len(bundles)} bundles: different {", ".join(split_by)} need '
+                'separate programs', file=sys.stderr)
+    pretrained = pretrain(s, Weights(params, batch_stats), workdir, bar)
+    for b, members in enumerate(bundles):
+      inits = [pretrained if e.init == 'pretrained'
+               else Weights(*init_model(s.model, e.seed + 4)[1:]) for e in members]
+      ctx = BundleContext(s.model, members[0].batch_size,
+                          update_frozen_stats=s.update_frozen_stats,
+                          rewarmup_steps=s.rewarmup_steps)
+      trained, losses, report = run_bundle(
+          ctx, members, inits, train_set.images, train_set.masks, strategy=s.strategy,
+          loop=s.loop, chunk_steps=s.chunk_steps, bar=bar, tuning_cache=tuning)
+      reports.append(dataclasses.asdict(report))
+      bar.write(f'bundle {b}: {len(members)} experiment(s), strategy {report.strategy}, '
+                f'{report.exp_steps_per_s:.2f} exp-steps/s', file=sys.stderr)
+      for exp, weights, exp_losses in zip(members, trained, losses):
+        exp_rows = [dict(experiment=exp.name, seed=exp.seed, **r)
+                    for r in evaluate(graphdef, weights, test_set)]
+        summary = summarise(s, exp, weights, exp_rows, exp_losses, b, report)
+        summaries.append(summary)
+        rows.extend(exp_rows)
+        if writer:
+          folder = os.path.join(workdir, 'experiments', exp.name)
+          checkpoint.save_weights(os.path.join(folder, 'weights'), weights.params,
+                                  weights.stats)
+          results.write_json(os.path.join(folder, 'summary.json'), summary)
+          results.write_atomic(os.path.join(folder, 'rules.txt'),
+                               _describe_schedule(weights.params, exp.schedule))
+      if writer:
+        results.write_jsonl(os.path.join(workdir, 'results.jsonl'), rows)
+        results.write_json(os.path.join(workdir, 'bundles.json'),
+                           {'split_by': split_by, 'bundles': reports})
+        results.write_json(tuning_path, tuning)
   return summaries

@@ -52,17 +52,17 @@ def segmentation_loss(logits: jax.Array, masks: jax.Array) -> jax.Array:
   return bce + soft_dice_loss(jax.nn.sigmoid(logits), masks)
 
 
-def sample_batch(ctx: StepContext, step: jax.Array) -> Batch:
-  """A batch drawn by index, with random horizontal flips.
+def draw_batch(images, masks, key, step, batch_size: int) -> Batch:
+  """The batch of ``step``: drawn by index from (key, step), with random
+  horizontal flips.
 
   Lateral flips are physically plausible for ultrasound and X-ray alike;
   flips in depth are not.
   """
-  key = jax.random.fold_in(ctx.key, step)
-  k_idx, k_flip = jax.random.split(key)
-  idx = jax.random.randint(k_idx, (ctx.batch_size,), 0, ctx.images.shape[0])
-  images, masks = ctx.images[idx], ctx.masks[idx]
-  flip = jax.random.bernoulli(k_flip, 0.5, (ctx.batch_size, 1, 1, 1))
+  k_idx, k_flip = jax.random.split(jax.random.fold_in(key, step))
+  idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])
+  images, masks = images[idx], masks[idx]
+  flip = jax.random.bernoulli(k_flip, 0.5, (batch_size, 1, 1, 1))
   images = jnp.where(flip, images[:, :, ::-1], images)
   masks = jnp.where(flip, masks[:, :, ::-1], masks)
   return Batch(images, masks)
@@ -89,7 +89,8 @@ LOOPS = ('auto', 'scan', 'host')
 
 
 def _scan_body(ctx: StepContext, state: TrainState, _):
-  return train_step(ctx, state, sample_batch(ctx, state.step))
+  batch = draw_batch(ctx.images, ctx.masks, ctx.key, state.step, ctx.batch_size)
+  return train_step(ctx, state, batch)
 
 
 def resolve_loop(loop: str) -> str:

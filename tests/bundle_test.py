@@ -1,0 +1,160 @@
+"""The bundle engine: equivalence with the static optax path, one trace per bundle."""
+
+import jax
+import numpy as np
+import pytest
+
+from unet_jax import bundle
+from unet_jax.bundle import (
+  BundleContext,
+  init_experiment_state,
+  make_bundle_chunk,
+  make_setup,
+  stack,
+  unstack,
+)
+from unet_jax.freeze import block_stats_mask, freeze_labels, preset_rules
+from unet_jax.model import UNetSpec, init_model
+from unet_jax.optim import make_optimizer
+from unet_jax.schedules import Schedule, gradual, unfreeze_at
+from unet_jax.train import init_state, make_train_chunk
+
+SPEC = UNetSpec(base_width=4, depth=2, norm='batch')
+STEPS = 4
+LR = 1e-3
+SUBSETS = ['contracting', 'head', 'full']
+
+
+@pytest.fixture(scope='module')
+def problem():
+  graphdef, params, stats = init_model(SPEC, seed=0)
+  rng = np.random.default_rng(0)
+  images = rng.random((12, 16, 16, 1), np.float32)
+  masks = (images > 0.5).astype(np.float32)
+  return graphdef, params, stats, images, masks
+
+
+def _bundle(params, stats, schedules, lrs=None):
+  num_stages = max(len(s.stages) for s in schedules)
+  lrs = lrs or [LR] * len(schedules)
+  setup = stack([make_setup(params, stats, sch, num_stages=num_stages, learning_rate=lr,
+                            weight_decay=0.0, seed_key=jax.random.key(i))
+                 for i, (sch, lr) in enumerate(zip(schedules, lrs))])
+  state = stack([init_experiment_state(params, stats)] * len(schedules))
+  return state, setup
+
+
+def _static_reference(graphdef, params, stats, images, masks, preset, key):
+  rules = preset_rules(preset, SPEC.depth)
+  optimizer = make_optimizer(freeze_labels(params, rules), LR)
+  chunk = make_train_chunk(graphdef, optimizer, block_stats_mask(stats, params, rules),
+                           batch_size=4, loop='host')
+  state, _ = chunk(init_state(params, stats, optimizer), images, masks, key,
+                   num_steps=STEPS)
+  return state, rules
+
+
+@pytest.mark.parametrize('strategy', ['static', 'per_experiment', 'sequential', 'vmap',
+                                      'vmap_matmul'])
+def test_bundle_matches_static_multi_transform(problem, strategy):
+  graphdef, params, stats, images, masks = problem
+  schedules = [Schedule.constant(preset_rules(p, SPEC.depth)) for p in SUBSETS]
+  state, setup = _bundle(params, stats, schedules)
+  chunk = make_bundle_chunk(BundleContext(SPEC, 4), strategy, loop='host')
+  state, losses = chunk(state, setup, images, masks, num_steps=STEPS)
+  assert losses.shape == (STEPS, len(SUBSETS))
+  for i, preset in enumerate(SUBSETS):
+    ref, rules = _static_reference(graphdef, params, stats, images, masks, preset,
+                                   jax.random.key(i))
+    got = unstack(state, i)
+    labels = jax.tree.leaves(freeze_labels(params, rules))
+    for lab, r, g, p0 in zip(labels, jax.tree.leaves(ref.params),
+                             jax.tree.leaves(got.params), jax.tree.leaves(params)):
+      if lab == 'freeze':  # bit for bit, and untouched
+        np.testing.assert_array_equal(g, r)
+        np.testing.assert_array_equal(g, p0)
+      else:
+        # Adam turns float-noise-sized gradient differences into up to a
+        # full lr-sized step, so the bound is in units of lr * steps.
+        np.testing.assert_allclose(g, r, atol=LR * STEPS, rtol=0)
+        assert not np.array_equal(g, p0)
+    for r, g in zip(jax.tree.leaves(ref.stats), jax.tree.leaves(got.stats)):
+      np.testing.assert_allclose(g, r, atol=1e-3)
+    # Frozen blocks' BatchNorm statistics do not move at all.
+    frozen_stats = block_stats_mask(stats, params, rules)
+    for keep, s0, g in zip(jax.tree.leaves(frozen_stats), jax.tree.leaves(stats),
+                           jax.tree.leaves(got.stats)):
+      if not keep:
+        np.testing.assert_array_equal(g, s0)
+    # A frozen leaf's Adam state never moved either.
+    for lab, mu, count in zip(labels, jax.tree.leaves(got.opt_state.mu),
+                              jax.tree.leaves(got.opt_state.count)):
+      if lab == 'freeze':
+        assert int(count) == 0 and not np.any(mu)
+      else:
+        assert int(count) == STEPS
+
+
+@pytest.mark.parametrize('strategy', ['per_experiment', 'sequential', 'vmap'])
+def test_one_trace_per_bundle_with_mixed_subsets_and_schedules(problem, strategy):
+  _, params, stats, images, masks = problem
+  schedules = [Schedule.constant(preset_rules('head', SPEC.depth)),
+               gradual('flow', 'shallow_to_deep', 1, SPEC.depth),
+               gradual('depth', 'deep_to_shallow', 2, SPEC.depth),
+               unfreeze_at(preset_rules('last', SPEC.depth), 2)]
+  state, setup = _bundle(params, stats, schedules, lrs=[1e-3, 3e-4, 1e-3, 1e-2])
+  bundle.TRACES.clear()
+  chunk = make_bundle_chunk(BundleContext(SPEC, 4), strategy, loop='host')
+  for _ in range(3):
+    state, _ = chunk(state, setup, images, masks, num_steps=2)
+  assert bundle.TRACES['experiment_step'] == 1
+  assert np.asarray(state.step).tolist() == [6] * 4
+
+
+def test_scan_loop_traces_once_and_matches_host(problem):
+  _, params, stats, images, masks = problem
+  schedules = [gradual('flow', 'shallow_to_deep', 1, SPEC.depth),
+               Schedule.constant(preset_rules('expanding', SPEC.depth))]
+  state, setup = _bundle(params, stats, schedules)
+  bundle.TRACES.clear()
+  scan = make_bundle_chunk(BundleContext(SPEC, 4), 'vmap', loop='scan')
+  s1, l1 = scan(state, setup, images, masks, num_steps=3)
+  s1, l1b = scan(s1, setup, images, masks, num_steps=3)
+  assert bundle.TRACES['experiment_step'] == 1
+  host = make_bundle_chunk(BundleContext(SPEC, 4), 'vmap', loop='host')
+  s2, _ = host(state, setup, images, masks, num_steps=6)
+  # Conv biases before BatchNorm get float-noise gradients that Adam turns
+  # into lr-sized steps, so the bound is lr * steps, as above.
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    np.testing.assert_allclose(a, b, atol=LR * 6)
+
+
+def test_gradual_schedule_trains_the_right_blocks_at_each_stage(problem):
+  _, params, stats, images, masks = problem
+  schedule = gradual('flow', 'shallow_to_deep', 2, SPEC.depth)  # enc1, enc2, ...
+  state, setup = _bundle(params, stats, [schedule])
+  chunk = make_bundle_chunk(BundleContext(SPEC, 4), 'per_experiment', loop='host')
+  s2, _ = chunk(state, setup, images, masks, num_steps=2)  # stage 0: enc1 only
+  p0, p2 = params, unstack(s2.params, 0)
+  assert not np.array_equal(p0['enc1']['conv1']['kernel'], p2['enc1']['conv1']['kernel'])
+  np.testing.assert_array_equal(p0['enc2']['conv1']['kernel'], p2['enc2']['conv1']['kernel'])
+  s4, _ = chunk(s2, setup, images, masks, num_steps=2)  # stage 1: enc1 + enc2
+  p4 = unstack(s4.params, 0)
+  assert not np.array_equal(p2['enc2']['conv1']['kernel'], p4['enc2']['conv1']['kernel'])
+  np.testing.assert_array_equal(p0['head']['kernel'], p4['head']['kernel'])
+  # enc2 was unfrozen at step 2: it has been trained for 2 steps, enc1 for 4.
+  count = unstack(s4.opt_state.count, 0)
+  assert int(count['enc1']['conv1']['kernel']) == 4
+  assert int(count['enc2']['conv1']['kernel']) == 2
+  assert int(count['head']['kernel']) == 0
+
+
+def test_learning_rate_is_data(problem):
+  _, params, stats, images, masks = problem
+  rules = Schedule.constant(preset_rules('head', SPEC.depth))
+  state, setup = _bundle(params, stats, [rules, rules], lrs=[1e-3, 0.0])
+  chunk = make_bundle_chunk(BundleContext(SPEC, 4), 'vmap', loop='host')
+  state, _ = chunk(state, setup, images, masks, num_steps=2)
+  head = np.asarray(state.params['head']['kernel'])
+  assert not np.array_equal(head[0], params['head']['kernel'])
+  np.testing.assert_array_equal(head[1], params['head']['kernel'])

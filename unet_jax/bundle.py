@@ -1,0 +1,301 @@
+"""Many experiments in one compiled program: masks, schedules and hyper-parameters as data.
+
+A bundle stacks E experiments on a leading axis: parameters, BatchNorm
+statistics, Adam state, step counters, and each experiment's
+:class:`ExperimentSetup` (schedule table, learning rate, weight decay, PRNG
+key). ``experiment_step`` trains one experiment; a *strategy* maps it over
+the experiment axis:
+
+- ``static``: each experiment's current stage mask compiled in as a constant,
+  so XLA skips the gradients of frozen leaves (like ``optax.partition``); one
+  program per distinct mask, shared by the experiments that have it;
+- ``per_experiment``: one compiled single-experiment step (or scan chunk),
+  called for each experiment in turn; the mask being data, all experiments
+  share that one program;
+- ``sequential``: ``lax.map``, one experiment after another inside one program;
+- ``vmap``: ``jax.vmap`` with XLA convolutions (they become grouped ones);
+- ``vmap_matmul``: ``jax.vmap`` with convolutions written as im2col matmuls;
+- ``sharded_sequential`` / ``sharded_vmap``: the experiment axis split over
+  devices (and processes) with ``jax.shard_map`` on a mesh axis ``'exp'``,
+  each device running its share sequentially or vmapped.
+
+Whatever the strategy, a bundle traces ``experiment_step`` once
+(``TRACES`` counts it) and compiles one program.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from unet_jax import freeze
+from unet_jax.masked_adam import MaskedAdamState, apply_masked, masked_adam
+from unet_jax.model import UNetSpec, apply_model, init_model
+from unet_jax.schedules import Schedule, stage_table
+from unet_jax.train import draw_batch, resolve_loop, segmentation_loss
+
+PyTree = Any
+
+STRATEGIES = ('static', 'per_experiment', 'sequential', 'vmap', 'vmap_matmul',
+              'sharded_sequential', 'sharded_vmap')
+SHARDED = ('sharded_sequential', 'sharded_vmap')
+
+# How many times experiment_step was traced; a test reads it to prove one
+# compilation per bundle.
+TRACES: collections.Counter = collections.Counter()
+
+
+class ExperimentSetup(NamedTuple):
+  """What makes one experiment of a bundle different from the others."""
+
+  starts: jax.Array  # [S] int32: first step of each schedule stage
+  masks: PyTree  # per parameter leaf, [S] float32, 1 = trained in that stage
+  stats_masks: PyTree  # per BatchNorm statistic, [S] float32, 1 = updated
+  learning_rate: jax.Array  # float32 scalar
+  weight_decay: jax.Array  # float32 scalar
+  key: jax.Array  # uint32 raw PRNG key data
+
+
+class ExperimentState(NamedTuple):
+  params: PyTree
+  stats: PyTree
+  opt_state: MaskedAdamState
+  step: jax.Array  # int32 scalar
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleContext:
+  """The static part of a bundle: one per compiled program."""
+
+  spec: UNetSpec
+  batch_size: int
+  update_frozen_stats: bool = False
+  rewarmup_steps: int = 0
+
+  @functools.cached_property
+  def graphdefs(self) -> dict[str, nnx.GraphDef]:
+    """Graph definitions by convolution implementation (same parameters)."""
+    return {conv: init_model(dataclasses.replace(self.spec, conv=conv), 0)[0]
+            for conv in ('xla', 'matmul')}
+
+
+def make_setup(params: PyTree, stats: PyTree, schedule: Schedule, *, num_stages: int,
+               learning_rate: float, weight_decay: float, seed_key: jax.Array
+               ) -> ExperimentSetup:
+  """One experiment's setup as numpy arrays, ready to stack."""
+  table = stage_table(params, schedule, num_stages)
+  stats_masks = [jax.tree.leaves(freeze.block_stats_mask(stats, params, rules))
+                 for rules in schedule.stages]
+  stats_masks += [stats_masks[-1]] * (num_stages - len(stats_masks))
+  treedef = jax.tree.structure(stats)
+  per_leaf = [np.asarray([m[i] for m in stats_masks], np.float32)
+              for i in range(treedef.num_leaves)]
+  return ExperimentSetup(
+      starts=table['starts'], masks=table['masks'],
+      stats_masks=jax.tree.unflatten(treedef, per_leaf),
+      learning_rate=np.float32(learning_rate), weight_decay=np.float32(weight_decay),
+      key=np.asarray(jax.random.key_data(seed_key)))
+
+
+def init_experiment_state(params: PyTree, stats: PyTree) -> ExperimentState:
+  init_fn, _ = masked_adam()
+  return ExperimentState(params, stats, init_fn(params), jnp.zeros((), jnp.int32))
+
+
+def stack(trees: Sequence[PyTree]) -> PyTree:
+  """Stacks equally shaped trees on a new leading (experiment) axis."""
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+def unstack(tree: PyTree, index: int) -> PyTree:
+  return jax.tree.map(lambda x: x[index], tree)
+
+
+def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
+                    setup: ExperimentSetup, images: jax.Array, masks: jax.Array,
+                    static_stage: tuple | None = None
+                    ) -> tuple[ExperimentState, jax.Array]:
+  """One training step of one experiment, with its mask looked up by step.
+
+  ``static_stage`` (a pair of bool tuples, parameter and statistics leaves)
+  replaces the looked-up mask by a compile-time constant: XLA then drops the
+  gradient work of frozen leaves, as it does for ``optax.partition``, at the
+  price of one program per distinct mask.
+  """
+  TRACES['experiment_step'] += 1
+  if static_stage is None:
+    stage = jnp.sum(state.step >= setup.starts) - 1
+    mask = jax.tree.map(lambda m: m[stage], setup.masks)
+    stats_mask = jax.tree.map(lambda m: m[stage] > 0, setup.stats_masks)
+  else:
+    mask = jax.tree.unflatten(jax.tree.structure(state.params), static_stage[0])
+    stats_mask = jax.tree.unflatten(jax.tree.structure(state.stats), static_stage[1])
+  key = jax.random.wrap_key_data(setup.key)
+  batch = draw_batch(images, masks, key, state.step, ctx.batch_size)
+  graphdef = ctx.graphdefs[conv]
+
+  def loss_fn(params):
+    logits, new_stats = apply_model(graphdef, params, state.stats, batch.images,
+                                    train=True)
+    return segmentation_loss(logits, batch.masks), new_stats
+
+  (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  _, update_fn = masked_adam(rewarmup_steps=ctx.rewarmup_steps)
+  updates, opt_state = update_fn(grads, state.opt_state, state.params, mask=mask,
+                                 learning_rate=setup.learning_rate,
+                                 weight_decay=setup.weight_decay)
+  params = apply_masked(state.params, updates, mask)
+  if not ctx.update_frozen_stats:
+    new_stats = jax.tree.map(lambda m, new, old: jnp.where(m, new, old),
+                             stats_mask, new_stats, state.stats)
+  return ExperimentState(params, new_stats, opt_state, state.step + 1), loss
+
+
+def _over_experiments(ctx: BundleContext, strategy: str):
+  """experiment_step mapped over the (local) experiment axis."""
+  conv = 'matmul' if strategy == 'vmap_matmul' else 'xla'
+  step = functools.partial(experiment_step, ctx, conv)
+  if strategy in ('vmap', 'vmap_matmul', 'sharded_vmap'):
+    return jax.vmap(step, in_axes=(0, 0, None, None))
+  return lambda state, setup, images, masks: jax.lax.map(
+      lambda pair: step(pair[0], pair[1], images, masks), (state, setup))
+
+
+def experiment_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh ``('exp',)`` over all devices of all processes."""
+  devices = jax.devices() if devices is None else devices
+  return jax.sharding.Mesh(np.asarray(devices), ('exp',))
+
+
+def make_bundle_step(ctx: BundleContext, strategy: str, mesh=None):
+  """``bundle_step(state, setup, images, masks) -> (state, losses[E])``."""
+  if strategy not in STRATEGIES:
+    raise ValueError(f'unknown strategy {strategy!r}; valid: {", ".join(STRATEGIES)}')
+  inner = _over_experiments(ctx, strategy)
+  if strategy not in SHARDED:
+    return inner
+  return jax.shard_map(inner, mesh=mesh or experiment_mesh(),
+                       in_specs=(P('exp'), P('exp'), P(), P()),
+                       out_specs=(P('exp'), P('exp')))
+
+
+def _scan_steps(bundle_step, images, masks, setup, state, _):
+  return bundle_step(state, setup, images, masks)
+
+
+def make_bundle_chunk(ctx: BundleContext, strategy: str, *, loop: str = 'auto',
+                      mesh=None):
+  """``chunk(state, setup, images, masks, num_steps) -> (state, losses[T, E])``.
+
+  ``loop='scan'`` compiles the chunk as one ``lax.scan``; ``'host'`` compiles
+  one bundle step and calls it ``num_steps`` times (the CPU default, see
+  ``unet_jax.train.resolve_loop``). ``chunk.step`` is the jitted bundle step.
+  """
+  if strategy in ('per_experiment', 'static'):
+    return _per_experiment_chunk(ctx, loop, static=strategy == 'static')
+  bundle_step = make_bundle_step(ctx, strategy, mesh)
+  step = jax.jit(bundle_step)
+  if resolve_loop(loop) == 'scan':
+    @functools.partial(jax.jit, static_argnames='num_steps')
+    def chunk(state, setup, images, masks, num_steps):
+      body = functools.partial(_scan_steps, bundle_step, images, masks, setup)
+      return jax.lax.scan(body, state, length=num_steps)
+  else:
+    def chunk(state, setup, images, masks, num_steps):
+      losses = []
+      for _ in range(num_steps):
+        state, loss = step(state, setup, images, masks)
+        losses.append(loss)
+      return state, jnp.stack(losses)
+  chunk.step = step
+  chunk.loop = resolve_loop(loop)
+  return chunk
+
+
+def stage_masks_at(setup: ExperimentSetup, step: int) -> tuple:
+  """The (params, stats) bool tuples of one experiment's stage at ``step``."""
+  starts = np.asarray(setup.starts)
+  stage = int(np.sum(step >= starts) - 1)
+  return (tuple(bool(m[stage]) for m in jax.tree.leaves(setup.masks)),
+          tuple(bool(m[stage]) for m in jax.tree.leaves(setup.stats_masks)))
+
+
+def _segments(setup: ExperimentSetup, start: int, num_steps: int):
+  """Splits [start, start + num_steps) at the schedule's stage starts."""
+  cuts = sorted({int(b) for b in np.asarray(setup.starts) if start < b < start + num_steps})
+  edges = [start] + cuts + [start + num_steps]
+  return [(a, b - a) for a, b in zip(edges, edges[1:])]
+
+
+def _per_experiment_chunk(ctx: BundleContext, loop: str, *, static: bool):
+  """The bundle as calls of one compiled experiment step (or scan chunk).
+
+  Experiments run one after another, dispatched asynchronously; the stacked
+  state is split at the start of a chunk and stacked again at its end. With
+  ``static`` the stage mask is a compile-time constant, so a chunk is split
+  at stage boundaries and each distinct mask has its own program.
+  """
+  single = functools.partial(experiment_step, ctx, 'xla')
+  step = jax.jit(single, static_argnames='static_stage')
+  scan = resolve_loop(loop) == 'scan'
+
+  @functools.partial(jax.jit, static_argnames=('num_steps', 'static_stage'))
+  def scan_chunk(state, setup, images, masks, num_steps, static_stage):
+    body = lambda st, _: single(st, setup, images, masks, static_stage)
+    return jax.lax.scan(body, state, length=num_steps)
+
+  def run(state, setup, images, masks, num_steps, static_stage):
+    if scan:
+      return scan_chunk(state, setup, images, masks, num_steps=num_steps,
+                        static_stage=static_stage)
+    losses = []
+    for _ in range(num_steps):
+      state, loss = step(state, setup, images, masks, static_stage=static_stage)
+      losses.append(loss)
+    return state, jnp.stack(losses)
+
+  def run_experiment(state, setup, images, masks, start, num_steps):
+    if not static:
+      return run(state, setup, images, masks, num_steps, None)
+    host_setup = jax.tree.map(np.asarray, setup)
+    losses = []
+    for first, length in _segments(host_setup, start, num_steps):
+      state, seg = run(state, setup, images, masks, length,
+                       stage_masks_at(host_setup, first))
+      losses.append(seg)
+    return state, jnp.concatenate(losses)
+
+  def chunk(state, setup, images, masks, num_steps):
+    num = np.shape(setup.starts)[0]
+    start = int(np.asarray(state.step)[0])
+    outs = [run_experiment(unstack(state, e), unstack(setup, e), images, masks,
+                           start, num_steps) for e in range(num)]
+    states, losses = zip(*outs)
+    return (jax.tree.map(lambda *xs: jnp.stack(xs), *states),
+            jnp.stack(losses, axis=1))
+
+  chunk.step = step
+  chunk.loop = 'scan' if scan else 'host'
+  return chunk
+
+
+def place(tree: PyTree, mesh, spec: P) -> PyTree:
+  """Puts host arrays on ``mesh`` with ``spec``; works across processes.
+
+  Every process holds the full host array; each contributes the shards its
+  devices own (``make_array_from_callback``), which is what multi-controller
+  JAX needs.
+  """
+  sharding = NamedSharding(mesh, spec)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(np.shape(x), sharding,
+                                             lambda idx: np.asarray(x)[idx]), tree)

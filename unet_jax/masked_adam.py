@@ -1,0 +1,95 @@
+"""Adam whose freeze mask, learning rate and weight decay are data, not structure.
+
+``optax.partition`` needs static labels, so every layer subset compiles its
+own program. Here the mask is a tree of 0/1 scalars (one per parameter leaf)
+passed at each update, so experiments that differ only in what they freeze,
+in a gradual schedule, or in learning rate / weight decay share one compiled
+program and can be stacked on an experiment axis.
+
+Semantics, chosen so that a frozen leaf's whole state is what the static
+``optax.partition`` + ``set_to_zero`` path gives:
+
+- a frozen leaf gets a zero update (selected with ``where``, so even a NaN
+  gradient cannot leak into it) and its moments do not move;
+- each leaf counts the steps it was trained (``count`` is per leaf), and the
+  bias correction uses that count. A block unfrozen at step k therefore
+  starts like a fresh Adam (moments 0, count 0) instead of taking a step
+  ~3x too large from moments bias-corrected with count k;
+- with ``rewarmup_steps > 0`` a leaf's learning rate ramps linearly over its
+  first ``rewarmup_steps`` trained steps, the optional re-warmup after an
+  unfreeze (it also warms up the start of training).
+
+For leaves that are always trained the arithmetic is that of ``optax.adam``
+(or ``optax.adamw``) operation for operation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+class MaskedAdamState(NamedTuple):
+  count: PyTree  # int32 scalar per leaf: steps this leaf has been trained
+  mu: PyTree
+  nu: PyTree
+
+
+def masked_adam(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                rewarmup_steps: int = 0):
+  """Returns (init_fn, update_fn) of Adam with a data mask.
+
+  ``update_fn(grads, state, params, *, mask, learning_rate, weight_decay)``:
+  ``mask`` is a tree like ``params`` of 0/1 (or bool) scalars; learning rate
+  and weight decay are scalars that may be traced. Keyword-only because a
+  mask passed where the learning rate goes would silently train everything.
+
+  Example::
+
+    init_fn, update_fn = masked_adam()
+    state = init_fn(params)
+    updates, state = update_fn(grads, state, params, mask=mask,
+                               learning_rate=1e-3, weight_decay=0.0)
+    params = jax.tree.map(jnp.add, params, updates)
+  """
+
+  def init_fn(params) -> MaskedAdamState:
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    count = jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params)
+    return MaskedAdamState(count, zeros, jax.tree.map(jnp.zeros_like, params))
+
+  def update_fn(grads, state: MaskedAdamState, params, *, mask, learning_rate,
+                weight_decay):
+    def leaf(g, count, mu, nu, p, m):
+      m = jnp.asarray(m).astype(bool)
+      new_mu = (1 - b1) * g + b1 * mu
+      new_nu = (1 - b2) * (g * g) + b2 * nu
+      new_count = count + 1
+      mu_hat = new_mu / (1 - b1 ** new_count).astype(g.dtype)
+      nu_hat = new_nu / (1 - b2 ** new_count).astype(g.dtype)
+      u = mu_hat / (jnp.sqrt(nu_hat + 0.0) + eps)
+      u = u + weight_decay * p
+      lr = learning_rate
+      if rewarmup_steps:
+        lr = lr * jnp.minimum(1.0, new_count / rewarmup_steps)
+      u = -lr * u
+      return (jnp.where(m, u, jnp.zeros_like(u)), jnp.where(m, new_count, count),
+              jnp.where(m, new_mu, mu), jnp.where(m, new_nu, nu))
+
+    out = jax.tree.map(leaf, grads, state.count, state.mu, state.nu, params, mask)
+    treedef = jax.tree.structure(grads)
+    updates, count, mu, nu = (jax.tree.unflatten(treedef, parts) for parts in
+                              zip(*treedef.flatten_up_to(out)))
+    return updates, MaskedAdamState(count, mu, nu)
+
+  return init_fn, update_fn
+
+
+def apply_masked(params, updates, mask):
+  """params + updates on trained leaves; frozen leaves are returned as they are."""
+  return jax.tree.map(lambda p, u, m: jnp.where(jnp.asarray(m).astype(bool), p + u, p),
+                      params, updates, mask)
