@@ -49,7 +49,8 @@ masks = (images > 0.5).astype(np.float32)
 ctx = BundleContext(spec, 4)
 reference = make_bundle_chunk(ctx, 'per_experiment', loop='host')
 ref, _ = reference(state, setup, images, masks, num_steps=3)
-mesh = experiment_mesh()
+mesh = experiment_mesh(4)
+assert dict(mesh.shape) == {'exp': 2, 'data': 1}
 for strategy in ('sharded_vmap', 'sharded_sequential'):
   TRACES.clear()
   chunk = make_bundle_chunk(ctx, strategy, loop='host', mesh=mesh)
@@ -67,6 +68,49 @@ print('OK')
 
 def test_sharded_strategies_on_two_devices():
   proc = subprocess.run([sys.executable, '-c', SHARDED_SCRIPT], env=_env(2),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stderr[-3000:]
+
+
+DATA_PARALLEL_SCRIPT = r'''
+import jax, numpy as np
+from jax.sharding import PartitionSpec as P
+from unet_jax.bundle import *
+from unet_jax.freeze import preset_rules
+from unet_jax.model import UNetSpec, init_model
+from unet_jax.schedules import Schedule
+spec = UNetSpec(base_width=4, depth=2, norm='batch')
+_, params, stats = init_model(spec, 0)
+schedules = [Schedule.constant(preset_rules('head', 2)),
+             Schedule.constant(preset_rules('contracting', 2))]
+setup = stack([make_setup(params, stats, s, num_stages=1, learning_rate=1e-3, weight_decay=0.0,
+                          seed_key=jax.random.key(i)) for i, s in enumerate(schedules)])
+state = stack([init_experiment_state(params, stats)] * 2)
+images = np.random.default_rng(0).random((8, 16, 16, 1), np.float32)
+masks = (images > 0.5).astype(np.float32)
+mesh = experiment_mesh(num_experiments=2, batch_size=4)
+assert dict(mesh.shape) == {'exp': 2, 'data': 2}, mesh.shape
+chunk = make_bundle_chunk(BundleContext(spec, 4), 'sharded_vmap', loop='host', mesh=mesh)
+out, losses = chunk(place(state, mesh, P('exp')), place(setup, mesh, P('exp')),
+                    place(images, mesh, P()), place(masks, mesh, P()), num_steps=3)
+assert np.all(np.isfinite(np.asarray(losses)))
+kernel = out.params['enc1']['conv1']['kernel']
+# The data-parallel replicas of each experiment hold the same weights.
+shards = {}
+for shard in kernel.addressable_shards:
+  shards.setdefault(shard.index[0].start, []).append(np.asarray(shard.data))
+assert len(shards) == 2 and all(len(v) == 2 for v in shards.values())
+for copies in shards.values():
+  np.testing.assert_array_equal(copies[0], copies[1])
+host = np.asarray(kernel)
+np.testing.assert_array_equal(host[0], params['enc1']['conv1']['kernel'])  # head: frozen
+assert not np.array_equal(host[1], params['enc1']['conv1']['kernel'])  # contracting
+print('OK')
+'''
+
+
+def test_data_parallel_inside_an_experiment():
+  proc = subprocess.run([sys.executable, '-c', DATA_PARALLEL_SCRIPT], env=_env(4),
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stderr[-3000:]
 

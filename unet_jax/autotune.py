@@ -35,19 +35,23 @@ def candidate_strategies(backend: str, num_devices: int, num_experiments: int,
                          num_processes: int = 1) -> list[str]:
   """Strategies worth timing here.
 
-  ``sequential`` (``lax.map``) is left out on CPU: XLA:CPU runs convolution
-  steps inside a loop body 14x slower (docs/DESIGN.md section 3). With more
-  than one process only sharded strategies make sense: the others would run
-  the whole bundle on every host.
+  Timing is not free (each candidate compiles), so on CPU the candidates
+  that measured slowest there are left out (docs/DESIGN.md section 3,
+  BENCHMARKS.md): ``vmap`` (grouped convolutions, ~3x slower than
+  ``static``), ``vmap_matmul`` (~1.5x slower) and ``sequential`` (a
+  ``lax.map`` loop body, 14x slower on XLA:CPU). ``config.strategy`` can
+  still force any of them. With more than one process only sharded
+  strategies make sense: the others would run the whole bundle on every host.
   """
   if num_experiments == 1 and num_processes == 1:
     return ['static']
   sharded = ['sharded_vmap'] + ([] if backend == 'cpu' else ['sharded_sequential'])
   if num_processes > 1:
     return sharded
-  names = ['static', 'per_experiment', 'vmap', 'vmap_matmul']
-  if backend != 'cpu':
-    names.append('sequential')
+  if backend == 'cpu':
+    names = ['static', 'per_experiment']
+  else:
+    names = ['static', 'per_experiment', 'vmap', 'vmap_matmul', 'sequential']
   if num_devices > 1:
     names += sharded
   return names

@@ -122,7 +122,7 @@ def unstack(tree: PyTree, index: int) -> PyTree:
 
 def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
                     setup: ExperimentSetup, images: jax.Array, masks: jax.Array,
-                    static_stage: tuple | None = None
+                    static_stage: tuple | None = None, *, data_shards: int = 1
                     ) -> tuple[ExperimentState, jax.Array]:
   """One training step of one experiment, with its mask looked up by step.
 
@@ -130,6 +130,12 @@ def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
   replaces the looked-up mask by a compile-time constant: XLA then drops the
   gradient work of frozen leaves, as it does for ``optax.partition``, at the
   price of one program per distinct mask.
+
+  ``data_shards > 1`` (inside ``shard_map`` over a mesh axis ``'data'``)
+  splits the batch: each shard draws ``batch_size / data_shards`` images
+  with its own key, and gradients, loss and BatchNorm running statistics
+  are averaged over the shards (BatchNorm normalises with per-shard batch
+  statistics, as data-parallel BatchNorm usually does).
   """
   TRACES['experiment_step'] += 1
   if static_stage is None:
@@ -140,7 +146,11 @@ def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
     mask = jax.tree.unflatten(jax.tree.structure(state.params), static_stage[0])
     stats_mask = jax.tree.unflatten(jax.tree.structure(state.stats), static_stage[1])
   key = jax.random.wrap_key_data(setup.key)
-  batch = draw_batch(images, masks, key, state.step, ctx.batch_size)
+  batch_size = ctx.batch_size
+  if data_shards > 1:
+    key = jax.random.fold_in(key, jax.lax.axis_index('data'))
+    batch_size //= data_shards
+  batch = draw_batch(images, masks, key, state.step, batch_size)
   graphdef = ctx.graphdefs[conv]
 
   def loss_fn(params):
@@ -149,6 +159,8 @@ def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
     return segmentation_loss(logits, batch.masks), new_stats
 
   (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if data_shards > 1:
+    loss, grads, new_stats = jax.lax.pmean((loss, grads, new_stats), 'data')
   _, update_fn = masked_adam(rewarmup_steps=ctx.rewarmup_steps)
   updates, opt_state = update_fn(grads, state.opt_state, state.params, mask=mask,
                                  learning_rate=setup.learning_rate,
@@ -160,31 +172,44 @@ def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
   return ExperimentState(params, new_stats, opt_state, state.step + 1), loss
 
 
-def _over_experiments(ctx: BundleContext, strategy: str):
+def _over_experiments(ctx: BundleContext, strategy: str, data_shards: int = 1):
   """experiment_step mapped over the (local) experiment axis."""
   conv = 'matmul' if strategy == 'vmap_matmul' else 'xla'
-  step = functools.partial(experiment_step, ctx, conv)
+  step = functools.partial(experiment_step, ctx, conv, data_shards=data_shards)
   if strategy in ('vmap', 'vmap_matmul', 'sharded_vmap'):
     return jax.vmap(step, in_axes=(0, 0, None, None))
   return lambda state, setup, images, masks: jax.lax.map(
       lambda pair: step(pair[0], pair[1], images, masks), (state, setup))
 
 
-def experiment_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D mesh ``('exp',)`` over all devices of all processes."""
-  devices = jax.devices() if devices is None else devices
-  return jax.sharding.Mesh(np.asarray(devices), ('exp',))
+def experiment_mesh(num_experiments: int | None = None, batch_size: int | None = None,
+                    devices=None) -> jax.sharding.Mesh:
+  """A mesh ``('exp', 'data')`` over all devices of all processes.
+
+  With at least twice as many devices as experiments (and a batch that
+  divides), the extra devices go to a ``'data'`` axis: each experiment is
+  trained data-parallel on ``devices / experiments`` devices. Otherwise
+  ``'data'`` has size 1 and the experiments are spread over the devices
+  (padded to a multiple of their number by the engine).
+  """
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  data = 1
+  if num_experiments and len(devices) >= 2 * num_experiments:
+    data = len(devices) // num_experiments
+    while data > 1 and (len(devices) % data or (batch_size and batch_size % data)):
+      data -= 1
+  return jax.sharding.Mesh(devices.reshape(len(devices) // data, data), ('exp', 'data'))
 
 
 def make_bundle_step(ctx: BundleContext, strategy: str, mesh=None):
   """``bundle_step(state, setup, images, masks) -> (state, losses[E])``."""
   if strategy not in STRATEGIES:
     raise ValueError(f'unknown strategy {strategy!r}; valid: {", ".join(STRATEGIES)}')
-  inner = _over_experiments(ctx, strategy)
   if strategy not in SHARDED:
-    return inner
-  return jax.shard_map(inner, mesh=mesh or experiment_mesh(),
-                       in_specs=(P('exp'), P('exp'), P(), P()),
+    return _over_experiments(ctx, strategy)
+  mesh = mesh or experiment_mesh()
+  inner = _over_experiments(ctx, strategy, data_shards=mesh.shape.get('data', 1))
+  return jax.shard_map(inner, mesh=mesh, in_specs=(P('exp'), P('exp'), P(), P()),
                        out_specs=(P('exp'), P('exp')))
 
 

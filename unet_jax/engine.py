@@ -98,15 +98,17 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
       jax.default_backend(), len(devices), len(experiments), jax.process_count())
   may_shard = strategy in SHARDED or (strategy == 'auto' and
                                       any(c in SHARDED for c in candidates))
-  # Sharded strategies need the experiment axis to fill the devices evenly.
-  padded = (-len(experiments)) % len(devices) if may_shard else 0
+  mesh = (experiment_mesh(len(experiments), experiments[0].batch_size)
+          if len(devices) > 1 else None)
+  exp_shards = mesh.shape['exp'] if mesh is not None else 1
+  # Sharded strategies need the experiment axis to fill the 'exp' devices evenly.
+  padded = (-len(experiments)) % exp_shards if may_shard else 0
   members = list(experiments) + [experiments[-1]] * padded
   weights = list(inits) + [inits[-1]] * padded
   setup = stack([make_setup(w.params, w.stats, e.schedule, num_stages=num_stages,
                             learning_rate=e.learning_rate, weight_decay=e.weight_decay,
                             seed_key=training_key(e)) for e, w in zip(members, weights)])
   state = stack([init_experiment_state(w.params, w.stats) for w in weights])
-  mesh = experiment_mesh() if len(devices) > 1 else None
   inputs = _Inputs(state, setup, images, masks, mesh)
   n = chunk_length(steps, chunk_steps)
   signature = (f'{jax.default_backend()}|{len(devices)}|{jax.process_count()}|'
@@ -122,7 +124,7 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
     else:
       strategy, chunk, found = autotune.time_strategies(
           ctx, inputs.get, candidates=candidates, total_steps=steps, loop=loop,
-          mesh=mesh, timing_steps=n if resolve_loop(loop) == 'scan' else 2)
+          mesh=mesh, timing_steps=n if resolve_loop(loop) == 'scan' else 1)
       trials = [dataclasses.asdict(t) for t in found]
     if tuning_cache is not None:
       tuning_cache[signature] = {'strategy': strategy, 'trials': trials}

@@ -1,0 +1,184 @@
+"""Sweep throughput: experiment-steps per second, compile included, per strategy.
+
+Runs a sweep of N layer-subset experiments x S steps at the default model
+size (U-Net base 16, depth 4, BatchNorm, 64x64, batch 8) and measures:
+
+- baseline: what a user would write, one experiment at a time, each with its
+  own jit and a static ``optax.partition`` freeze (``unet_jax.train``);
+- each bundle strategy forced (``unet_jax.bundle.STRATEGIES``);
+- auto: the autotuner's timing plus the run with its choice;
+- optionally (``--torch``) the same U-Net in a plain PyTorch loop, one
+  experiment at a time, for the gap to the peer a user would reach for.
+
+Prints a table and ends with one JSON line holding every figure.
+
+  python benchmarks/sweep_throughput.py                      # 8 x 60, ~10 min on 2 CPU cores
+  python benchmarks/sweep_throughput.py --experiments=16 --steps=200   # an accelerator
+"""
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import tqdm
+
+from unet_jax import autotune, data
+from unet_jax.bundle import BundleContext
+from unet_jax.engine import Weights, run_bundle
+from unet_jax.freeze import PRESETS, block_stats_mask, freeze_labels, preset_rules
+from unet_jax.grid import Experiment
+from unet_jax.model import UNetSpec, init_model
+from unet_jax.optim import make_optimizer
+from unet_jax.schedules import Schedule
+from unet_jax.train import init_state, make_train_chunk
+
+SUBSETS = [p for p in PRESETS if p != 'none']
+
+
+def experiments(n, steps, spec, batch):
+  return [Experiment(f'{SUBSETS[i % len(SUBSETS)]}-{i}', SUBSETS[i % len(SUBSETS)],
+                     Schedule.constant(preset_rules(SUBSETS[i % len(SUBSETS)], spec.depth)),
+                     'pretrained', i, 1e-3, 0.0, steps, batch) for i in range(n)]
+
+
+def run_baseline(exps, spec, weights, images, masks, chunk):
+  jax.clear_caches()  # every run pays its own compiles
+  graphdef = init_model(spec, 0)[0]
+  start = time.perf_counter()
+  for e in exps:
+    rules = e.schedule.stages[0]
+    optimizer = make_optimizer(freeze_labels(weights.params, rules), e.learning_rate)
+    train_chunk = make_train_chunk(graphdef, optimizer,
+                                   block_stats_mask(weights.stats, weights.params, rules),
+                                   e.batch_size)
+    state = init_state(weights.params, weights.stats, optimizer)
+    key = jax.random.key(e.seed)
+    for _ in range(e.steps // chunk):
+      state, losses = train_chunk(state, images, masks, key, num_steps=chunk)
+    jax.block_until_ready(losses)
+  return time.perf_counter() - start
+
+
+def run_strategy(strategy, exps, spec, weights, images, masks, chunk):
+  jax.clear_caches()  # every run pays its own compiles
+  ctx = BundleContext(spec, exps[0].batch_size)
+  bar = tqdm.tqdm(disable=True)
+  start = time.perf_counter()
+  _, _, report = run_bundle(ctx, exps, [weights] * len(exps), images, masks,
+                            strategy=strategy, loop='auto', chunk_steps=chunk, bar=bar)
+  return time.perf_counter() - start, report
+
+
+def run_torch(n, steps, spec, size, batch):
+  import torch
+  from torch import nn
+
+  def block(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+  class UNet(nn.Module):
+    def __init__(self):
+      super().__init__()
+      w = [spec.base_width * 2 ** i for i in range(spec.depth + 1)]
+      self.enc = nn.ModuleList([block(1 if i == 0 else w[i - 1], w[i])
+                                for i in range(spec.depth)])
+      self.bottleneck = block(w[-2], w[-1])
+      self.up = nn.ModuleList([nn.ConvTranspose2d(w[i + 1], w[i], 2, 2)
+                               for i in reversed(range(spec.depth))])
+      self.dec = nn.ModuleList([block(2 * w[i], w[i]) for i in reversed(range(spec.depth))])
+      self.head = nn.Conv2d(w[0], 1, 1)
+
+    def forward(self, x):
+      skips = []
+      for enc in self.enc:
+        x = enc(x)
+        skips.append(x)
+        x = nn.functional.max_pool2d(x, 2)
+      x = self.bottleneck(x)
+      for up, dec in zip(self.up, self.dec):
+        x = dec(torch.cat([up(x), skips.pop()], 1))
+      return self.head(x)
+
+  x = torch.rand(batch, 1, size, size)
+  y = (x > 0.5).float()
+  start = time.perf_counter()
+  for _ in range(n):
+    model = UNet()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(steps):
+      opt.zero_grad()
+      loss = nn.functional.binary_cross_entropy_with_logits(model(x), y)
+      loss.backward()
+      opt.step()
+  return time.perf_counter() - start
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--experiments', type=int, default=8)
+  parser.add_argument('--steps', type=int, default=60)
+  parser.add_argument('--chunk', type=int, default=20)
+  parser.add_argument('--image_size', type=int, default=64)
+  parser.add_argument('--base_width', type=int, default=16)
+  parser.add_argument('--batch_size', type=int, default=8)
+  parser.add_argument('--strategies', default='',
+                      help='comma-separated; default: the autotuner candidates here')
+  parser.add_argument('--torch', action='store_true', help='also time plain PyTorch')
+  args = parser.parse_args()
+
+  spec = UNetSpec(base_width=args.base_width, depth=4, norm='batch')
+  _, params, stats = init_model(spec, 0)
+  weights = Weights(params, stats)
+  ds = data.make_dataset('ultrasound', 96, args.image_size, 0)
+  exps = experiments(args.experiments, args.steps, spec, args.batch_size)
+  total = args.experiments * args.steps
+  backend, devices = jax.default_backend(), jax.device_count()
+  strategies = (args.strategies.split(',') if args.strategies else
+                autotune.candidate_strategies(backend, devices, args.experiments))
+
+  rows, figures = [], {}
+  seconds = run_baseline(exps, spec, weights, ds.images, ds.masks, args.chunk)
+  figures['baseline_exp_steps_per_s'] = total / seconds
+  rows.append(('baseline (one jit per experiment)', seconds, total / seconds, 1.0))
+  print(f'baseline: {seconds:.1f}s', flush=True)
+  for strategy in strategies + ['auto']:
+    try:
+      seconds, report = run_strategy(strategy, exps, spec, weights, ds.images, ds.masks,
+                                     args.chunk)
+    except Exception as e:  # noqa: BLE001 - report and go on
+      print(f'{strategy}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}')
+      figures[f'{strategy}_exp_steps_per_s'] = None
+      continue
+    label = f'auto (chose {report.strategy})' if strategy == 'auto' else strategy
+    if strategy == 'auto':
+      figures['auto_choice'] = report.strategy
+    figures[f'{strategy}_exp_steps_per_s'] = total / seconds
+    rows.append((label, seconds, total / seconds,
+                 (total / seconds) / figures['baseline_exp_steps_per_s']))
+    print(f'{label}: {seconds:.1f}s', flush=True)
+  if args.torch:
+    seconds = run_torch(args.experiments, args.steps, spec, args.image_size, args.batch_size)
+    figures['torch_exp_steps_per_s'] = total / seconds
+    figures['auto_over_torch'] = figures['auto_exp_steps_per_s'] / figures['torch_exp_steps_per_s']
+    rows.append(('plain PyTorch loop', seconds, total / seconds,
+                 (total / seconds) / figures['baseline_exp_steps_per_s']))
+
+  print(f'\n{args.experiments} experiments x {args.steps} steps, U-Net base '
+        f'{args.base_width}, {args.image_size}x{args.image_size}, batch {args.batch_size}; '
+        f'{backend} x{devices}')
+  print(f'{"run":<36} {"seconds":>8} {"exp-steps/s":>12} {"vs baseline":>12}')
+  for label, sec, rate, ratio in rows:
+    print(f'{label:<36} {sec:>8.1f} {rate:>12.2f} {ratio:>11.2f}x')
+  figures.update(
+      experiments=args.experiments, steps=args.steps, image_size=args.image_size,
+      base_width=args.base_width, batch_size=args.batch_size, backend=backend,
+      devices=devices, device_kind=jax.devices()[0].device_kind,
+      machine=platform.machine(), processor=platform.processor(), jax=jax.__version__)
+  print(json.dumps(figures))
+
+
+if __name__ == '__main__':
+  main()
