@@ -9,10 +9,10 @@ Command:    python launch/sweep.py
 Variants:   python launch/sweep.py --config=configs/default.py:tiny  (seconds;
             what the tests run)
 Overrides:  --config.finetune.steps=500 --config.only=full,contracting
-Time:       about 5 minutes on a 2-core CPU with no accelerator (see README).
-Result:     a table sorted by test Dice; with this little data and training,
-            expect the pretrained subsets that train the contracting path and
-            full fine-tuning on top, head-only and from-scratch near the bottom.
+Time:       5 min 9 s on a 2-core CPU with no accelerator (2026-11-26, README).
+Result:     a table sorted by test Dice: full fine-tuning and from-scratch
+            about 0.90, contracting path and shallow blocks about 0.80,
+            expanding path about 0.46, head / last / deep blocks 0.15-0.30.
 """
 
 import ml_collections

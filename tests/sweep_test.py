@@ -12,7 +12,7 @@ import pytest
 from unet_jax.errors import UserError
 from unet_jax.results import read_jsonl
 from unet_jax.settings import load_config
-from unet_jax.sweep import run_sweep
+from unet_jax.sweep import WorkdirLock, run_sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(ROOT, 'launch', 'sweep.py')
@@ -118,6 +118,16 @@ def test_unknown_block_in_rules_lists_valid_blocks(tmp_path):
                                 'init': 'pretrained'}
   with pytest.raises(UserError, match='valid block names: bottleneck, dec1, dec2, enc1'):
     run_sweep(config, str(tmp_path), progress=False)
+
+
+def test_a_workdir_in_use_is_refused(tmp_path):
+  with WorkdirLock(str(tmp_path)):
+    with pytest.raises(UserError, match='is in use by another sweep \\(pid'):
+      run_sweep(tiny_config(only='head'), str(tmp_path), progress=False)
+  # Released: the same directory works again, and the lock was not the
+  # reason anything else failed.
+  with WorkdirLock(str(tmp_path)):
+    pass
 
 
 def test_rgb_shaped_network_gets_repeated_grey(tmp_path):

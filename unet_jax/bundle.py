@@ -41,7 +41,7 @@ from unet_jax import freeze
 from unet_jax.masked_adam import MaskedAdamState, apply_masked, masked_adam
 from unet_jax.model import UNetSpec, apply_model, init_model
 from unet_jax.schedules import Schedule, stage_table
-from unet_jax.train import draw_batch, resolve_loop, segmentation_loss
+from unet_jax.train import draw_batch, host_loop, resolve_loop, segmentation_loss
 
 PyTree = Any
 
@@ -236,11 +236,7 @@ def make_bundle_chunk(ctx: BundleContext, strategy: str, *, loop: str = 'auto',
       return jax.lax.scan(body, state, length=num_steps)
   else:
     def chunk(state, setup, images, masks, num_steps):
-      losses = []
-      for _ in range(num_steps):
-        state, loss = step(state, setup, images, masks)
-        losses.append(loss)
-      return state, jnp.stack(losses)
+      return host_loop(step, state, setup, images, masks, num_steps=num_steps)
   chunk.step = step
   chunk.loop = resolve_loop(loop)
   return chunk
@@ -282,11 +278,8 @@ def _per_experiment_chunk(ctx: BundleContext, loop: str, *, static: bool):
     if scan:
       return scan_chunk(state, setup, images, masks, num_steps=num_steps,
                         static_stage=static_stage)
-    losses = []
-    for _ in range(num_steps):
-      state, loss = step(state, setup, images, masks, static_stage=static_stage)
-      losses.append(loss)
-    return state, jnp.stack(losses)
+    return host_loop(functools.partial(step, static_stage=static_stage), state, setup,
+                     images, masks, num_steps=num_steps)
 
   def run_experiment(state, setup, images, masks, start, num_steps):
     if not static:

@@ -12,14 +12,18 @@ Work directory layout::
   experiments/<name>/summary.json  rules, frozen paths, Dice, CI, bundle, timings
   experiments/<name>/rules.txt     the rule that decided each parameter, per stage
   bundles.json                     each bundle's strategy and autotuning timings
+  autotune.json                    cached strategy choices
+  .lock                            held while a sweep runs
   results.jsonl                    one row per (experiment, test image)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
+import socket
 import sys
 
 import jax
@@ -35,6 +39,38 @@ from unet_jax.model import count_params, init_model
 from unet_jax.schedules import Schedule
 from unet_jax.settings import SweepSettings
 from unet_jax.train import predict
+
+
+class WorkdirLock:
+  """An exclusive lock on a work directory, so two sweeps never write one.
+
+  ``fcntl.flock`` on ``<workdir>/.lock``: the kernel releases it when the
+  process dies, so a crashed or killed sweep never leaves a stale lock.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, '.lock')
+    self._file = None
+
+  def __enter__(self):
+    self._file = open(self.path, 'a+')
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      self._file.seek(0)
+      owner = self._file.read().strip() or 'another process'
+      self._file.close()
+      raise UserError(f'work directory {os.path.dirname(self.path)} is in use by '
+                      f'another sweep ({owner}); wait for it to finish or choose '
+                      'another --workdir') from None
+    self._file.truncate(0)
+    self._file.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+    self._file.flush()
+    return self
+
+  def __exit__(self, *exc):
+    fcntl.flock(self._file, fcntl.LOCK_UN)
+    self._file.close()
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -153,6 +189,15 @@ def run_sweep(config, workdir: str, *, progress: bool = True) -> list[dict]:
   bundles, split_by = grid.group_bundles(runs, s.max_bundle)
   writer = is_writer()
   workdir = prepare_workdir(workdir) if writer else os.path.abspath(workdir)
+  if not writer:
+    return _run(s, config, workdir, runs, bundles, split_by, writer, progress)
+  with WorkdirLock(workdir):
+    return _run(s, config, workdir, runs, bundles, split_by, writer, progress)
+
+
+def _run(s: SweepSettings, config, workdir: str, runs, bundles, split_by, writer: bool,
+         progress: bool) -> list[dict]:
+  """The body of run_sweep, inside the work directory's lock."""
   if writer:
     results.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   target = data.make_dataset(s.target_source, s.target_images, s.image_size,

@@ -107,6 +107,18 @@ def resolve_loop(loop: str) -> str:
   return loop
 
 
+def host_loop(step, state, *args, num_steps: int):
+  """Calls ``step(state, *args) -> (state, loss)`` num_steps times from Python.
+
+  Returns (state, losses[num_steps]); dispatch is asynchronous, nothing waits.
+  """
+  losses = []
+  for _ in range(num_steps):
+    state, loss = step(state, *args)
+    losses.append(loss)
+  return state, jnp.stack(losses)
+
+
 def make_train_chunk(graphdef, optimizer, stats_mask, batch_size: int, *,
                      loop: str = 'auto'):
   """A ``train_chunk(state, images, masks, key, num_steps)`` function.
@@ -130,11 +142,7 @@ def make_train_chunk(graphdef, optimizer, stats_mask, batch_size: int, *,
       context(images, masks, key), state, None))
 
   def host_chunk(state, images, masks, key, num_steps):
-    losses = []
-    for _ in range(num_steps):
-      state, loss = step(state, images, masks, key)
-      losses.append(loss)
-    return state, jnp.stack(losses)
+    return host_loop(step, state, images, masks, key, num_steps=num_steps)
   return host_chunk
 
 
