@@ -128,7 +128,7 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
       trials = [dataclasses.asdict(t) for t in found]
     if tuning_cache is not None:
       tuning_cache[signature] = {'strategy': strategy, 'trials': trials}
-  if chunk is None:  # the autotuner's winner is already compiled: reuse it
+  if chunk is None:  # forced or cached choice; a timed winner is already compiled
     chunk = make_bundle_chunk(ctx, strategy, loop=loop,
                               mesh=mesh if strategy in SHARDED else None)
   state, setup, images, masks = inputs.get(strategy)
