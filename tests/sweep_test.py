@@ -9,6 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import unet_jax
 from unet_jax.errors import UserError
 from unet_jax.results import read_jsonl
 from unet_jax.settings import load_config
@@ -118,6 +119,37 @@ def test_unknown_block_in_rules_lists_valid_blocks(tmp_path):
                                 'init': 'pretrained'}
   with pytest.raises(UserError, match='valid block names: bottleneck, dec1, dec2, enc1'):
     run_sweep(config, str(tmp_path), progress=False)
+
+
+def test_export_and_predict_at_any_size(sweep_dir, tmp_path):
+  workdir, _ = sweep_dir
+  out = unet_jax.export_experiment(workdir, 'full', str(tmp_path / 'model'))
+  images = np.random.default_rng(0).random((3, 45, 70)).astype(np.float32)
+  probs = unet_jax.predict(out, images)
+  assert probs.shape == (3, 45, 70) and probs.dtype == np.float32
+  assert 0.0 <= probs.min() and probs.max() <= 1.0
+  assert unet_jax.predict(out, images[..., None]).shape == (3, 45, 70, 1)
+  # At the model's own size, prediction is the evaluation path's.
+  test = np.random.default_rng(1).random((2, 32, 32, 1)).astype(np.float32)
+  from unet_jax.checkpoint import load_weights
+  from unet_jax.model import UNetSpec, init_model
+  from unet_jax.train import predict as predict_batches
+  graphdef = init_model(UNetSpec(base_width=4, depth=2), 0)[0]
+  params, stats = load_weights(os.path.join(workdir, 'experiments', 'full', 'weights'))
+  np.testing.assert_allclose(unet_jax.predict(out, test),
+                             predict_batches(graphdef, params, stats, test), atol=1e-5)
+
+
+def test_export_errors_name_the_problem(sweep_dir, tmp_path):
+  workdir, _ = sweep_dir
+  with pytest.raises(UserError, match="no finished experiment 'nope'.*full, head"):
+    unet_jax.export_experiment(workdir, 'nope', str(tmp_path / 'm'))
+  with pytest.raises(UserError, match='not an exported model'):
+    unet_jax.predict(str(tmp_path), np.zeros((1, 8, 8)))
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'launch', 'export.py'),
+                         f'--workdir={workdir}', '--experiment=head'],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and 'missing flag(s): --out' in proc.stderr
 
 
 def test_a_workdir_in_use_is_refused(tmp_path):

@@ -1,0 +1,94 @@
+"""One experiment as a standalone model: export it, then segment new images.
+
+An exported folder holds ``weights/`` (a plain orbax checkpoint, as in the
+work directory) and ``model.json`` (architecture, input size, and the
+experiment's summary), which is all :func:`predict` needs.
+
+Example::
+
+  export_experiment('runs/default', 'contracting', 'models/contracting')
+  probs = predict('models/contracting', images)   # (N, H, W) or (N, H, W, 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+
+from unet_jax import checkpoint, results
+from unet_jax.errors import UserError
+from unet_jax.model import UNetSpec, init_model
+from unet_jax.train import predict as predict_batches
+
+
+def export_experiment(workdir: str, experiment: str, out: str) -> str:
+  """Writes ``out/weights`` and ``out/model.json`` for one experiment."""
+  config_path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(config_path):
+    raise UserError(f'{workdir} is not a sweep work directory (no config.json)')
+  folder = os.path.join(workdir, 'experiments')
+  names = sorted(n for n in os.listdir(folder)
+                 if os.path.isfile(os.path.join(folder, n, 'summary.json')))
+  if experiment not in names:
+    raise UserError(f'no finished experiment {experiment!r} in {workdir}; '
+                    f'finished experiments: {", ".join(names) or "none"}')
+  with open(config_path) as f:
+    config = json.load(f)
+  with open(os.path.join(folder, experiment, 'summary.json')) as f:
+    summary = json.load(f)
+  params, stats = checkpoint.load_weights(os.path.join(folder, experiment, 'weights'))
+  fields = {f.name for f in dataclasses.fields(UNetSpec)}
+  spec = {k: v for k, v in config['model'].items() if k in fields}
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'cannot create {out}: {e.strerror or e}') from None
+  checkpoint.save_weights(os.path.join(out, 'weights'), params, stats)
+  results.write_json(os.path.join(out, 'model.json'), {
+      'model': spec, 'image_size': config['image_size'], 'experiment': summary})
+  return out
+
+
+def _load(checkpoint_dir: str):
+  path = os.path.join(checkpoint_dir, 'model.json')
+  if not os.path.isfile(path):
+    raise UserError(f'{checkpoint_dir} is not an exported model (no model.json); '
+                    'make one with launch/export.py')
+  with open(path) as f:
+    meta = json.load(f)
+  spec = UNetSpec(**meta['model'])
+  graphdef = init_model(spec, 0)[0]
+  params, stats = checkpoint.load_weights(os.path.join(checkpoint_dir, 'weights'))
+  return spec, graphdef, params, stats, meta['image_size']
+
+
+def predict(checkpoint_dir: str, images) -> np.ndarray:
+  """Foreground probabilities for new images, at the images' own size.
+
+  Args:
+    checkpoint_dir: a folder written by ``export_experiment``.
+    images: (N, H, W) or (N, H, W, 1) grey values in [0, 1], any H and W.
+
+  Returns:
+    (N, H, W) float32 probabilities (or (N, H, W, 1) for 4-D input). Images
+    are resized (anti-aliased) to the model's input, segmented, and the
+    probabilities resized back.
+  """
+  spec, graphdef, params, stats, size = _load(checkpoint_dir)
+  images = np.asarray(images, np.float32)
+  squeeze = images.ndim == 3
+  if squeeze:
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] != 1:
+    raise UserError(f'images must be (N, H, W) or (N, H, W, 1); got {images.shape}')
+  n, h, w, _ = images.shape
+  small = np.asarray(jax.image.resize(images, (n, size, size, 1), 'linear', antialias=True))
+  small = np.repeat(small, spec.in_channels, axis=-1)
+  probs = predict_batches(graphdef, params, stats, small)
+  full = np.asarray(jax.image.resize(probs, (n, h, w, 1), 'linear'))
+  full = np.clip(full, 0.0, 1.0)
+  return full[..., 0] if squeeze else full
