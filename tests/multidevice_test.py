@@ -27,25 +27,36 @@ def _env(devices: int) -> dict:
   return env
 
 
-SHARDED_SCRIPT = r'''
+# Shared by the scripts below: a tiny U-Net, a bundle of `schedules`, data.
+PRELUDE = r'''
 import jax, numpy as np
 from jax.sharding import PartitionSpec as P
 from unet_jax.bundle import *
 from unet_jax.freeze import preset_rules
 from unet_jax.model import UNetSpec, init_model
 from unet_jax.schedules import Schedule, gradual
-assert jax.device_count() == 2
+
+def make_bundle(params, stats, schedules):
+  stages = max(len(s.stages) for s in schedules)
+  setup = stack([make_setup(params, stats, s, num_stages=stages, learning_rate=1e-3,
+                            weight_decay=0.0, seed_key=jax.random.key(i))
+                 for i, s in enumerate(schedules)])
+  return stack([init_experiment_state(params, stats)] * len(schedules)), setup
+
 spec = UNetSpec(base_width=4, depth=2, norm='batch')
 _, params, stats = init_model(spec, 0)
+images = np.random.default_rng(0).random((8, 16, 16, 1), np.float32)
+masks = (images > 0.5).astype(np.float32)
+'''
+
+
+SHARDED_SCRIPT = PRELUDE + r'''
+assert jax.device_count() == 2
 schedules = [Schedule.constant(preset_rules('head', 2)),
              gradual('depth', 'shallow_to_deep', 1, 2),
              Schedule.constant(preset_rules('full', 2)),
              Schedule.constant(preset_rules('contracting', 2))]
-setup = stack([make_setup(params, stats, s, num_stages=3, learning_rate=1e-3, weight_decay=0.0,
-                          seed_key=jax.random.key(i)) for i, s in enumerate(schedules)])
-state = stack([init_experiment_state(params, stats)] * 4)
-images = np.random.default_rng(0).random((8, 16, 16, 1), np.float32)
-masks = (images > 0.5).astype(np.float32)
+state, setup = make_bundle(params, stats, schedules)
 ctx = BundleContext(spec, 4)
 reference = make_bundle_chunk(ctx, 'per_experiment', loop='host')
 ref, _ = reference(state, setup, images, masks, num_steps=3)
@@ -72,22 +83,10 @@ def test_sharded_strategies_on_two_devices():
   assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stderr[-3000:]
 
 
-DATA_PARALLEL_SCRIPT = r'''
-import jax, numpy as np
-from jax.sharding import PartitionSpec as P
-from unet_jax.bundle import *
-from unet_jax.freeze import preset_rules
-from unet_jax.model import UNetSpec, init_model
-from unet_jax.schedules import Schedule
-spec = UNetSpec(base_width=4, depth=2, norm='batch')
-_, params, stats = init_model(spec, 0)
+DATA_PARALLEL_SCRIPT = PRELUDE + r'''
 schedules = [Schedule.constant(preset_rules('head', 2)),
              Schedule.constant(preset_rules('contracting', 2))]
-setup = stack([make_setup(params, stats, s, num_stages=1, learning_rate=1e-3, weight_decay=0.0,
-                          seed_key=jax.random.key(i)) for i, s in enumerate(schedules)])
-state = stack([init_experiment_state(params, stats)] * 2)
-images = np.random.default_rng(0).random((8, 16, 16, 1), np.float32)
-masks = (images > 0.5).astype(np.float32)
+state, setup = make_bundle(params, stats, schedules)
 mesh = experiment_mesh(num_experiments=2, batch_size=4)
 assert dict(mesh.shape) == {'exp': 2, 'data': 2}, mesh.shape
 chunk = make_bundle_chunk(BundleContext(spec, 4), 'sharded_vmap', loop='host', mesh=mesh)

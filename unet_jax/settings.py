@@ -104,6 +104,9 @@ class SweepSettings:
         rewarmup_steps=_int(config, 'finetune.rewarmup_steps', 0),
         bootstrap_samples=_int(config, 'bootstrap_samples', 100),
         compilation_cache=str(_get(config, 'compilation_cache')))
+    names = [r.name for r in settings.runs()]
+    if len(set(names)) != len(names):
+      raise UserError(f'experiment names collide after grid expansion: {names}')
     n_test = round(settings.target_images * settings.test_fraction)
     if not 1 <= n_test < settings.target_images:
       raise UserError(

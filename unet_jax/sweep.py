@@ -19,6 +19,7 @@ Work directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -182,22 +183,18 @@ def run_sweep(config, workdir: str, *, progress: bool = True) -> list[dict]:
   if s.compilation_cache:
     # Reruns and resumed sweeps load compiled programs instead of compiling.
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(s.compilation_cache))
-  runs = s.runs()
-  names = [r.name for r in runs]
-  if len(set(names)) != len(names):
-    raise UserError(f'experiment names collide after grid expansion: {names}')
-  bundles, split_by = grid.group_bundles(runs, s.max_bundle)
   writer = is_writer()
   workdir = prepare_workdir(workdir) if writer else os.path.abspath(workdir)
-  if not writer:
-    return _run(s, config, workdir, runs, bundles, split_by, writer, progress)
-  with WorkdirLock(workdir):
-    return _run(s, config, workdir, runs, bundles, split_by, writer, progress)
+  # Only the writing process takes the work directory's lock.
+  with WorkdirLock(workdir) if writer else contextlib.nullcontext():
+    return _run(s, config, workdir, progress)
 
 
-def _run(s: SweepSettings, config, workdir: str, runs, bundles, split_by, writer: bool,
-         progress: bool) -> list[dict]:
+def _run(s: SweepSettings, config, workdir: str, progress: bool) -> list[dict]:
   """The body of run_sweep, inside the work directory's lock."""
+  runs = s.runs()
+  bundles, split_by = grid.group_bundles(runs, s.max_bundle)
+  writer = is_writer()
   if writer:
     results.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   target = data.make_dataset(s.target_source, s.target_images, s.image_size,
