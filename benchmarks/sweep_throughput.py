@@ -66,9 +66,9 @@ def run_strategy(strategy, exps, spec, weights, images, masks, chunk):
   ctx = BundleContext(spec, exps[0].batch_size)
   bar = tqdm.tqdm(disable=True)
   start = time.perf_counter()
-  _, _, report = run_bundle(ctx, exps, [weights] * len(exps), images, masks,
-                            strategy=strategy, loop='auto', chunk_steps=chunk, bar=bar)
-  return time.perf_counter() - start, report
+  result = run_bundle(ctx, exps, [weights] * len(exps), images, masks,
+                      strategy=strategy, loop='auto', chunk_steps=chunk, bar=bar)
+  return time.perf_counter() - start, result.report
 
 
 def run_torch(n, steps, spec, size, batch):

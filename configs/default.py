@@ -43,7 +43,10 @@ def get_config(arg=None):
                       bn_momentum=0.9, in_channels=1)
   config.pretrain = dict(source='dead_leaves', num_images=1024, steps=600,
                          batch_size=8, learning_rate=1e-3, weight_decay=0.0)
-  config.data = dict(source='ultrasound', num_images=160, test_fraction=0.4)
+  # val_fraction: share of the training images held out to score validation
+  # Dice after every chunk (curves, TensorBoard, convergence speed).
+  config.data = dict(source='ultrasound', num_images=160, test_fraction=0.4,
+                     val_fraction=0.2)
   config.finetune = dict(steps=300, batch_size=8, learning_rate=1e-3,
                          weight_decay=0.0,
                          # False: frozen blocks keep their BatchNorm statistics.
@@ -67,6 +70,9 @@ def get_config(arg=None):
   config.compilation_cache = '~/.cache/unet_jax/jax'
 
   config.chunk_steps = 50  # steps between host updates (progress, metrics)
+  # Steps between checkpoints of a bundle's state (rounded up to whole
+  # chunks); 0 = only when stopped by SIGTERM/SIGINT. A rerun resumes.
+  config.checkpoint_every = 100
   # 'scan': a chunk is one lax.scan; 'host': a jitted step per call; 'auto':
   # host on CPU (XLA:CPU runs conv-heavy scan bodies 14x slower), scan else.
   config.loop = 'auto'
@@ -81,6 +87,7 @@ def get_config(arg=None):
     config.data.num_images = 16
     config.finetune.steps = 4
     config.chunk_steps = 2
+    config.checkpoint_every = 2
     config.bootstrap_samples = 200
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of configs/default.py; valid: 'tiny'")

@@ -5,10 +5,13 @@
   python launch/sweep.py --config.finetune.steps=500 --config.only=full,head
 
 Exit codes: 0 done, 2 a problem with the flags, config, data or work
-directory (one message, no traceback), 130 interrupted.
+directory (one message, no traceback), 130 interrupted by Ctrl-C, 143 stopped
+by SIGTERM. A stop saves a checkpoint first; the same command resumes.
 """
 
 import os
+import shlex
+import signal
 import sys
 
 from absl import flags
@@ -17,6 +20,7 @@ from ml_collections import config_flags
 from unet_jax import distributed
 from unet_jax.errors import UserError
 from unet_jax.results import format_table
+from unet_jax.resume import Interrupted
 from unet_jax.sweep import run_sweep
 
 _DEFAULT_CONFIG = os.path.normpath(os.path.join(
@@ -76,8 +80,13 @@ def main(argv) -> int:
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except Interrupted as e:
+    command = ' '.join(shlex.quote(a) for a in ['python'] + argv)
+    print(f'{e}\nresume with: {command}', file=sys.stderr)
+    return 128 + (e.args[1] if len(e.args) > 1 else signal.SIGINT)
   except KeyboardInterrupt:
-    print('interrupted', file=sys.stderr)
+    print('interrupted without saving; the same command resumes from the last '
+          'checkpoint', file=sys.stderr)
     return 130
   if distributed.is_writer():
     print(format_table(summaries))

@@ -70,6 +70,10 @@ class ExperimentState(NamedTuple):
   stats: PyTree
   opt_state: MaskedAdamState
   step: jax.Array  # int32 scalar
+  # The step whose loss or update was not finite, -1 while training is sound.
+  # From that step on the experiment's weights and optimiser state stay as
+  # they were (the other experiments of the bundle are unaffected).
+  diverged_at: jax.Array  # int32 scalar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +112,8 @@ def make_setup(params: PyTree, stats: PyTree, schedule: Schedule, *, num_stages:
 
 def init_experiment_state(params: PyTree, stats: PyTree) -> ExperimentState:
   init_fn, _ = masked_adam()
-  return ExperimentState(params, stats, init_fn(params), jnp.zeros((), jnp.int32))
+  return ExperimentState(params, stats, init_fn(params), jnp.zeros((), jnp.int32),
+                         jnp.full((), -1, jnp.int32))
 
 
 def stack(trees: Sequence[PyTree]) -> PyTree:
@@ -169,7 +174,30 @@ def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
   if not ctx.update_frozen_stats:
     new_stats = jax.tree.map(lambda m, new, old: jnp.where(m, new, old),
                              stats_mask, new_stats, state.stats)
-  return ExperimentState(params, new_stats, opt_state, state.step + 1), loss
+  return _guard_divergence(state, params, new_stats, opt_state, loss), loss
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _guard_divergence(old: ExperimentState, params, stats, opt_state, loss
+                      ) -> ExperimentState:
+  """Accepts a step's update only if everything is finite and never was not.
+
+  A non-finite loss, parameter, statistic or Adam moment marks the experiment diverged at
+  this step; its weights then stay at the last finite values. The step
+  counter still advances, so schedules and data draws of a bundle stay in
+  step. Each experiment is checked on its own values only.
+  """
+  finite = jnp.isfinite(loss) & _all_finite((params, stats, opt_state))
+  accept = finite & (old.diverged_at < 0)
+  keep = lambda new, prev: jnp.where(accept, new, prev)
+  diverged_at = jnp.where((old.diverged_at < 0) & ~finite, old.step, old.diverged_at)
+  return ExperimentState(jax.tree.map(keep, params, old.params),
+                         jax.tree.map(keep, stats, old.stats),
+                         jax.tree.map(keep, opt_state, old.opt_state),
+                         old.step + 1, diverged_at)
 
 
 def _over_experiments(ctx: BundleContext, strategy: str, data_shards: int = 1):

@@ -51,9 +51,11 @@ class SweepSettings:
   target_source: str
   target_images: int
   test_fraction: float
+  val_fraction: float  # of the training images, held out for validation Dice
   finetune: TrainSettings
   update_frozen_stats: bool
   chunk_steps: int
+  checkpoint_every: int  # steps between bundle checkpoints; 0 = only on a signal
   loop: str
   experiments: tuple[ExperimentSpec, ...]
   grid: dict  # axis -> tuple of values, defaults filled in
@@ -93,9 +95,11 @@ class SweepSettings:
         target_source=_choice(config, 'data.source', tuple(data.SOURCES)),
         target_images=_int(config, 'data.num_images', 2),
         test_fraction=_float(config, 'data.test_fraction', 0.0, 1.0),
+        val_fraction=_float(config, 'data.val_fraction', 0.0, 0.9),
         finetune=_train(config, 'finetune'),
         update_frozen_stats=bool(_get(config, 'finetune.update_frozen_stats')),
         chunk_steps=_int(config, 'chunk_steps', 1),
+        checkpoint_every=_int(config, 'checkpoint_every', 0),
         loop=_choice(config, 'loop', LOOPS),
         experiments=experiments,
         grid=_grid(config),
@@ -112,6 +116,10 @@ class SweepSettings:
       raise UserError(
           f'data.test_fraction={settings.test_fraction} of data.num_images='
           f'{settings.target_images} leaves no train or no test images')
+    n_train = settings.target_images - n_test
+    if round(n_train * settings.val_fraction) >= n_train:
+      raise UserError(f'data.val_fraction={settings.val_fraction} of the {n_train} training '
+                      'images leaves none to train on')
     return settings
 
 

@@ -9,12 +9,21 @@ Work directory layout::
   pretrain/weights/                orbax checkpoint of the pretrained U-Net
   pretrain/meta.json               what it was trained with (reused if equal)
   experiments/<name>/weights/      orbax checkpoint after fine-tuning
-  experiments/<name>/summary.json  rules, frozen paths, Dice, CI, bundle, timings
+  experiments/<name>/results.jsonl one row per test image
+  experiments/<name>/history.jsonl one row per chunk: step, loss, val_dice, ...
   experiments/<name>/rules.txt     the rule that decided each parameter, per stage
+  experiments/<name>/summary.json  rules, frozen paths, Dice, CI, bundle, timings;
+                                   written last: its presence means "finished"
+  checkpoints/<bundle>/<step>/     orbax checkpoints of unfinished bundles
+  tensorboard/<name>/              TensorBoard event files, one run per experiment
   bundles.json                     each bundle's strategy and autotuning timings
   autotune.json                    cached strategy choices
   .lock                            held while a sweep runs
   results.jsonl                    one row per (experiment, test image)
+
+Resuming: running the same sweep again skips finished experiments (their
+summary's fingerprint matches the settings) and restores unfinished bundles
+from their newest sound checkpoint (``unet_jax.resume``).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -34,9 +44,10 @@ import tqdm
 from unet_jax import checkpoint, data, freeze, grid, metrics, results, stats
 from unet_jax.bundle import BundleContext
 from unet_jax.distributed import is_writer
-from unet_jax.engine import BundleReport, Weights, run_bundle
+from unet_jax.engine import BundleResult, Weights, run_bundle
 from unet_jax.errors import UserError
 from unet_jax.model import count_params, init_model
+from unet_jax.resume import BundleCheckpoints, StopRequest
 from unet_jax.schedules import Schedule
 from unet_jax.settings import SweepSettings
 from unet_jax.train import predict
@@ -95,7 +106,16 @@ def _pretrain_fingerprint(s: SweepSettings) -> dict:
           'num_images': s.pretrain_images, 'train': dataclasses.asdict(s.pretrain)}
 
 
-def pretrain(s: SweepSettings, init: Weights, workdir: str, bar: tqdm.tqdm) -> Weights:
+def _hash(obj) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _checkpoints(workdir: str, key: str) -> BundleCheckpoints:
+  return BundleCheckpoints(os.path.join(workdir, 'checkpoints', key), writer=is_writer())
+
+
+def pretrain(s: SweepSettings, init: Weights, workdir: str, bar: tqdm.tqdm,
+             stop: StopRequest | None = None) -> Weights:
   """Pretrains on the natural-image-like source, or reuses a matching run."""
   folder = os.path.join(workdir, 'pretrain')
   meta_path = os.path.join(folder, 'meta.json')
@@ -115,14 +135,22 @@ def pretrain(s: SweepSettings, init: Weights, workdir: str, bar: tqdm.tqdm) -> W
                         'random', s.seed + 2, s.pretrain.learning_rate,
                         s.pretrain.weight_decay, s.pretrain.steps, s.pretrain.batch_size)
   ctx = BundleContext(s.model, s.pretrain.batch_size, update_frozen_stats=True)
-  (weights,), (losses,), report = run_bundle(
-      ctx, [run], [init], dataset.images, dataset.masks, strategy='static',
-      loop=s.loop, chunk_steps=s.chunk_steps, bar=bar)
+  key = _hash(fingerprint)
+  checkpoints = _checkpoints(workdir, f'pretrain-{key}')
+  result = run_bundle(ctx, [run], [init], dataset.images, dataset.masks, strategy='static',
+                      loop=s.loop, chunk_steps=s.chunk_steps, bar=bar,
+                      checkpoints=checkpoints, checkpoint_every=s.checkpoint_every,
+                      fingerprint=key, stop=stop)
+  if result.diverged_at[0] is not None:
+    raise UserError(f'pretraining diverged at step {result.diverged_at[0]} (a loss or '
+                    'weight became NaN or Inf); lower pretrain.learning_rate')
+  weights = result.weights[0]
   if is_writer():
     os.makedirs(folder, exist_ok=True)
     checkpoint.save_weights(os.path.join(folder, 'weights'), weights.params, weights.stats)
-    results.write_json(meta_path, {'fingerprint': fingerprint, 'losses': losses,
-                                   'seconds': report.seconds})
+    results.write_json(meta_path, {'fingerprint': fingerprint, 'losses': result.losses[0],
+                                   'seconds': result.report.seconds})
+  checkpoints.remove()
   return weights
 
 
@@ -146,12 +174,13 @@ def _describe_schedule(params, schedule: Schedule) -> str:
 
 
 def summarise(s: SweepSettings, exp: grid.Experiment, weights: Weights, rows: list[dict],
-              losses: list[float], bundle: int, report: BundleReport) -> dict:
+              result: BundleResult, index: int, bundle: int, fingerprint: str) -> dict:
   """The summary.json of one experiment."""
   last = exp.schedule.stages[-1]
   mask = jax.tree.leaves(freeze.trainable_mask(weights.params, last))
   trainable = sum(int(x.size) for x, m in zip(jax.tree.leaves(weights.params), mask) if m)
   dice = [r['dice'] for r in rows]
+  report = result.report
   return {
       'name': exp.name, 'base': exp.base, 'init': exp.init, 'seed': exp.seed,
       'learning_rate': exp.learning_rate, 'weight_decay': exp.weight_decay,
@@ -163,16 +192,66 @@ def summarise(s: SweepSettings, exp: grid.Experiment, weights: Weights, rows: li
       'steps': exp.steps, 'batch_size': exp.batch_size,
       'seconds': report.seconds / len(report.experiments),
       'bundle': bundle, 'strategy': report.strategy,
+      'resumed_from_step': result.resumed_from,
+      # Diverged: the weights are those of the last step with finite values.
+      'diverged_at_step': result.diverged_at[index],
       'mean_dice': float(np.mean(dice)),
       'dice_ci95': list(stats.bootstrap_ci(dice, s.bootstrap_samples, seed=s.seed)),
       'mean_iou': float(np.mean([r['iou'] for r in rows])),
-      'test_images': len(rows), 'chunk_losses': losses,
+      'test_images': len(rows), 'chunk_losses': result.losses[index],
+      'final_val_dice': result.history[index][-1]['val_dice'],
       'empty_mask_convention': metrics.EMPTY_MASK_CONVENTION,
+      'fingerprint': fingerprint,
   }
+
+
+def experiment_fingerprint(s: SweepSettings, exp: grid.Experiment) -> str:
+  """Everything a finished experiment's results depend on."""
+  return _hash({'pretrain': _pretrain_fingerprint(s) if exp.init == 'pretrained' else None,
+                'data': [s.target_source, s.target_images, s.test_fraction, s.val_fraction,
+                         s.image_size, s.seed],
+                'model': dataclasses.asdict(s.model),
+                'finetune': [s.update_frozen_stats, s.rewarmup_steps],
+                'experiment': dataclasses.asdict(exp)})
+
+
+def _finished(workdir: str, exp: grid.Experiment, fingerprint: str
+              ) -> tuple[dict, list[dict]] | None:
+  """(summary, rows) of an experiment a previous run finished with these settings."""
+  folder = os.path.join(workdir, 'experiments', exp.name)
+  try:
+    with open(os.path.join(folder, 'summary.json')) as f:
+      summary = json.load(f)
+    if summary.get('fingerprint') != fingerprint:
+      return None
+    return summary, results.read_jsonl(os.path.join(folder, 'results.jsonl'))
+  except (OSError, ValueError):
+    return None
+
+
+def _write_experiment(workdir: str, exp: grid.Experiment, weights: Weights, rows, history,
+                      summary: dict) -> None:
+  """Writes an experiment's files; summary.json last, as the 'finished' mark."""
+  folder = os.path.join(workdir, 'experiments', exp.name)
+  os.makedirs(folder, exist_ok=True)
+  marker = os.path.join(folder, 'summary.json')
+  if os.path.exists(marker):  # stale results of other settings
+    os.unlink(marker)
+  checkpoint.save_weights(os.path.join(folder, 'weights'), weights.params, weights.stats)
+  results.write_jsonl(os.path.join(folder, 'results.jsonl'), rows)
+  results.write_jsonl(os.path.join(folder, 'history.jsonl'), history)
+  results.write_atomic(os.path.join(folder, 'rules.txt'),
+                       _describe_schedule(weights.params, exp.schedule))
+  results.write_json(marker, summary)
 
 
 def run_sweep(config, workdir: str, *, progress: bool = True) -> list[dict]:
   """Runs the sweep a config describes into ``workdir``; returns the summaries.
+
+  Rerunning it on the same work directory resumes: finished experiments are
+  read back, unfinished bundles restart from their newest checkpoint.
+  SIGTERM or SIGINT saves a checkpoint and raises
+  :class:`unet_jax.resume.Interrupted`.
 
   Example::
 
@@ -186,63 +265,91 @@ def run_sweep(config, workdir: str, *, progress: bool = True) -> list[dict]:
   writer = is_writer()
   workdir = prepare_workdir(workdir) if writer else os.path.abspath(workdir)
   # Only the writing process takes the work directory's lock.
-  with WorkdirLock(workdir) if writer else contextlib.nullcontext():
-    return _run(s, config, workdir, progress)
+  with WorkdirLock(workdir) if writer else contextlib.nullcontext(), StopRequest() as stop:
+    return _run(s, config, workdir, progress, stop)
 
 
-def _run(s: SweepSettings, config, workdir: str, progress: bool) -> list[dict]:
-  """The body of run_sweep, inside the work directory's lock."""
-  runs = s.runs()
-  bundles, split_by = grid.group_bundles(runs, s.max_bundle)
-  writer = is_writer()
-  if writer:
-    results.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+def _split(s: SweepSettings) -> tuple[data.Dataset, data.Dataset, data.Dataset]:
+  """(train, validation, test) of the target data, stratified, fixed by the seed."""
   target = data.make_dataset(s.target_source, s.target_images, s.image_size,
                              s.seed + 3).with_channels(s.model.in_channels)
   train_idx, test_idx = data.holdout_split(target.labels, s.test_fraction, s.seed)
-  train_set, test_set = target.take(train_idx), target.take(test_idx)
+  train = target.take(train_idx)
+  fit_idx, val_idx = data.holdout_split(train.labels, s.val_fraction, s.seed + 1)
+  return train.take(fit_idx), train.take(val_idx), target.take(test_idx)
+
+
+def _run(s: SweepSettings, config, workdir: str, progress: bool, stop: StopRequest
+         ) -> list[dict]:
+  """The body of run_sweep, inside the work directory's lock."""
+  runs = s.runs()
+  writer = is_writer()
+  fingerprints = {r.name: experiment_fingerprint(s, r) for r in runs}
+  done = {r.name: found for r in runs
+          if (found := _finished(workdir, r, fingerprints[r.name])) is not None}
+  todo = [r for r in runs if r.name not in done]
+  bundles, split_by = grid.group_bundles(todo, s.max_bundle) if todo else ([], [])
+  if writer:
+    results.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  train_set, val_set, test_set = _split(s)
+  val = (val_set.images, val_set.masks) if len(val_set) else None
   graphdef, params, batch_stats = init_model(s.model, s.seed)
   tuning_path = os.path.join(workdir, 'autotune.json')
-  tuning = {}
+  tuning, reports = {}, []
   if os.path.exists(tuning_path):
     with open(tuning_path) as f:
       tuning = json.load(f)
-  total = s.pretrain.steps + sum(r.steps for r in runs)
-  summaries, rows, reports = [], [], []
+  total = s.pretrain.steps + sum(r.steps for r in todo)
+  summaries = {name: found[0] for name, found in done.items()}
+  rows = {name: found[1] for name, found in done.items()}
   with tqdm.tqdm(total=total, unit='step', disable=not (progress and writer),
                  file=sys.stderr, dynamic_ncols=True) as bar:
+    if done:
+      bar.write(f'{len(done)} of {len(runs)} experiment(s) already finished in {workdir}',
+                file=sys.stderr)
     if split_by:
       bar.write(f'{len(bundles)} bundles: different {", ".join(split_by)} need '
                 'separate programs', file=sys.stderr)
-    pretrained = pretrain(s, Weights(params, batch_stats), workdir, bar)
+    pretrained = None
+    if any(r.init == 'pretrained' for r in todo):
+      pretrained = pretrain(s, Weights(params, batch_stats), workdir, bar, stop)
+    else:
+      bar.update(s.pretrain.steps)
     for b, members in enumerate(bundles):
       inits = [pretrained if e.init == 'pretrained'
                else Weights(*init_model(s.model, e.seed + 4)[1:]) for e in members]
       ctx = BundleContext(s.model, members[0].batch_size,
                           update_frozen_stats=s.update_frozen_stats,
                           rewarmup_steps=s.rewarmup_steps)
-      trained, losses, report = run_bundle(
+      key = _hash([fingerprints[e.name] for e in members])
+      checkpoints = _checkpoints(workdir, key)
+      result = run_bundle(
           ctx, members, inits, train_set.images, train_set.masks, strategy=s.strategy,
-          loop=s.loop, chunk_steps=s.chunk_steps, bar=bar, tuning_cache=tuning)
+          loop=s.loop, chunk_steps=s.chunk_steps, bar=bar, tuning_cache=tuning, val=val,
+          checkpoints=checkpoints, checkpoint_every=s.checkpoint_every, fingerprint=key,
+          stop=stop, events_dir=os.path.join(workdir, 'tensorboard'))
+      report = result.report
       reports.append(dataclasses.asdict(report))
       bar.write(f'bundle {b}: {len(members)} experiment(s), strategy {report.strategy}, '
                 f'{report.exp_steps_per_s:.2f} exp-steps/s', file=sys.stderr)
-      for exp, weights, exp_losses in zip(members, trained, losses):
+      for i, (exp, weights) in enumerate(zip(members, result.weights)):
+        if result.diverged_at[i] is not None:
+          bar.write(f'{exp.name} diverged at step {result.diverged_at[i]}: its weights '
+                    'are those of the step before', file=sys.stderr)
         exp_rows = [dict(experiment=exp.name, seed=exp.seed, **r)
                     for r in evaluate(graphdef, weights, test_set)]
-        summary = summarise(s, exp, weights, exp_rows, exp_losses, b, report)
-        summaries.append(summary)
-        rows.extend(exp_rows)
+        summary = summarise(s, exp, weights, exp_rows, result, i, b, fingerprints[exp.name])
+        summaries[exp.name], rows[exp.name] = summary, exp_rows
         if writer:
-          folder = os.path.join(workdir, 'experiments', exp.name)
-          checkpoint.save_weights(os.path.join(folder, 'weights'), weights.params,
-                                  weights.stats)
-          results.write_json(os.path.join(folder, 'summary.json'), summary)
-          results.write_atomic(os.path.join(folder, 'rules.txt'),
-                               _describe_schedule(weights.params, exp.schedule))
+          _write_experiment(workdir, exp, weights, exp_rows, result.history[i], summary)
       if writer:
-        results.write_jsonl(os.path.join(workdir, 'results.jsonl'), rows)
+        ordered = [r for run in runs if run.name in rows for r in rows[run.name]]
+        results.write_jsonl(os.path.join(workdir, 'results.jsonl'), ordered)
         results.write_json(os.path.join(workdir, 'bundles.json'),
                            {'split_by': split_by, 'bundles': reports})
         results.write_json(tuning_path, tuning)
-  return summaries
+      checkpoints.remove()
+    if writer:
+      ordered = [r for run in runs for r in rows[run.name]]
+      results.write_jsonl(os.path.join(workdir, 'results.jsonl'), ordered)
+  return [summaries[r.name] for r in runs]
