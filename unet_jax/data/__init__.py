@@ -1,8 +1,10 @@
-"""Data sources by name: built-in generators now, real-set loaders later.
+"""Data sources by name: built-in generators and real sets from local folders.
 
 ``make_dataset(name, num, size, seed)`` returns a :class:`Dataset` of numpy
 arrays: images (N, size, size, 1) float32 in [0, 1], masks (N, size, size, 1)
-in {0, 1}, string ids and a per-image class label.
+in {0, 1}, string ids and a per-image class label. ``load(name, root, size)``
+reads a real set (``LOADERS``: busi, udiat_b, montgomery, jsrt_scr, folder) as
+distributed; ``holdout_split`` and ``kfold_split`` split either by class.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import jax
 import numpy as np
 
 from unet_jax.data import dead_leaves, ultrasound
+from unet_jax.data.real import LOADERS, load
+from unet_jax.data.splits import holdout_split, kfold_split
 from unet_jax.errors import UserError
 
 
@@ -23,11 +27,16 @@ class Dataset:
   masks: np.ndarray
   ids: list[str]
   labels: list[str]  # class per image ('benign', 'malignant', 'object', ...)
+  # Real sets: per image class, source files, original size (see unet_jax.data.real.load).
+  meta: list[dict] | None = None
+  skipped: tuple[str, ...] = ()  # unusable pairs a loader left out under on_bad='skip'
 
   def take(self, index) -> 'Dataset':
     index = np.asarray(index)
-    return Dataset(self.images[index], self.masks[index],
-                   [self.ids[i] for i in index], [self.labels[i] for i in index])
+    return dataclasses.replace(
+        self, images=self.images[index], masks=self.masks[index],
+        ids=[self.ids[i] for i in index], labels=[self.labels[i] for i in index],
+        meta=None if self.meta is None else [self.meta[i] for i in index])
 
   def with_channels(self, channels: int) -> 'Dataset':
     """Grey images repeated over ``channels`` (for RGB-shaped networks)."""
@@ -71,15 +80,7 @@ def make_dataset(name: str, num: int, size: int, seed: int) -> Dataset:
   return SOURCES[name](num, size, seed)
 
 
-def holdout_split(labels: list[str], test_fraction: float, seed: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
-  """(train_index, test_index), stratified by label, deterministic in seed."""
-  rng = np.random.default_rng(seed)
-  labels_arr = np.asarray(labels)
-  train, test = [], []
-  for label in sorted(set(labels)):
-    idx = rng.permutation(np.flatnonzero(labels_arr == label))
-    n_test = int(round(len(idx) * test_fraction))
-    test.extend(idx[:n_test])
-    train.extend(idx[n_test:])
-  return np.sort(np.asarray(train, int)), np.sort(np.asarray(test, int))
+__all__ = [
+    'LOADERS', 'SOURCES', 'Dataset', 'holdout_split', 'kfold_split', 'load',
+    'make_dataset',
+]

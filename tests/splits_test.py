@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from unet_jax import data
+from unet_jax.errors import UserError
+
+LABELS = ['benign'] * 11 + ['malignant'] * 7 + ['normal'] * 4
+
+
+def test_holdout_split_keeps_its_results():
+  # Computed by the implementation this module replaced (unet_jax/data/__init__.py).
+  train, test = data.holdout_split(['a'] * 10 + ['b'] * 5, 0.4, seed=0)
+  assert test.tolist() == [2, 4, 6, 7, 10, 12]
+  assert train.tolist() == [0, 1, 3, 5, 8, 9, 11, 13, 14]
+
+
+@pytest.mark.parametrize('fraction', [-0.1, 1.5])
+def test_holdout_split_rejects_a_bad_fraction(fraction):
+  with pytest.raises(UserError, match='test_fraction must be in'):
+    data.holdout_split(LABELS, fraction, seed=0)
+
+
+@pytest.mark.parametrize('k', [2, 3, 5, 22])
+def test_kfold_partitions_and_stratifies(k):
+  folds = data.kfold_split(LABELS, k, seed=1)
+  assert len(folds) == k
+  tests = np.concatenate([test for _, test in folds])
+  assert sorted(tests.tolist()) == list(range(len(LABELS)))  # each index in one test fold
+  for train, test in folds:
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(len(LABELS)))
+    assert train.dtype.kind == test.dtype.kind == 'i'
+  sizes = [len(test) for _, test in folds]
+  assert max(sizes) - min(sizes) <= 1
+  labels = np.asarray(LABELS)
+  for label in set(LABELS):
+    per_fold = [int(np.sum(labels[test] == label)) for _, test in folds]
+    assert max(per_fold) - min(per_fold) <= 1, (label, per_fold)
+
+
+def test_kfold_is_deterministic_in_the_seed():
+  a = data.kfold_split(LABELS, 4, seed=7)
+  b = data.kfold_split(LABELS, 4, seed=7)
+  c = data.kfold_split(LABELS, 4, seed=8)
+  assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+  assert not all(np.array_equal(x[1], y[1]) for x, y in zip(a, c))
+
+
+def test_kfold_with_one_class_is_a_plain_split():
+  folds = data.kfold_split(['unknown'] * 9, 3, seed=0)
+  assert [len(test) for _, test in folds] == [3, 3, 3]
+
+
+@pytest.mark.parametrize('k, message', [
+    (1, 'k must be at least 2'),
+    (0, 'k must be at least 2'),
+    (23, 'k=23 folds need at least 23 images, got 22'),
+    (2.5, 'k must be an integer'),
+    (True, 'k must be an integer'),
+])
+def test_kfold_rejects_bad_k(k, message):
+  with pytest.raises(UserError, match=message):
+    data.kfold_split(LABELS, k, seed=0)

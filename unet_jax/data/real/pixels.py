@@ -1,0 +1,191 @@
+"""Decoding image and mask files to grey [0, 1] floats and binary masks, and resizing them.
+
+Grey values, by how a file stores them:
+- 8-bit grey (PIL mode ``L``): value / 255.
+- RGB, RGBA, palette, grey+alpha: ITU-R 601 luma of the colour channels / 255; alpha is
+  ignored (BUSI ships grey scans as RGB or RGBA PNGs, where luma is the grey value exactly).
+- 16-bit grey (``I;16``, ``I``): value / (2**bits - 1), where ``bits`` is the smallest of 8, 10,
+  12, 14, 16 that holds the image's maximum. A 12-bit scan stored in a 16-bit PNG thus fills
+  [0, 1] instead of [0, 1/16]; the bit depth used is recorded per image.
+- JSRT raw ``.IMG``: big-endian 16-bit words holding 12-bit values on a square grid whose side
+  comes from the file size. JSRT stores the image inverted (bone dark, lungs bright), so the
+  grey value is ``1 - min(value, 4095) / 4095``, which gives the usual radiograph display
+  (lungs dark, bone bright) like the PNG sets.
+
+Masks: a pixel is foreground when any colour channel is > 127 on the 8-bit scale (16-bit
+values are divided by 257 first, unless the mask only uses 0-255). A mask whose values are all
+0 or 1 is read as 0/1 labels. Several mask files of one image are OR-merged.
+
+Resizing is a plain resize to a ``size x size`` square (aspect ratio not kept, as most papers
+on these sets do): images with Pillow's bilinear filter on 32-bit floats, which is
+anti-aliased when shrinking (its support grows with the scale factor) and stays in [0, 1];
+masks by area: the fraction of foreground under each output pixel (Pillow's box filter),
+foreground when >= 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+JSRT_MAX = 4095  # 12-bit values
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+# What Pillow raises on a truncated, corrupt or hostile file.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+class BadFile(Exception):
+  """A file that cannot be used; the message says why, ``path`` which file when not obvious."""
+
+  def __init__(self, message: str, path=None):
+    super().__init__(message)
+    self.path = path
+
+
+def read_grey(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+  """Reads an image file as grey values.
+
+  Args:
+    path: a PNG, JPEG, BMP, TIFF or GIF file, or a JSRT raw ``.IMG`` file.
+
+  Returns:
+    (image, bits): float32 (H, W) in [0, 1] and the bit depth the values were scaled by.
+
+  Raises:
+    BadFile: the file cannot be decoded.
+  """
+  if os.fspath(path).lower().endswith('.img'):
+    return read_jsrt(path), 12
+  with _open(path) as im:
+    mode = im.mode
+    if mode in ('P', 'PA', 'CMYK', 'YCbCr', 'LAB', 'HSV'):
+      im, mode = im.convert('RGB'), 'RGB'
+    elif mode == '1':
+      im, mode = im.convert('L'), 'L'
+    array = _pixels(im, path)
+  if mode in ('RGB', 'RGBA'):
+    return (array[..., :3].astype(np.float32) @ _LUMA) / 255.0, 8
+  if mode in ('L', 'LA'):
+    grey = array[..., 0] if array.ndim == 3 else array
+    return grey.astype(np.float32) / 255.0, 8
+  if mode.startswith('I'):
+    if array.size and array.min() < 0:
+      raise BadFile(f'negative pixel values in a {mode} image')
+    bits = effective_bits(int(array.max()) if array.size else 0)
+    return (array.astype(np.float32) / (2 ** bits - 1)).astype(np.float32), bits
+  raise BadFile(f'unsupported pixel format {mode!r}')
+
+
+def effective_bits(maximum: int) -> int:
+  """Smallest of 8, 10, 12, 14, 16 bits that holds ``maximum``."""
+  for bits in (8, 10, 12, 14, 16):
+    if maximum < 2 ** bits:
+      return bits
+  raise BadFile(f'pixel value {maximum} does not fit in 16 bits')
+
+
+def read_jsrt(path: str | os.PathLike) -> np.ndarray:
+  """A JSRT raw image as float32 (S, S) in [0, 1], inverted to the usual display."""
+  nbytes = os.path.getsize(path)
+  side = math.isqrt(nbytes // 2)
+  if nbytes == 0 or side * side * 2 != nbytes:
+    raise BadFile(f'{nbytes} bytes is not a square image of 16-bit words '
+                  '(JSRT .IMG files are 2048 x 2048 big-endian 16-bit, 8,388,608 bytes)')
+  try:
+    raw = np.fromfile(path, dtype='>u2').reshape(side, side)
+  except OSError as e:
+    raise BadFile(str(e)) from e
+  return (1.0 - np.minimum(raw, JSRT_MAX).astype(np.float32) / JSRT_MAX).astype(np.float32)
+
+
+def read_mask(paths: list[str | os.PathLike]) -> np.ndarray:
+  """Reads and OR-merges mask files.
+
+  Args:
+    paths: one or more mask files of the same image, all of one size.
+
+  Returns:
+    bool (H, W), foreground where any file is foreground.
+
+  Raises:
+    BadFile: a file cannot be decoded or the files differ in size.
+  """
+  merged, first = None, None
+  for path in paths:
+    try:
+      mask = _read_one_mask(path)
+    except BadFile as e:
+      raise BadFile(str(e), path) from e
+    if merged is None:
+      merged, first = mask, path
+    elif mask.shape != merged.shape:
+      raise BadFile(f'mask sizes differ: {_wh(merged.shape)} in {first}, '
+                    f'{_wh(mask.shape)} in {path}', path)
+    else:
+      merged = merged | mask
+  if merged is None:
+    raise BadFile('no mask file')
+  return merged
+
+
+def _read_one_mask(path) -> np.ndarray:
+  with _open(path) as im:
+    if im.mode in ('1', 'P', 'PA', 'CMYK', 'YCbCr', 'LAB', 'HSV'):
+      im = im.convert('RGB' if im.mode in ('P', 'PA') else 'L')
+    mode = im.mode
+    array = _pixels(im, path)
+  if mode in ('RGB', 'RGBA', 'LA'):
+    array = array[..., :3] if mode != 'LA' else array[..., :1]
+    array = array.max(axis=-1)
+  elif mode not in ('L',) and not mode.startswith('I'):
+    raise BadFile(f'unsupported pixel format {mode!r} for a mask')
+  if array.dtype.kind == 'i' and array.size and array.min() < 0:
+    raise BadFile('negative values in a mask')
+  top = int(array.max()) if array.size else 0
+  if top <= 1:
+    return array == 1
+  # > 127 on the 8-bit scale; a 16-bit value v is v / 257 there, and 127 * 257 = 32639.
+  full = 255 if mode in ('L', 'RGB', 'RGBA', 'LA') or top <= 255 else 65535
+  return array > 127 * full // 255
+
+
+def _open(path):
+  try:
+    im = Image.open(path)
+    im.load()
+  except DECODE_ERRORS as e:
+    raise BadFile(f'cannot decode: {e}') from e
+  return im
+
+
+def _pixels(im, path) -> np.ndarray:
+  try:
+    return np.asarray(im)
+  except DECODE_ERRORS as e:
+    raise BadFile(f'cannot decode: {e}') from e
+
+
+def _wh(shape) -> str:
+  return f'{shape[1]}x{shape[0]}'
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+  """float32 (H, W) in [0, 1] -> (size, size), anti-aliased bilinear."""
+  if image.shape == (size, size):
+    return image.astype(np.float32)
+  out = Image.fromarray(image.astype(np.float32)).resize(
+      (size, size), Image.Resampling.BILINEAR)
+  return np.clip(np.asarray(out, np.float32), 0.0, 1.0)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+  """bool (H, W) -> bool (size, size): foreground where >= half the area was foreground."""
+  if mask.shape == (size, size):
+    return mask.copy()
+  area = Image.fromarray(mask.astype(np.float32)).resize(
+      (size, size), Image.Resampling.BOX)
+  return np.asarray(area) >= 0.5
