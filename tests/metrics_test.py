@@ -1,5 +1,7 @@
+import jax
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from unet_jax import metrics
 
@@ -20,8 +22,125 @@ def test_batch_and_empty_mask_convention():
   target[2, 0, 0] = 1        # image 2: target only -> 0
   np.testing.assert_allclose(metrics.dice(pred, target), [1.0, 0.0, 0.0])
   np.testing.assert_allclose(metrics.iou(pred, target), [1.0, 0.0, 0.0])
+  hd = metrics.hd95(pred, target)
+  assert np.isnan(hd).all()  # distances are undefined when either mask is empty
+  assert np.isnan(metrics.assd(pred, target)).all()
 
 
 def test_bad_shape_is_rejected():
   with pytest.raises(ValueError, match='masks must be'):
     metrics.dice(np.zeros(4), np.zeros(4))
+  with pytest.raises(ValueError, match='differ in shape'):
+    metrics.hd95(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
+def _brute_force(pred, target, spacing):
+  """MONAI-style hd95 / assd by pairwise distances between surface pixel sets."""
+  def surface(m):
+    return m & ~ndimage.binary_erosion(m, border_value=0)  # cross structure
+  sp = np.argwhere(surface(pred.astype(bool))) * np.asarray(spacing)
+  st = np.argwhere(surface(target.astype(bool))) * np.asarray(spacing)
+  d = np.sqrt(((sp[:, None] - st[None]) ** 2).sum(-1))
+  p_to_t, t_to_p = d.min(1), d.min(0)
+  hd = max(np.percentile(p_to_t, 95), np.percentile(t_to_p, 95))
+  return hd, np.concatenate([p_to_t, t_to_p]).mean()
+
+
+def _square(size, top, left, side):
+  m = np.zeros((size, size), np.float32)
+  m[top:top + side, left:left + side] = 1
+  return m
+
+
+@pytest.mark.parametrize('shift', [1, 3, 5])
+def test_shifted_square_hd95_is_the_shift(shift):
+  a = _square(32, 10, 10, 10)
+  b = _square(32, 10, 10 + shift, 10)
+  assert float(metrics.hd95(a, b)) == pytest.approx(shift)
+  assert float(metrics.hd95(b, a)) == pytest.approx(shift)
+
+
+def test_single_pixels_with_anisotropic_spacing():
+  a = np.zeros((8, 8))
+  a[2, 2] = 1
+  right = np.zeros((8, 8))
+  right[2, 5] = 1
+  down = np.zeros((8, 8))
+  down[5, 2] = 1
+  spacing = (2.0, 0.5)  # rows 2 units apart, columns 0.5
+  assert float(metrics.hd95(a, right, spacing)) == pytest.approx(3 * 0.5)
+  assert float(metrics.assd(a, right, spacing)) == pytest.approx(3 * 0.5)
+  assert float(metrics.hd95(a, down, spacing)) == pytest.approx(3 * 2.0)
+  diagonal = np.zeros((8, 8))
+  diagonal[5, 6] = 1
+  assert float(metrics.hd95(a, diagonal, spacing)) == pytest.approx(np.hypot(6.0, 2.0))
+
+
+def test_masks_touching_the_border_by_hand():
+  # Top 4 rows vs top 5 rows of an 8x8 image: outside the image is background,
+  # so both masks have a surface along the image border.
+  a = np.zeros((8, 8))
+  a[:4] = 1
+  b = np.zeros((8, 8))
+  b[:5] = 1
+  # A's surface: 20 pixels, 6 of them (row 3, columns 1..6) 1 away from B's.
+  # B's surface: 22 pixels, the 8 of row 4 are 1 away from A's row 3.
+  assert float(metrics.hd95(a, b)) == pytest.approx(1.0)
+  assert float(metrics.assd(a, b)) == pytest.approx((6 + 8) / (20 + 22))
+  assert float(metrics.hd95(a, b, (2.0, 1.0))) == pytest.approx(2.0)
+  # Rows 2 apart: (3, 1) and (3, 6) are now nearer B's side columns (1) than
+  # B's row 4 (2): A->B sums 1 + 4 * 2 + 1, B->A 8 * 2.
+  assert float(metrics.assd(a, b, (2.0, 1.0))) == pytest.approx((10 + 16) / 42)
+  full = np.ones((8, 8))
+  assert float(metrics.hd95(full, full)) == 0.0
+
+
+def test_identical_masks_have_zero_distance():
+  a = _square(16, 3, 4, 6)
+  assert float(metrics.hd95(a, a)) == 0.0
+  assert float(metrics.assd(a, a)) == 0.0
+
+
+@pytest.mark.parametrize('spacing', [(1.0, 1.0), (0.7, 1.9)])
+def test_random_masks_match_brute_force(spacing):
+  rng = np.random.default_rng(0)
+  pred = ndimage.binary_opening(rng.random((5, 24, 20)) > 0.45, np.ones((1, 3, 3)))
+  target = ndimage.binary_opening(rng.random((5, 24, 20)) > 0.4, np.ones((1, 3, 3)))
+  pred[:, 0, :] = True  # a mask touching the border
+  hd = metrics.hd95(pred[..., None], target[..., None], spacing)
+  sd = metrics.assd(pred[..., None], target[..., None], spacing)
+  assert hd.shape == sd.shape == (5,)
+  for i in range(5):
+    want_hd, want_sd = _brute_force(pred[i], target[i], spacing)
+    assert float(hd[i]) == pytest.approx(want_hd, rel=1e-5)
+    assert float(sd[i]) == pytest.approx(want_sd, rel=1e-5)
+
+
+@pytest.mark.parametrize('shape', [(12, 12), (12, 12, 1), (3, 12, 12), (3, 12, 12, 1)])
+def test_shapes(shape):
+  mask = _square(12, 2, 2, 4)
+  shifted = _square(12, 2, 4, 4)
+  batched = len(shape) == 4 or (len(shape) == 3 and shape[-1] != 1)
+  n = shape[0] if batched else None
+  def shaped(m):
+    m = m[..., None] if shape[-1] == 1 else m
+    return np.broadcast_to(m, (n,) + m.shape) if batched else m
+  for fn, want in [(metrics.dice, 0.5), (metrics.iou, 1 / 3), (metrics.hd95, 2.0),
+                   (metrics.assd, None)]:
+    out = fn(shaped(mask), shaped(shifted))
+    assert out.shape == ((n,) if batched else ())
+    if want is not None:
+      np.testing.assert_allclose(out, want, rtol=1e-6)
+
+
+def test_jit_and_score_masks():
+  pred = np.stack([_square(16, 2, 2, 6), _square(16, 8, 8, 4), np.zeros((16, 16))])
+  target = np.stack([_square(16, 2, 4, 6), _square(16, 8, 8, 4), _square(16, 1, 1, 3)])
+  spacing = (0.5, 0.5)
+  jitted = jax.jit(metrics.hd95)(pred, target, spacing)
+  np.testing.assert_allclose(jitted, metrics.hd95(pred, target, spacing))
+  scores = metrics.score_masks(pred, target, spacing)
+  assert set(scores) == {'dice', 'iou', 'hd95', 'assd'}
+  np.testing.assert_allclose(scores['hd95'], [1.0, 0.0, np.nan])
+  np.testing.assert_allclose(scores['dice'], [2 / 3, 1.0, 0.0])
+  assert np.isnan(scores['assd'][2])

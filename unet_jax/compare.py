@@ -1,0 +1,501 @@
+"""Comparing the experiments of a sweep: tables, paired tests, ranks, findings.
+
+``load(workdir)`` reads what a sweep wrote (``results.jsonl``, the
+``experiments/<name>/summary.json`` files, ``config.json`` and, when the
+engine wrote them, ``experiments/<name>/history.jsonl`` curves) into a
+:class:`Results`; its methods answer the study's questions::
+
+  res = compare.load('runs/default')
+  res.summary()                               # mean, median, 95% CI per experiment
+  res.paired('contracting', 'expanding')      # Wilcoxon over images and seeds
+  res.pairwise(reference='full')              # every experiment vs full, Holm
+  res.findings()                              # F1..F6 of DESIGN.md, with numbers
+
+Vocabulary: a *run* is one trained network (one experiment name such as
+``full-seed1``); its ``base`` is the entry of ``config.experiments`` it came
+from (``full``); its ``variant`` is the grid point other than the seed
+(``-lr0.001``, usually empty); ``condition`` is base + variant. Grouping
+``by='base'`` pools seeds and variants; pairs are always matched on every key
+the two sides share (domain, variant, seed, image), so a paired test compares
+like with like.
+
+A work directory may be loaded while its sweep is still running or after it
+was interrupted. The rows are those of ``results.jsonl`` (rewritten whole,
+atomically, after each bundle) plus, for experiments it does not list yet,
+``experiments/<name>/results.jsonl`` of those marked finished (their
+``summary.json`` exists, written last) whose base is in ``config.json``, so
+results left from another sweep in the same folder are not mixed in.
+:attr:`Results.notes` says what was added and what is still missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+
+from unet_jax import stats
+from unet_jax.errors import UserError
+from unet_jax.schedules import DIRECTIONS, ORDERS, gradual
+
+if TYPE_CHECKING:
+  from unet_jax.findings import Finding
+
+METRICS = ('dice', 'iou', 'hd95', 'assd')
+HIGHER_IS_BETTER = {'dice': True, 'iou': True, 'hd95': False, 'assd': False}
+GROUPINGS = ('base', 'condition', 'experiment')
+# Pairing keys of a row besides the grouping itself.
+_PAIR_KEYS = ('variant', 'seed', 'image_id')
+# data.source -> imaging modality, for F4 (an explicit table; pass more to findings()).
+DOMAIN_KINDS = {'ultrasound': 'ultrasound', 'busi': 'ultrasound', 'udiat': 'ultrasound',
+                'xray': 'xray', 'chest_xray': 'xray', 'montgomery': 'xray', 'jsrt': 'xray'}
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedTest:
+  """``a`` against ``b`` on one metric; differences are a - b."""
+
+  a: str
+  b: str
+  metric: str
+  n_images: int
+  n_runs: int  # matched (variant, seed) pairs of runs
+  n_excluded: int  # matched cells left out because a value was NaN
+  mean_a: float
+  mean_b: float
+  mean_diff: float
+  diff_ci95: tuple[float, float]  # cluster bootstrap over runs and images
+  p_images: float  # Wilcoxon over images, each the mean difference over runs
+  p_runs: float  # Wilcoxon over runs, each the mean difference over images
+  rank_biserial: float  # over images; +1: a higher than b on every image
+  wins: int  # images where a's mean is higher than b's
+  losses: int
+
+  def favours(self, alpha: float = 0.05) -> str | None:
+    """The better of a and b when the image-level test is significant, else None.
+
+    The direction is the sign of the rank-biserial correlation, the statistic
+    the Wilcoxon test ranks, so it always agrees with the test.
+    """
+    if not self.p_images < alpha:
+      return None
+    higher = self.a if self.rank_biserial > 0 else self.b
+    lower = self.b if higher == self.a else self.a
+    return higher if HIGHER_IS_BETTER[self.metric] else lower
+
+
+@dataclasses.dataclass(frozen=True)
+class RankStability:
+  ranks: pd.DataFrame  # groups x runs (seeds), 1 = best
+  kendall_w: float
+  p_value: float  # Friedman test of W = 0
+  mean_spearman: float
+  dropped: tuple[str, ...]  # groups missing from some run, left out
+
+
+@dataclasses.dataclass
+class Results:
+  """A sweep's results: ``df`` has one row per (run, test image)."""
+
+  df: pd.DataFrame
+  runs: pd.DataFrame  # one row per run: keys, init, schedule, sizes, workdir
+  summaries: list[dict]  # the summary.json files, with 'domain' added
+  configs: dict[str, dict]  # domain -> config.json
+  notes: list[str]
+
+  @property
+  def domains(self) -> list[str]:
+    return sorted(self.df['domain'].unique())
+
+  def metrics(self) -> list[str]:
+    return [m for m in METRICS if m in self.df.columns]
+
+  # -- selection -------------------------------------------------------------
+
+  def _rows(self, metric: str, by: str, domain: str | None) -> pd.DataFrame:
+    if metric not in self.metrics():
+      raise UserError(f'metric {metric!r} is not in the results; available: '
+                      f'{", ".join(self.metrics())}')
+    if by not in GROUPINGS:
+      raise UserError(f'cannot group by {by!r}; valid: {", ".join(GROUPINGS)}')
+    if domain is None:
+      if len(self.domains) > 1:
+        raise UserError(f'results hold several domains ({", ".join(self.domains)}); '
+                        'pass domain=')
+      return self.df
+    if domain not in self.domains:
+      raise UserError(f'unknown domain {domain!r}; valid: {", ".join(self.domains)}')
+    return self.df[self.df['domain'] == domain]
+
+  def groups(self, by: str = 'base', domain: str | None = None) -> list[str]:
+    return list(dict.fromkeys(self._rows('dice', by, domain)[by]))
+
+  # -- tables ----------------------------------------------------------------
+
+  def summary(self, by: str = 'base', metric: str = 'dice', *, domain: str | None = None,
+              num_samples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Mean, median and cluster-bootstrap 95% CI per group, best first.
+
+    The CI resamples runs (seeds) and images (``stats.cluster_bootstrap_ci``).
+    ``seed_sd`` is the SD over runs of each run's mean; ``n_nan`` counts
+    values left out as undefined (HD95/ASSD with an empty mask).
+    """
+    rows = self._rows(metric, by, domain)
+    out = []
+    for name, g in rows.groupby(by, sort=False):
+      matrix = g.pivot_table(index=['variant', 'seed'], columns='image_id', values=metric,
+                             aggfunc='mean', dropna=False)
+      values = g[metric].to_numpy(dtype=np.float64)
+      lo, hi = stats.cluster_bootstrap_ci(matrix.to_numpy(), num_samples, seed=seed)
+      run_means = matrix.mean(axis=1)
+      runs = self.runs[self.runs['experiment'].isin(g['experiment'].unique()) &
+                       (self.runs['domain'] == g['domain'].iloc[0])]
+      out.append({by: name, 'mean': np.nanmean(values), 'median': np.nanmedian(values),
+                  'ci_lo': lo, 'ci_hi': hi,
+                  'seed_sd': float(run_means.std(ddof=1)) if len(run_means) > 1 else np.nan,
+                  'n_runs': len(matrix), 'n_images': matrix.shape[1],
+                  'n_nan': int(np.isnan(values).sum()),
+                  'trainable_fraction': float(runs['trainable_fraction'].mean())})
+    table = pd.DataFrame(out)
+    return table.sort_values('mean', ascending=not HIGHER_IS_BETTER[metric],
+                             ignore_index=True)
+
+  # -- paired comparisons ----------------------------------------------------
+
+  def matched(self, a: str, b: str, metric: str = 'dice', *, by: str = 'base',
+              domain: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Cells of a and b matched on their shared keys: (frame of keys + a, b; keys)."""
+    rows = self._rows(metric, by, domain)
+    names = set(rows[by])
+    for name in (a, b):
+      if name not in names:
+        raise UserError(f'no {by} named {name!r} in the results; valid: '
+                        f'{", ".join(sorted(names))}')
+    identity = {'base': (), 'condition': ('variant',), 'experiment': ('variant', 'seed')}[by]
+    keys = ['domain'] + [k for k in _PAIR_KEYS if k not in identity]
+    side = [rows[rows[by] == n].groupby(keys)[metric].mean().rename(col)
+            for n, col in ((a, 'a'), (b, 'b'))]
+    return pd.concat(side, axis=1, join='inner').reset_index(), keys
+
+  def paired(self, a: str, b: str, metric: str = 'dice', *, by: str = 'base',
+             domain: str | None = None, num_samples: int = 2000, seed: int = 0
+             ) -> PairedTest:
+    """Paired comparison of two groups, matched on (variant, seed, image).
+
+    Over images: the Wilcoxon signed-rank test of each image's difference
+    averaged over runs, and its matched-pairs rank-biserial correlation. Over
+    runs: the Wilcoxon test of each run's mean difference (with five seeds
+    the smallest two-sided p is 0.0625). Pairs with a NaN are left out and
+    counted.
+
+    Example::
+
+      t = res.paired('contracting', 'expanding')
+      print(t.mean_diff, t.diff_ci95, t.p_images, t.favours())
+    """
+    matched, keys = self.matched(a, b, metric, by=by, domain=domain)
+    if matched.empty:
+      raise UserError(f'{a} and {b} share no {", ".join(keys[1:])}: nothing to pair')
+    return paired_test(a, b, metric, matched, keys, num_samples, seed)
+
+  def pairwise(self, names: Sequence[str] | None = None, metric: str = 'dice', *,
+               reference: str | None = None, by: str = 'base', domain: str | None = None,
+               num_samples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Paired tests of every pair of ``names`` (or each against ``reference``).
+
+    ``p_holm`` is the image-level p-value Holm-corrected over all rows.
+    """
+    names = list(names or self.groups(by, domain))
+    if reference is not None:
+      pairs = [(n, reference) for n in names if n != reference]
+    else:
+      pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]
+    tests = [self.paired(x, y, metric, by=by, domain=domain, num_samples=num_samples,
+                         seed=seed) for x, y in pairs]
+    table = pd.DataFrame([{
+        'a': t.a, 'b': t.b, 'mean_a': t.mean_a, 'mean_b': t.mean_b,
+        'mean_diff': t.mean_diff, 'ci_lo': t.diff_ci95[0], 'ci_hi': t.diff_ci95[1],
+        'rank_biserial': t.rank_biserial, 'p_images': t.p_images, 'p_runs': t.p_runs,
+        'n_images': t.n_images, 'n_runs': t.n_runs} for t in tests])
+    if tests:
+      table['p_holm'] = stats.holm(table['p_images'])
+    return table
+
+  def rank_stability(self, metric: str = 'dice', *, by: str = 'base',
+                     domain: str | None = None) -> RankStability:
+    """How much the ranking of the groups changes from seed to seed.
+
+    Each run (variant, seed) ranks the groups by its mean over images (1 =
+    best); Kendall's W and the mean Spearman correlation between runs
+    summarise the agreement. Groups missing from a run are dropped.
+    """
+    if by == 'experiment':
+      raise UserError("rank_stability needs runs to compare: use by='base' or 'condition'")
+    rows = self._rows(metric, by, domain)
+    rater = ['seed'] if by == 'condition' else ['variant', 'seed']
+    means = rows.groupby([by] + rater)[metric].mean().unstack(rater)
+    complete = means.dropna()
+    dropped = tuple(sorted(set(means.index) - set(complete.index)))
+    sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
+    ranks = (sign * complete).rank(axis=0, method='average')
+    w, p = stats.kendall_w((sign * complete).T.to_numpy())
+    ranks.columns = [_run_label(c) for c in ranks.columns]
+    return RankStability(ranks, w, p, stats.mean_spearman(complete.T.to_numpy()), dropped)
+
+  # -- training curves -------------------------------------------------------
+
+  def history(self, experiment: str, domain: str | None = None) -> pd.DataFrame | None:
+    """The run's ``history.jsonl`` as a DataFrame, or None when it was not written."""
+    run = self._run(experiment, domain)
+    path = os.path.join(run['workdir'], 'experiments', experiment, 'history.jsonl')
+    if not os.path.exists(path):
+      return None
+    return pd.DataFrame(_read_jsonl(path))
+
+  def _run(self, experiment: str, domain: str | None) -> pd.Series:
+    runs = self.runs[self.runs['experiment'] == experiment]
+    if domain is not None:
+      runs = runs[runs['domain'] == domain]
+    if len(runs) != 1:
+      raise UserError(f'no single run named {experiment!r}'
+                      + ('' if domain else ' (pass domain=)'))
+    return runs.iloc[0]
+
+  def convergence(self, fraction: float = 0.9, *, reference: str | None = None
+                  ) -> pd.DataFrame:
+    """Steps each run needs to reach ``fraction`` of a best validation Dice.
+
+    The target is the run's own best ``val_dice``, or with ``reference`` (a
+    base) the best of the reference run with the same domain, variant and
+    seed, so runs are compared against one bar. ``steps`` is the first
+    logged step at or above the target, NaN when it is never reached or the
+    engine wrote no ``history.jsonl`` (``note`` says which).
+    """
+    best = {}
+    curves = {}
+    for run in self.runs.itertuples():
+      h = self.history(run.experiment, run.domain)
+      if h is not None and 'val_dice' in h:
+        h = h.dropna(subset=['val_dice'])
+        curves[run.Index] = h if len(h) else None
+      else:
+        curves[run.Index] = None
+      if curves[run.Index] is not None:
+        best[(run.domain, run.base, run.variant, run.seed)] = float(h['val_dice'].max())
+    out = []
+    for run in self.runs.itertuples():
+      h = curves[run.Index]
+      row = {'domain': run.domain, 'experiment': run.experiment, 'base': run.base,
+             'condition': run.condition, 'seed': run.seed, 'best_val_dice': np.nan,
+             'target': np.nan, 'steps': np.nan, 'last_step': np.nan, 'note': ''}
+      if h is None:
+        row['note'] = 'no history.jsonl with val_dice'
+      else:
+        row['best_val_dice'] = float(h['val_dice'].max())
+        row['last_step'] = float(h['step'].max())
+        key = (run.domain, reference or run.base, run.variant, run.seed)
+        if key in best:
+          row['target'] = fraction * best[key]
+          reached = h[h['val_dice'] >= row['target']]
+          if len(reached):
+            row['steps'] = float(reached['step'].min())
+          else:
+            row['note'] = 'target never reached'
+        else:
+          row['note'] = f'no history for reference {reference!r}'
+      out.append(row)
+    return pd.DataFrame(out)
+
+  def findings(self, alpha: float = 0.05, *, domain_kinds: dict[str, str] | None = None
+               ) -> list[Finding]:
+    """F1..F6 of DESIGN.md judged on these results; rules in ``unet_jax.findings``.
+
+    ``domain_kinds`` adds ``data.source -> 'ultrasound' | 'xray'`` entries
+    to :data:`DOMAIN_KINDS`.
+    """
+    from unet_jax import findings  # noqa: PLC0415 - it builds on this module
+    return findings.evaluate(self, alpha, {**DOMAIN_KINDS, **(domain_kinds or {})})
+
+
+def paired_test(a: str, b: str, metric: str, matched: pd.DataFrame, keys: Sequence[str],
+                num_samples: int = 2000, seed: int = 0) -> PairedTest:
+  """The PairedTest of matched cells: columns ``keys`` + a, b (see Results.matched).
+
+  Keys other than ``domain`` and ``image_id`` identify runs; concatenating the
+  matched cells of several pairs with an extra key pools them in one test.
+  """
+  valid = matched.dropna(subset=['a', 'b']).assign(run=0)
+  diff = valid['a'] - valid['b']
+  run_keys = [k for k in keys if k not in ('domain', 'image_id')] or ['run']
+  image_keys = [k for k in keys if k in ('domain', 'image_id')]
+  per_image = diff.groupby([valid[k] for k in image_keys]).mean()
+  per_run = diff.groupby([valid[k] for k in run_keys]).mean()
+  cells = valid.assign(d=diff).pivot_table(index=run_keys, columns=image_keys, values='d')
+  per_image_a = valid.groupby(image_keys)['a'].mean()
+  per_image_b = valid.groupby(image_keys)['b'].mean()
+  return PairedTest(
+      a=a, b=b, metric=metric, n_images=len(per_image), n_runs=len(per_run),
+      n_excluded=len(matched) - len(valid),
+      mean_a=float(valid['a'].mean()), mean_b=float(valid['b'].mean()),
+      mean_diff=float(diff.mean()),
+      diff_ci95=stats.cluster_bootstrap_ci(cells.to_numpy(), num_samples, seed=seed),
+      p_images=stats.wilcoxon(per_image),
+      p_runs=stats.wilcoxon(per_run) if len(per_run) > 1 else float('nan'),
+      rank_biserial=stats.rank_biserial(per_image),
+      wins=int((per_image_a > per_image_b).sum()), losses=int((per_image_a < per_image_b).sum()))
+
+
+def _run_label(column) -> str:
+  parts = column if isinstance(column, tuple) else (column,)
+  return ''.join(str(p) for p in parts[:-1]) + f'seed={parts[-1]}'
+
+
+# -- loading -------------------------------------------------------------------
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _read_json(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def schedule_kind(schedule: list[dict] | None) -> tuple[str, str, int] | None:
+  """(order, direction, stage_steps) when a summary's schedule is a gradual one.
+
+  Found by rebuilding ``schedules.gradual`` for each order and direction, so
+  it needs no config; None for one-stage subsets and other schedules.
+  """
+  if not schedule or len(schedule) < 2:
+    return None
+  stage_steps = schedule[1]['start']
+  for order in ORDERS:
+    for direction in DIRECTIONS:
+      for depth in range(1, 9):
+        try:
+          built = gradual(order, direction, stage_steps, depth)
+        except UserError:
+          continue
+        as_json = [{'start': s, 'rules': [[r.pattern, r.action] for r in rules]}
+                   for s, rules in zip(built.starts, built.stages)]
+        if as_json == [{'start': s['start'], 'rules': [list(r) for r in s['rules']]}
+                       for s in schedule]:
+          return order, direction, stage_steps
+  return None
+
+
+def _variant(name: str, base: str, seed) -> str:
+  rest = name[len(base):] if name.startswith(base) else ''
+  return re.sub(rf'-seed{seed}(?=-|$)', '', rest)
+
+
+def _finished_rows(workdir: str, listed: Sequence[str], bases: Sequence[str]) -> list[dict]:
+  """Rows of finished experiments (summary.json written) of the configured bases."""
+  out = []
+  for name in listed:
+    folder = os.path.join(workdir, 'experiments', name)
+    summary = _read_json(os.path.join(folder, 'summary.json'))
+    path = os.path.join(folder, 'results.jsonl')
+    if summary is not None and summary.get('base') in bases and os.path.exists(path):
+      out += _read_jsonl(path)
+  return out
+
+
+def _load_one(workdir: str, notes: list[str]) -> tuple[pd.DataFrame, list[dict], dict]:
+  """Rows, summaries and config of one work directory (module docstring)."""
+  config = _read_json(os.path.join(workdir, 'config.json')) or {}
+  wanted = [n.strip() for n in str(config.get('only', '')).split(',') if n.strip()]
+  wanted = wanted or list(config.get('experiments', {}))
+  folder = os.path.join(workdir, 'experiments')
+  listed = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+  path = os.path.join(workdir, 'results.jsonl')
+  records = _read_jsonl(path) if os.path.exists(path) else []
+  have = {r['experiment'] for r in records}
+  # The sweep rewrites results.jsonl after each bundle, but marks each
+  # experiment finished (summary.json after its own results.jsonl) as it goes.
+  extra = _finished_rows(workdir, [n for n in listed if n not in have], wanted)
+  if extra:
+    added = sorted({r['experiment'] for r in extra})
+    notes.append(f'{workdir}: {", ".join(added)} read from experiments/<name>/results.jsonl '
+                 '(finished after the last results.jsonl was written)')
+  rows = pd.DataFrame(records + extra)
+  if rows.empty:
+    raise UserError(f'no results in {workdir}: not a sweep work directory, or its sweep '
+                    'has not finished an experiment yet')
+  domain = str(config.get('data', {}).get('source', 'unknown'))
+  rows['domain'] = rows['domain'].fillna(domain) if 'domain' in rows else domain
+  summaries = []
+  for name in dict.fromkeys(rows['experiment']):
+    summary = _read_json(os.path.join(folder, name, 'summary.json'))
+    if summary is None:
+      notes.append(f'{workdir}: {name} has results but no summary.json')
+      seed = rows.loc[rows['experiment'] == name, 'seed'].iloc[0]
+      summary = {'name': name, 'base': name, 'seed': int(seed), 'init': 'unknown'}
+    summaries.append({**summary, 'domain': summary.get('domain', domain),
+                      'workdir': workdir})
+  pending = [n for n in listed if n not in set(rows['experiment'])]
+  if pending:
+    notes.append(f'{workdir}: no results yet for {", ".join(pending)} (sweep running or '
+                 'interrupted, or left from another sweep)')
+  bases = {s.get('base') for s in summaries}
+  missing = [n for n in wanted if n not in bases]
+  if missing:
+    notes.append(f'{workdir}: config.json lists {", ".join(missing)} but no results of '
+                 'theirs exist yet')
+  return rows, summaries, config
+
+
+def load(workdirs: str | os.PathLike | Sequence[str | os.PathLike]) -> Results:
+  """Loads one work directory, or several (for instance one per domain).
+
+  Each directory's domain is its ``config.json`` ``data.source`` (or a row's
+  ``domain`` field). Raises UserError when a directory has no results, or
+  when two directories share a domain and an experiment name.
+  """
+  if isinstance(workdirs, (str, os.PathLike)):
+    workdirs = [workdirs]
+  notes: list[str] = []
+  frames, summaries, configs = [], [], {}
+  for w in workdirs:
+    w = os.path.abspath(os.fspath(w))
+    rows, sums, config = _load_one(w, notes)
+    frames.append(rows)
+    summaries += sums
+    for d in rows['domain'].unique():
+      configs.setdefault(d, config)
+  runs = pd.DataFrame([_run_row(s) for s in summaries])
+  clash = runs[runs.duplicated(['domain', 'experiment'], keep=False)]
+  if len(clash):
+    raise UserError('several work directories hold the same domain and experiment: '
+                    + ', '.join(sorted(set(clash['domain'] + '/' + clash['experiment']))))
+  df = pd.concat(frames, ignore_index=True)
+  df = df.merge(runs[['domain', 'experiment', 'base', 'variant', 'condition', 'init']],
+                on=['domain', 'experiment'], how='left')
+  df['image_id'] = df['image_id'].astype(str)
+  front = ['domain', 'experiment', 'base', 'variant', 'condition', 'seed', 'init',
+           'image_id', 'label'] + [m for m in METRICS if m in df]
+  df = df[front + [c for c in df.columns if c not in front]]
+  return Results(df, runs, summaries, configs, notes)
+
+
+def _run_row(s: dict) -> dict:
+  kind = schedule_kind(s.get('schedule'))
+  variant = _variant(s['name'], s['base'], s['seed'])
+  total = s.get('total_params') or np.nan
+  return {'domain': s['domain'], 'experiment': s['name'], 'base': s['base'],
+          'variant': variant, 'condition': s['base'] + variant, 'seed': s['seed'],
+          'init': s.get('init', 'unknown'), 'stages': len(s.get('schedule') or [1]),
+          'order': kind[0] if kind else None, 'direction': kind[1] if kind else None,
+          'stage_steps': kind[2] if kind else None, 'steps': s.get('steps', np.nan),
+          'trainable_fraction': s.get('trainable_params', np.nan) / total,
+          'workdir': s['workdir']}

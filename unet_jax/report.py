@@ -1,0 +1,251 @@
+"""A sweep's report: ``report.md`` with tables, findings and figures.
+
+``write_report(workdir)`` reads only saved results (``unet_jax.compare.load``),
+so it can be rerun at any time, also on an interrupted sweep; figures go to
+``<workdir>/report/``. Overlays of predictions need the test images, which
+the work directory does not store: the sweep (or a notebook) passes them as
+:class:`Overlays`, for instance built with :func:`predictions_from_weights`.
+
+Example::
+
+  path = write_report('runs/default')                    # runs/default/report.md
+  path = write_report('runs/us', also=['runs/xray'])     # F4 needs two domains
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from unet_jax import checkpoint, compare, metrics, plots, results
+from unet_jax.errors import UserError
+from unet_jax.model import UNetSpec, init_model
+
+REPORT_DIR = 'report'
+
+
+@dataclasses.dataclass(frozen=True)
+class Overlays:
+  """Test images with their masks and each experiment's binary predictions."""
+
+  images: np.ndarray  # (N, H, W, C)
+  masks: np.ndarray  # (N, H, W, 1)
+  ids: Sequence[str]  # image ids as in results.jsonl
+  predictions: Mapping[str, np.ndarray]  # experiment name -> (N, H, W, 1)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+  """A GitHub-flavoured markdown table; floats with 3 decimals."""
+  def cell(v) -> str:
+    if isinstance(v, (float, np.floating)):
+      return 'nan' if np.isnan(v) else f'{v:.3f}'
+    return str(v).replace('|', '\\|').replace('\n', ' ')
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def _percent(fraction: float) -> str:
+  return '<1%' if 0 < fraction < 0.01 else f'{fraction:.0%}'
+
+
+def _span(lo: int, hi: int) -> str:
+  return f'{lo}' if lo == hi else f'{lo}-{hi}'
+
+
+def _p(value: float) -> str:
+  return 'nan' if np.isnan(value) else f'{value:.2g}'
+
+
+def _model_spec(config: dict) -> UNetSpec | None:
+  model = config.get('model')
+  if not model:
+    return None
+  fields = {f.name for f in dataclasses.fields(UNetSpec)}
+  return UNetSpec(**{k: v for k, v in model.items() if k in fields})
+
+
+def predictions_from_weights(workdir: str, images: np.ndarray,
+                             experiments: Sequence[str]) -> dict[str, np.ndarray]:
+  """Binary predictions (N, H, W, 1) of saved experiments on ``images``."""
+  from unet_jax.train import predict  # noqa: PLC0415 - jitted code, only when asked
+  path = os.path.join(workdir, 'config.json')
+  config = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      config = json.load(f)
+  spec = _model_spec(config)
+  if spec is None:
+    raise UserError(f'{workdir}/config.json has no model settings')
+  graphdef = init_model(spec, 0)[0]
+  out = {}
+  for name in experiments:
+    path = os.path.join(workdir, 'experiments', name, 'weights')
+    if not os.path.isdir(path):
+      raise UserError(f'no weights for experiment {name!r} at {path}')
+    params, stats = checkpoint.load_weights(path)
+    out[name] = (predict(graphdef, params, stats, images) > 0.5).astype(np.float32)
+  return out
+
+
+def _summary_section(res: compare.Results, domain: str) -> list[str]:
+  out = []
+  for metric in res.metrics():
+    table = res.summary('base', metric, domain=domain)
+    if table['mean'].isna().all():
+      continue
+    out += [f'### {metric}', '', markdown_table(
+        ('experiment', 'mean', 'median', '95% CI', 'seed SD', 'runs', 'images',
+         'undefined', 'trained'),
+        [(r.base, r.mean, r.median, f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]', r.seed_sd,
+          r.n_runs, r.n_images, r.n_nan, _percent(r.trainable_fraction))
+         for r in table.itertuples()]), '']
+  return out
+
+
+def _paired_section(res: compare.Results, domain: str) -> list[str]:
+  if 'full' not in res.groups('base', domain):
+    return ['No experiment named `full`: no comparisons against it.', '']
+  table = res.pairwise(metric='dice', reference='full', domain=domain)
+  if table.empty:
+    return []
+  rows = [(r.a, r.mean_a, r.mean_b, f'{r.mean_diff:+.3f}',
+           f'[{r.ci_lo:+.3f}, {r.ci_hi:+.3f}]', f'{r.rank_biserial:+.2f}', _p(r.p_images),
+           _p(r.p_holm), _p(r.p_runs), f'{r.n_images} x {r.n_runs}')
+          for r in table.itertuples()]
+  return [markdown_table(('experiment', 'Dice', 'full', 'diff', '95% CI', 'rank-biserial',
+                          'p (images)', 'p Holm', 'p (seeds)', 'images x seeds'), rows),
+          '', 'Wilcoxon signed-rank tests, paired on image and seed; p Holm is corrected '
+          'over the rows of this table.', '']
+
+
+def _stability_section(res: compare.Results, domain: str) -> list[str]:
+  runs = res.runs[res.runs['domain'] == domain]
+  if runs.groupby('base')['seed'].nunique().max() < 2:
+    return ['One seed per experiment: no rank stability across seeds.', '']
+  rs = res.rank_stability(domain=domain)
+  ranks = rs.ranks.loc[rs.ranks.mean(axis=1).sort_values().index]
+  return [f"Kendall's W = {rs.kendall_w:.3f} (Friedman p = {_p(rs.p_value)}), mean "
+          f'Spearman between seeds = {rs.mean_spearman:.3f}; ranks by mean Dice, 1 = best.',
+          '', markdown_table(['experiment'] + list(ranks.columns),
+                             [[name] + [f'{v:g}' for v in row]
+                              for name, row in ranks.iterrows()]), '']
+
+
+def _convergence_section(res: compare.Results, domain: str) -> list[str]:
+  conv = res.convergence(0.9)
+  conv = conv[conv['domain'] == domain]
+  if conv['best_val_dice'].isna().all():
+    return ['No validation curves (`experiments/<name>/history.jsonl`): convergence '
+            'speed (F5) cannot be judged.', '']
+  without = sorted(set(conv.loc[conv['best_val_dice'].isna(), 'base']))
+  conv = conv.dropna(subset=['best_val_dice'])
+  table = conv.groupby('base').agg(best=('best_val_dice', 'mean'), steps=('steps', 'median'),
+                                   runs=('experiment', 'count'))
+  out = [markdown_table(('experiment', 'best val Dice', 'median steps to 90% of best', 'runs'),
+                        [(r.Index, r.best, f'{r.steps:g}', r.runs)
+                         for r in table.itertuples()]), '']
+  if without:
+    out += [f'No validation curves for: {", ".join(without)}.', '']
+  return out
+
+
+def _figures(res: compare.Results, domain: str, folder: str, tag: str,
+             overlays: Overlays | None) -> list[str]:
+  out = []
+  def link(title, path):
+    out.extend([f'![{title}]({os.path.relpath(path, os.path.dirname(folder))})', ''])
+  link('Dice per experiment', plots.plot_scores(
+      res, os.path.join(folder, f'dice{tag}.png'), domain=domain))
+  curves = plots.plot_curves(res, os.path.join(folder, f'curves{tag}.png'), domain=domain)
+  if curves:
+    link('validation Dice against step', curves)
+  else:
+    out += ['(No validation curves to plot.)', '']
+  spec = _model_spec(res.configs.get(domain, {}))
+  firsts = res.runs[res.runs['domain'] == domain].drop_duplicates('base')
+  by_name = {(s['domain'], s['name']): s for s in res.summaries}
+  if spec is not None and all('schedule' in by_name[(domain, e)] for e in firsts['experiment']):
+    schedules = {r.base: plots.block_schedule(by_name[(domain, r.experiment)], spec)
+                 for r in firsts.itertuples()}
+    steps = int(np.nanmax(firsts['steps']))
+    link('trained blocks per step', plots.plot_schedules(
+        schedules, steps, os.path.join(folder, f'schedules{tag}.png')))
+  else:
+    out += ['(No model settings or schedules saved: no schedule chart.)', '']
+  if overlays is None:
+    out += ['(No prediction overlays: pass the test images to `write_report(overlays=...)`.)',
+            '']
+  else:
+    out += _overlay_figure(res, domain, folder, tag, overlays, link)
+  return out
+
+
+def _overlay_figure(res, domain, folder, tag, overlays: Overlays, link) -> list[str]:
+  """Best and worst two test images by mean Dice over all runs."""
+  df = res.df[res.df['domain'] == domain]
+  per_image = df.groupby('image_id')['dice'].mean()
+  ids = [str(i) for i in overlays.ids]
+  per_image = per_image[per_image.index.isin(ids)].sort_values(ascending=False)
+  if per_image.empty:
+    return ['(Overlay images match no image id in the results.)', '']
+  chosen = list(dict.fromkeys(list(per_image.index[:2]) + list(per_image.index[-2:])))
+  index = [ids.index(i) for i in chosen]
+  preds = {name: np.asarray(p)[index] for name, p in overlays.predictions.items()}
+  titles = [f'{i}\nmean Dice {per_image[i]:.2f}' for i in chosen]
+  link('best and worst test images', plots.plot_overlays(
+      np.asarray(overlays.images)[index], np.asarray(overlays.masks)[index], preds,
+      os.path.join(folder, f'overlays{tag}.png'), titles))
+  return []
+
+
+def write_report(workdir: str, *, overlays: Overlays | None = None,
+                 also: Sequence[str] = (), alpha: float = 0.05) -> str:
+  """Writes ``<workdir>/report.md`` and its figures; returns the report's path.
+
+  ``also`` adds work directories of other domains (F4 compares ultrasound
+  with chest X-ray); ``overlays`` adds a figure of predictions on the best and
+  worst test images (of ``workdir``'s domain).
+  """
+  workdir = os.path.abspath(workdir)
+  res = compare.load([workdir, *also])
+  folder = os.path.join(workdir, REPORT_DIR)
+  os.makedirs(folder, exist_ok=True)
+  main_domain = res.df['domain'].iloc[0]  # workdir's rows come first
+  seeds = res.runs.groupby(['domain', 'base'])['seed'].nunique()
+  lines = [f'# Sweep report: {os.path.basename(workdir)}', '',
+           f'Work directory `{workdir}`; generated '
+           f'{datetime.datetime.now().isoformat(timespec="seconds")}.',
+           f'{len(res.runs)} runs of {res.runs["base"].nunique()} experiments, '
+           f'{_span(seeds.min(), seeds.max())} seed(s) each, '
+           f'{res.df["image_id"].nunique()} test images; domains: {", ".join(res.domains)}.',
+           f'Empty masks: {metrics.EMPTY_MASK_CONVENTION}.', '']
+  if res.notes:
+    lines += ['**Incomplete results:**', ''] + [f'- {n}' for n in res.notes] + ['']
+  found = res.findings(alpha)
+  lines += ['## Findings (DESIGN.md F1-F6)', '',
+            markdown_table(('id', 'verdict', 'claim', 'evidence'),
+                           [(f.id, f'**{f.verdict}**', f.claim, f.evidence) for f in found]),
+            '', f'Two-sided tests at alpha = {alpha}; see `unet_jax/findings.py` for the '
+            'rule behind each verdict.', '']
+  for domain in res.domains:
+    tag = '' if domain == main_domain else f'-{domain}'
+    head = f' ({domain})' if len(res.domains) > 1 else ''
+    lines += [f'## Scores{head}', '', 'Means over seeds and test images; 95% CI by a '
+              'bootstrap that resamples seeds, then images.', '']
+    lines += _summary_section(res, domain)
+    lines += [f'## Against full fine-tuning{head}', ''] + _paired_section(res, domain)
+    lines += [f'## Rank stability across seeds{head}', ''] + _stability_section(res, domain)
+    lines += [f'## Convergence{head}', ''] + _convergence_section(res, domain)
+    lines += [f'## Figures{head}', '']
+    lines += _figures(res, domain, folder, tag,
+                      overlays if domain == main_domain else None)
+  path = os.path.join(workdir, 'report.md')
+  results.write_atomic(path, '\n'.join(lines).rstrip() + '\n')
+  return path
+
