@@ -45,8 +45,12 @@ def get_config(arg=None):
                          batch_size=8, learning_rate=1e-3, weight_decay=0.0)
   # val_fraction: share of the training images held out to score validation
   # Dice after every chunk (curves, TensorBoard, convergence speed).
+  # source: a built-in generator (ultrasound, chest_xray, dead_leaves) with
+  # num_images, or a real set (busi, udiat_b, montgomery, jsrt_scr, folder)
+  # read from root, all of its images (unet_jax/data/real). on_bad='skip'
+  # leaves out unusable image/mask pairs (reported) instead of stopping.
   config.data = dict(source='ultrasound', num_images=160, test_fraction=0.4,
-                     val_fraction=0.2)
+                     val_fraction=0.2, root='', on_bad='error')
   config.finetune = dict(steps=300, batch_size=8, learning_rate=1e-3,
                          weight_decay=0.0,
                          # False: frozen blocks keep their BatchNorm statistics.

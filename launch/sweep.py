@@ -91,6 +91,9 @@ def main(argv) -> int:
   if distributed.is_writer():
     print(format_table(summaries))
     print(f'\nresults in {os.path.abspath(workdir)}')
+    report = os.path.join(os.path.abspath(workdir), 'report.md')
+    if os.path.exists(report):
+      print(f'report (findings F1-F6, paired tests, figures): {report}')
   return 0
 
 

@@ -76,21 +76,3 @@ def test_launcher_reports_a_bad_workdir_in_one_line(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       f'error: no results in {tmp_path}: not a sweep work directory, or its sweep '
       'has not finished an experiment yet']
-
-
-# A real sweep takes 1.5-4 minutes on the 2-core test machine, far over the
-# test budget, so this end-to-end check is opt-in: UNET_JAX_REAL_SWEEP=1.
-@pytest.mark.skipif(os.environ.get('UNET_JAX_REAL_SWEEP') != '1',
-                    reason='real sweep: set UNET_JAX_REAL_SWEEP=1 (minutes)')
-def test_report_from_a_real_tiny_sweep(tmp_path):
-  from unet_jax.settings import load_config
-  from unet_jax.sweep import run_sweep
-  config = load_config(os.path.join(ROOT, 'configs', 'default.py') + ':tiny')
-  config.only = 'full,contracting,expanding'
-  run_sweep(config, str(tmp_path), progress=False)
-  with open(report.write_report(str(tmp_path))) as f:
-    text = f.read()
-  assert '| F1 |' in text and '| full |' in text
-  assert _is_png(tmp_path / 'report' / 'dice.png')
-  assert _is_png(tmp_path / 'report' / 'schedules.png')
-  assert _is_png(tmp_path / 'report' / 'curves.png')  # from history.jsonl

@@ -2,9 +2,12 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -89,10 +92,60 @@ def test_checkpoints_read_back_with_plain_orbax(sweep_dir):
     assert json.load(f)['only'] == 'full,head'
 
 
+def test_sweep_ends_with_a_report_history_and_events(sweep_dir):
+  workdir, summaries = sweep_dir
+  with open(os.path.join(workdir, 'report.md')) as f:
+    text = f.read()
+  assert '| F1 |' in text and '| full |' in text
+  for figure in ('dice', 'curves', 'schedules', 'overlays'):
+    with open(os.path.join(workdir, 'report', f'{figure}.png'), 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  history = read_jsonl(os.path.join(workdir, 'experiments', 'full', 'history.jsonl'))
+  assert [h['step'] for h in history] == [2, 4]
+  assert all(0.0 <= h['val_dice'] <= 1.0 for h in history)
+  assert summaries[0]['final_val_dice'] == history[-1]['val_dice']
+  rows = read_jsonl(os.path.join(workdir, 'results.jsonl'))
+  assert all(r['hd95'] >= 0 or np.isnan(r['hd95']) for r in rows)
+  # TensorBoard events, one run folder per experiment, readable without TF.
+  tags = _event_tags(os.path.join(workdir, 'tensorboard', 'head'))
+  assert {'loss', 'val_dice', 'learning_rate', 'trainable_fraction'} <= set(tags)
+  assert sorted(tags['val_dice']) == [2, 4]
+
+
+def _event_tags(folder: str) -> dict[str, list[int]]:
+  """tag -> steps, read from TFRecord event files with tensorboardX's protobufs."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+  tags: dict[str, list[int]] = {}
+  for name in os.listdir(folder):
+    with open(os.path.join(folder, name), 'rb') as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack('<Q', data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        tags.setdefault(value.tag, []).append(event.step)
+  return tags
+
+
+def test_finished_experiments_are_not_run_again(sweep_dir, capsys):
+  workdir, summaries = sweep_dir
+  again = run_sweep(tiny_config(), workdir, progress=True)
+  assert '2 of 2 experiment(s) already finished' in capsys.readouterr().err
+  assert again == summaries
+  rows = read_jsonl(os.path.join(workdir, 'results.jsonl'))
+  assert len(rows) == 2 * summaries[0]['test_images']  # nothing duplicated
+
+
 def test_pretraining_is_reused(sweep_dir, capsys):
   workdir, _ = sweep_dir
   before = os.path.getmtime(os.path.join(workdir, 'pretrain', 'meta.json'))
-  run_sweep(tiny_config(only='head'), workdir, progress=True)
+  # Other fine-tuning settings: 'head' runs again on the same pretrained net.
+  run_sweep(tiny_config(only='head', **{'finetune.learning_rate': 2e-3}), workdir,
+            progress=True)
   assert 'reusing pretrained weights' in capsys.readouterr().err
   assert os.path.getmtime(os.path.join(workdir, 'pretrain', 'meta.json')) == before
 
@@ -195,3 +248,65 @@ def test_cli_runs_and_prints_table(tmp_path):
   assert header == ['experiment', 'trainable', 'dice', '95%', 'CI', 'steps', 'seconds']
   assert proc.stdout.splitlines()[2].startswith('head')
   assert os.path.exists(tmp_path / 'w' / 'results.jsonl')
+
+
+def _sweep_command(workdir):
+  return [sys.executable, SWEEP, f'--config={TINY}', f'--workdir={workdir}',
+          '--config.only=full,head', '--config.finetune.steps=12',
+          '--config.strategy=static', '--progress=false']
+
+
+def _stop_after_first_checkpoint(workdir, signum) -> subprocess.CompletedProcess:
+  """Starts the sweep, sends ``signum`` once fine-tuning has a checkpoint."""
+  proc = subprocess.Popen(_sweep_command(workdir), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  folder = os.path.join(workdir, 'checkpoints')
+  deadline = time.monotonic() + 600
+  while proc.poll() is None and time.monotonic() < deadline:
+    steps = [s for b in (os.listdir(folder) if os.path.isdir(folder) else [])
+             if not b.startswith('pretrain') and os.path.isdir(os.path.join(folder, b))
+             for s in os.listdir(os.path.join(folder, b)) if s.isdigit()]
+    if steps:
+      proc.send_signal(signum)
+      break
+    time.sleep(0.05)
+  out, err = proc.communicate(timeout=600)
+  return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _outcome(workdir):
+  """Everything a sweep leaves that must not depend on interruptions."""
+  rows = read_jsonl(os.path.join(workdir, 'results.jsonl'))
+  weights, history = {}, {}
+  for name in ('full', 'head'):
+    folder = os.path.join(workdir, 'experiments', name)
+    weights[name] = ocp.StandardCheckpointer().restore(os.path.join(folder, 'weights'))
+    history[name] = read_jsonl(os.path.join(folder, 'history.jsonl'))
+  return rows, weights, history
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('straight'))
+  subprocess.run(_sweep_command(workdir), check=True, capture_output=True)
+  return _outcome(workdir)
+
+
+@pytest.mark.parametrize('signum', [signal.SIGKILL, signal.SIGTERM])
+def test_interrupted_sweep_resumes_to_identical_results(tmp_path, straight_run, signum):
+  stopped = _stop_after_first_checkpoint(str(tmp_path), signum)
+  assert stopped.returncode == (-9 if signum == signal.SIGKILL else 143), stopped.stderr
+  if signum == signal.SIGTERM:
+    assert 'checkpoint saved; run the same command again to resume' in stopped.stderr
+    assert 'resume with: python ' in stopped.stderr
+    assert 'Traceback' not in stopped.stderr
+  resumed = subprocess.run(_sweep_command(str(tmp_path)), capture_output=True, text=True)
+  assert resumed.returncode == 0, resumed.stderr
+  assert 'resuming a bundle of 2 at step' in resumed.stderr  # from a checkpoint
+  rows, weights, history = _outcome(str(tmp_path))
+  want_rows, want_weights, want_history = straight_run
+  assert rows == want_rows and history == want_history
+  for name in want_weights:
+    for a, b in zip(jax.tree.leaves(want_weights[name]), jax.tree.leaves(weights[name])):
+      np.testing.assert_array_equal(a, b)  # bitwise
+  assert not os.path.exists(os.path.join(str(tmp_path), 'checkpoints'))

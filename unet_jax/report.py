@@ -204,16 +204,38 @@ def _overlay_figure(res, domain, folder, tag, overlays: Overlays, link) -> list[
   return []
 
 
+def saved_overlays(workdir: str, res: compare.Results) -> Overlays | None:
+  """Overlays from the sweep's ``test_set.npz`` and saved weights, one run per base.
+
+  None when the work directory has no test set file or no weights.
+  """
+  path = os.path.join(workdir, 'test_set.npz')
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as f:
+    images, masks, ids = f['images'], f['masks'], [str(i) for i in f['ids']]
+  runs = res.runs[res.runs['domain'] == res.df['domain'].iloc[0]]
+  first = runs.drop_duplicates('base')['experiment']
+  names = [n for n in first
+           if os.path.isdir(os.path.join(workdir, 'experiments', n, 'weights'))]
+  if not names:
+    return None
+  return Overlays(images, masks, ids, predictions_from_weights(workdir, images, names))
+
+
 def write_report(workdir: str, *, overlays: Overlays | None = None,
                  also: Sequence[str] = (), alpha: float = 0.05) -> str:
   """Writes ``<workdir>/report.md`` and its figures; returns the report's path.
 
   ``also`` adds work directories of other domains (F4 compares ultrasound
   with chest X-ray); ``overlays`` adds a figure of predictions on the best and
-  worst test images (of ``workdir``'s domain).
+  worst test images (of ``workdir``'s domain); by default they come from the
+  sweep's ``test_set.npz`` and saved weights.
   """
   workdir = os.path.abspath(workdir)
   res = compare.load([workdir, *also])
+  if overlays is None:
+    overlays = saved_overlays(workdir, res)
   folder = os.path.join(workdir, REPORT_DIR)
   os.makedirs(folder, exist_ok=True)
   main_domain = res.df['domain'].iloc[0]  # workdir's rows come first

@@ -7,6 +7,8 @@ import os
 import tempfile
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
   """Writes a file through a temporary file and a rename: never half-written."""
@@ -18,6 +20,21 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_npz(path, **arrays) -> None:
+  """numpy.savez through a temporary file and a rename."""
+  path = os.fspath(path)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', prefix='.tmp-',
+                             suffix='.npz')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      np.savez(f, **arrays)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -48,6 +65,8 @@ def format_table(summaries: Sequence[dict]) -> str:
     rows.append((s['name'], f"{s['trainable_params']:,} ({frac:.0%})",
                  f"{s['mean_dice']:.3f}", f'[{lo:.3f}, {hi:.3f}]',
                  str(s['steps']), f"{s['seconds']:.1f}"))
+    if s.get('diverged_at_step') is not None:
+      rows[-1] = (rows[-1][0] + f" (diverged at step {s['diverged_at_step']})",) + rows[-1][1:]
   widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
   def line(cells):
     return '  '.join(c.ljust(w) if i == 0 else c.rjust(w)

@@ -49,6 +49,8 @@ class SweepSettings:
   pretrain_images: int
   pretrain: TrainSettings
   target_source: str
+  target_root: str  # folder of a real set (data.source in data.LOADERS)
+  on_bad: str  # 'error' or 'skip': what a real set's unusable image/mask pair does
   target_images: int
   test_fraction: float
   val_fraction: float  # of the training images, held out for validation Dice
@@ -92,7 +94,10 @@ class SweepSettings:
         pretrain_source=_choice(config, 'pretrain.source', tuple(data.SOURCES)),
         pretrain_images=_int(config, 'pretrain.num_images', 1),
         pretrain=_train(config, 'pretrain'),
-        target_source=_choice(config, 'data.source', tuple(data.SOURCES)),
+        target_source=_choice(config, 'data.source',
+                              tuple(data.SOURCES) + tuple(data.LOADERS)),
+        target_root=os.path.expanduser(str(_get(config, 'data.root'))),
+        on_bad=_choice(config, 'data.on_bad', ('error', 'skip')),
         target_images=_int(config, 'data.num_images', 2),
         test_fraction=_float(config, 'data.test_fraction', 0.0, 1.0),
         val_fraction=_float(config, 'data.val_fraction', 0.0, 0.9),
@@ -108,19 +113,26 @@ class SweepSettings:
         rewarmup_steps=_int(config, 'finetune.rewarmup_steps', 0),
         bootstrap_samples=_int(config, 'bootstrap_samples', 100),
         compilation_cache=str(_get(config, 'compilation_cache')))
+    if settings.target_source in data.LOADERS and not settings.target_root:
+      raise UserError(f'data.source={settings.target_source!r} is a real data set: give '
+                      'its folder as data.root')
     names = [r.name for r in settings.runs()]
     if len(set(names)) != len(names):
       raise UserError(f'experiment names collide after grid expansion: {names}')
-    n_test = round(settings.target_images * settings.test_fraction)
-    if not 1 <= n_test < settings.target_images:
-      raise UserError(
-          f'data.test_fraction={settings.test_fraction} of data.num_images='
-          f'{settings.target_images} leaves no train or no test images')
-    n_train = settings.target_images - n_test
-    if round(n_train * settings.val_fraction) >= n_train:
-      raise UserError(f'data.val_fraction={settings.val_fraction} of the {n_train} training '
-                      'images leaves none to train on')
+    if settings.target_source in data.SOURCES:
+      settings.check_split(settings.target_images)
     return settings
+
+  def check_split(self, num_images: int) -> None:
+    """Raises UserError unless the split leaves train and test images."""
+    n_test = round(num_images * self.test_fraction)
+    if not 1 <= n_test < num_images:
+      raise UserError(f'data.test_fraction={self.test_fraction} of {num_images} images '
+                      'leaves no train or no test images')
+    n_train = num_images - n_test
+    if round(n_train * self.val_fraction) >= n_train:
+      raise UserError(f'data.val_fraction={self.val_fraction} of the {n_train} training '
+                      'images leaves none to train on')
 
 
 def _get(config, field: str) -> Any:

@@ -16,6 +16,8 @@ Work directory layout::
                                    written last: its presence means "finished"
   checkpoints/<bundle>/<step>/     orbax checkpoints of unfinished bundles
   tensorboard/<name>/              TensorBoard event files, one run per experiment
+  test_set.npz                     the test images, masks and ids
+  report.md, report/               tables, findings F1-F6 and figures
   bundles.json                     each bundle's strategy and autotuning timings
   autotune.json                    cached strategy choices
   .lock                            held while a sweep runs
@@ -155,13 +157,16 @@ def pretrain(s: SweepSettings, init: Weights, workdir: str, bar: tqdm.tqdm,
 
 
 def evaluate(graphdef, weights: Weights, test: data.Dataset) -> list[dict]:
-  """One record per test image: Dice, IoU and mask sizes."""
+  """One record per test image: Dice, IoU, HD95, ASSD (pixels) and mask sizes.
+
+  Distances are in pixels of the network's input (``image_size``); they are
+  NaN when a mask is empty (``metrics.EMPTY_MASK_CONVENTION``).
+  """
   probs = predict(graphdef, weights.params, weights.stats, test.images)
   pred = (probs > 0.5).astype(np.float32)
-  dice = np.asarray(metrics.dice(pred, test.masks))
-  iou = np.asarray(metrics.iou(pred, test.masks))
+  scores = metrics.score_masks(pred, test.masks)
   return [{'image_id': test.ids[i], 'label': test.labels[i],
-           'dice': float(dice[i]), 'iou': float(iou[i]),
+           **{name: float(values[i]) for name, values in scores.items()},
            'pred_pixels': int(pred[i].sum()), 'true_pixels': int(test.masks[i].sum())}
           for i in range(len(test))]
 
@@ -198,6 +203,9 @@ def summarise(s: SweepSettings, exp: grid.Experiment, weights: Weights, rows: li
       'mean_dice': float(np.mean(dice)),
       'dice_ci95': list(stats.bootstrap_ci(dice, s.bootstrap_samples, seed=s.seed)),
       'mean_iou': float(np.mean([r['iou'] for r in rows])),
+      'mean_hd95_px': _nanmean([r['hd95'] for r in rows]),
+      'mean_assd_px': _nanmean([r['assd'] for r in rows]),
+      'undefined_distances': int(np.sum(np.isnan([r['hd95'] for r in rows]))),
       'test_images': len(rows), 'chunk_losses': result.losses[index],
       'final_val_dice': result.history[index][-1]['val_dice'],
       'empty_mask_convention': metrics.EMPTY_MASK_CONVENTION,
@@ -205,11 +213,16 @@ def summarise(s: SweepSettings, exp: grid.Experiment, weights: Weights, rows: li
   }
 
 
+def _nanmean(values) -> float | None:
+  values = np.asarray(values, float)
+  return float(np.nanmean(values)) if np.isfinite(values).any() else None
+
+
 def experiment_fingerprint(s: SweepSettings, exp: grid.Experiment) -> str:
   """Everything a finished experiment's results depend on."""
   return _hash({'pretrain': _pretrain_fingerprint(s) if exp.init == 'pretrained' else None,
-                'data': [s.target_source, s.target_images, s.test_fraction, s.val_fraction,
-                         s.image_size, s.seed],
+                'data': [s.target_source, s.target_root, s.on_bad, s.target_images,
+                         s.test_fraction, s.val_fraction, s.image_size, s.seed],
                 'model': dataclasses.asdict(s.model),
                 'finetune': [s.update_frozen_stats, s.rewarmup_steps],
                 'experiment': dataclasses.asdict(exp)})
@@ -269,10 +282,16 @@ def run_sweep(config, workdir: str, *, progress: bool = True) -> list[dict]:
     return _run(s, config, workdir, progress, stop)
 
 
-def _split(s: SweepSettings) -> tuple[data.Dataset, data.Dataset, data.Dataset]:
+def _split(s: SweepSettings, workdir: str
+           ) -> tuple[data.Dataset, data.Dataset, data.Dataset]:
   """(train, validation, test) of the target data, stratified, fixed by the seed."""
-  target = data.make_dataset(s.target_source, s.target_images, s.image_size,
-                             s.seed + 3).with_channels(s.model.in_channels)
+  if s.target_source in data.LOADERS:
+    target = data.load(s.target_source, s.target_root, s.image_size,
+                       cache_dir=os.path.join(workdir, 'cache'), on_bad=s.on_bad)
+    s.check_split(len(target))
+  else:
+    target = data.make_dataset(s.target_source, s.target_images, s.image_size, s.seed + 3)
+  target = target.with_channels(s.model.in_channels)
   train_idx, test_idx = data.holdout_split(target.labels, s.test_fraction, s.seed)
   train = target.take(train_idx)
   fit_idx, val_idx = data.holdout_split(train.labels, s.val_fraction, s.seed + 1)
@@ -291,7 +310,10 @@ def _run(s: SweepSettings, config, workdir: str, progress: bool, stop: StopReque
   bundles, split_by = grid.group_bundles(todo, s.max_bundle) if todo else ([], [])
   if writer:
     results.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-  train_set, val_set, test_set = _split(s)
+  train_set, val_set, test_set = _split(s, workdir)
+  if writer:  # for report figures and for looking at what was tested
+    results.write_npz(os.path.join(workdir, 'test_set.npz'), images=test_set.images,
+                      masks=test_set.masks, ids=np.asarray(test_set.ids))
   val = (val_set.images, val_set.masks) if len(val_set) else None
   graphdef, params, batch_stats = init_model(s.model, s.seed)
   tuning_path = os.path.join(workdir, 'autotune.json')
@@ -352,4 +374,17 @@ def _run(s: SweepSettings, config, workdir: str, progress: bool, stop: StopReque
     if writer:
       ordered = [r for run in runs for r in rows[run.name]]
       results.write_jsonl(os.path.join(workdir, 'results.jsonl'), ordered)
+      bar.set_description('writing report')
+      _write_report(workdir, bar)
   return [summaries[r.name] for r in runs]
+
+
+def _write_report(workdir: str, bar: tqdm.tqdm) -> None:
+  """report.md; a failure here never costs the results, which are written."""
+  from unet_jax import report  # pandas, scipy, matplotlib: only once results exist
+  try:
+    report.write_report(workdir)
+  except Exception as e:  # noqa: BLE001 - the results are safe; say how to retry
+    bar.write(f'warning: the report could not be written ({type(e).__name__}: {e}); '
+              f'results are in {workdir}; retry with: python launch/report.py '
+              f'--workdir={workdir}', file=sys.stderr)
