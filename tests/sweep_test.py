@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -310,3 +311,34 @@ def test_interrupted_sweep_resumes_to_identical_results(tmp_path, straight_run, 
     for a, b in zip(jax.tree.leaves(want_weights[name]), jax.tree.leaves(weights[name])):
       np.testing.assert_array_equal(a, b)  # bitwise
   assert not os.path.exists(os.path.join(str(tmp_path), 'checkpoints'))
+
+
+def test_sweep_on_a_real_set_from_its_folder(tmp_path):
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for i in range(12):
+    image = rng.integers(0, 256, (40, 48), dtype=np.uint8)
+    mask = np.zeros((40, 48), np.uint8)
+    mask[5 + i:20 + i, 10:30] = 255
+    for folder, array in (('images', image), ('masks', mask)):
+      os.makedirs(tmp_path / 'set' / folder, exist_ok=True)
+      Image.fromarray(array).save(tmp_path / 'set' / folder / f'img{i:02d}.png')
+  workdir = str(tmp_path / 'run')
+  summaries = run_sweep(tiny_config(**{'only': 'head', 'data.source': 'folder',
+                                       'data.root': str(tmp_path / 'set')}),
+                        workdir, progress=False)
+  assert summaries[0]['test_images'] == round(12 * 0.4)
+  rows = read_jsonl(os.path.join(workdir, 'results.jsonl'))
+  assert {r['image_id'] for r in rows} <= {f'img{i:02d}' for i in range(12)}
+  assert os.listdir(os.path.join(workdir, 'cache'))  # preprocessed arrays kept
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'data.source': 'busi'}, "data.source='busi' is a real data set: give its folder as "
+                              'data.root'),
+    ({'data.source': 'busi', 'data.root': '/nonexistent/busi'}, 'Dataset_BUSI_with_GT'),
+    ({'data.source': 'mnist'}, 'valid choices: ultrasound'),
+])
+def test_bad_real_set_settings_are_named(tmp_path, overrides, message):
+  with pytest.raises(UserError, match=re.escape(message)):
+    run_sweep(tiny_config(**overrides), str(tmp_path), progress=False)
