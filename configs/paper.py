@@ -115,7 +115,7 @@ def get_config(arg=None):
                       group_size=8, bn_momentum=0.9, in_channels=1)
   config.pretrain = dict(source='dead_leaves', num_images=64 if smoke else 4096,
                          steps=20 if smoke else 3000, batch_size=8 if smoke else 16,
-                         learning_rate=1e-3, weight_decay=0.0)
+                         learning_rate=1e-3, weight_decay=0.0, root='')
   dataset = options['dataset']
   config.data = dict(source=dataset, num_images=40 if smoke else 400, test_fraction=0.3,
                      val_fraction=0.2, root=options['root'], on_bad='error')

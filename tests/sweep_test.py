@@ -325,7 +325,9 @@ def test_sweep_on_a_real_set_from_its_folder(tmp_path):
       Image.fromarray(array).save(tmp_path / 'set' / folder / f'img{i:02d}.png')
   workdir = str(tmp_path / 'run')
   summaries = run_sweep(tiny_config(**{'only': 'head', 'data.source': 'folder',
-                                       'data.root': str(tmp_path / 'set')}),
+                                       'data.root': str(tmp_path / 'set'),
+                                       'pretrain.source': 'folder',
+                                       'pretrain.root': str(tmp_path / 'set')}),
                         workdir, progress=False)
   assert summaries[0]['test_images'] == round(12 * 0.4)
   rows = read_jsonl(os.path.join(workdir, 'results.jsonl'))
@@ -338,6 +340,8 @@ def test_sweep_on_a_real_set_from_its_folder(tmp_path):
                               'data.root'),
     ({'data.source': 'busi', 'data.root': '/nonexistent/busi'}, 'Dataset_BUSI_with_GT'),
     ({'data.source': 'mnist'}, 'valid choices: ultrasound'),
+    ({'pretrain.source': 'folder'}, "pretrain.source='folder' is a real data set: give its "
+                                    'folder as pretrain.root'),
 ])
 def test_bad_real_set_settings_are_named(tmp_path, overrides, message):
   with pytest.raises(UserError, match=re.escape(message)):

@@ -46,6 +46,7 @@ class SweepSettings:
   image_size: int
   model: UNetSpec
   pretrain_source: str
+  pretrain_root: str  # folder of a real set (pretrain.source in data.LOADERS)
   pretrain_images: int
   pretrain: TrainSettings
   target_source: str
@@ -91,7 +92,9 @@ class SweepSettings:
         seed=_int(config, 'seed', 0),
         image_size=size,
         model=model,
-        pretrain_source=_choice(config, 'pretrain.source', tuple(data.SOURCES)),
+        pretrain_source=_choice(config, 'pretrain.source',
+                                tuple(data.SOURCES) + tuple(data.LOADERS)),
+        pretrain_root=os.path.expanduser(str(_get(config, 'pretrain.root'))),
         pretrain_images=_int(config, 'pretrain.num_images', 1),
         pretrain=_train(config, 'pretrain'),
         target_source=_choice(config, 'data.source',
@@ -113,6 +116,9 @@ class SweepSettings:
         rewarmup_steps=_int(config, 'finetune.rewarmup_steps', 0),
         bootstrap_samples=_int(config, 'bootstrap_samples', 100),
         compilation_cache=str(_get(config, 'compilation_cache')))
+    if settings.pretrain_source in data.LOADERS and not settings.pretrain_root:
+      raise UserError(f'pretrain.source={settings.pretrain_source!r} is a real data set: '
+                      'give its folder as pretrain.root')
     if settings.target_source in data.LOADERS and not settings.target_root:
       raise UserError(f'data.source={settings.target_source!r} is a real data set: give '
                       'its folder as data.root')

@@ -105,6 +105,7 @@ def prepare_workdir(workdir: str) -> str:
 def _pretrain_fingerprint(s: SweepSettings) -> dict:
   return {'seed': s.seed, 'image_size': s.image_size,
           'model': dataclasses.asdict(s.model), 'source': s.pretrain_source,
+          'root': s.pretrain_root,
           'num_images': s.pretrain_images, 'train': dataclasses.asdict(s.pretrain)}
 
 
@@ -130,8 +131,12 @@ def pretrain(s: SweepSettings, init: Weights, workdir: str, bar: tqdm.tqdm,
       bar.update(s.pretrain.steps)
       return Weights(*checkpoint.load_weights(os.path.join(folder, 'weights')))
     bar.write('pretrain settings changed: pretraining again', file=sys.stderr)
-  dataset = data.make_dataset(s.pretrain_source, s.pretrain_images, s.image_size,
-                              s.seed + 1).with_channels(s.model.in_channels)
+  if s.pretrain_source in data.LOADERS:  # a saliency set such as XPIE or DUTS
+    dataset = data.load(s.pretrain_source, s.pretrain_root, s.image_size,
+                        cache_dir=os.path.join(workdir, 'cache'), on_bad=s.on_bad)
+  else:
+    dataset = data.make_dataset(s.pretrain_source, s.pretrain_images, s.image_size, s.seed + 1)
+  dataset = dataset.with_channels(s.model.in_channels)
   run = grid.Experiment('pretrain', 'pretrain',
                         Schedule.constant(freeze.preset_rules('full', s.model.depth)),
                         'random', s.seed + 2, s.pretrain.learning_rate,
