@@ -15,7 +15,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from unet_jax.data import dead_leaves, ultrasound
+from unet_jax.data import chest_xray, dead_leaves, ultrasound
 from unet_jax.data.real import LOADERS, load
 from unet_jax.data.splits import holdout_split, kfold_split
 from unet_jax.errors import UserError
@@ -66,9 +66,18 @@ def _dead_leaves(num: int, size: int, seed: int) -> Dataset:
                  [f'dl_{i:05d}' for i in range(num)], ['object'] * num)
 
 
+def _chest_xray(num: int, size: int, seed: int) -> Dataset:
+  spec = chest_xray.ChestXray(size=size)
+  images, masks, abnormal = chest_xray.chest_images(jax.random.key(seed), num, spec)
+  labels = ['abnormal' if a else 'normal' for a in np.asarray(abnormal)]
+  return Dataset(np.asarray(images), np.asarray(masks),
+                 [f'cxr_{i:05d}' for i in range(num)], labels)
+
+
 SOURCES: dict[str, Callable[[int, int, int], Dataset]] = {
     'ultrasound': _ultrasound,
     'dead_leaves': _dead_leaves,
+    'chest_xray': _chest_xray,
 }
 
 

@@ -8,16 +8,22 @@ pretrains networks well (Baradad et al. 2021). For saliency-style targets
 the object; it is dropped after the background and then partly occluded by a
 few small leaves. The mask is the object's visible part.
 
-Everything is vectorised over leaves and images: no Python loop per leaf.
+Everything is vectorised over leaves and images: no Python loop per leaf. The
+top leaf of each pixel is found first (a fused max over the leaves), and
+only that leaf is shaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from unet_jax.data.fields import uniform_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,38 +44,40 @@ def power_law_radii(key, shape, r_min, r_max):
 
 
 def _leaf_params(key, num, radii, centre_spread):
-  k = jax.random.split(key, 8)
+  """Position, shape, grey level and grating of ``num`` leaves (one random call)."""
+  p = uniform_params(key, cy=(-1.0, 1.0, num), cx=(-1.0, 1.0, num),
+                     aspect=(0.4, 1.0, num), angle=(0.0, math.pi, num),
+                     square=(0.0, 1.0, num), grey=(0.0, 1.0, num),
+                     tex_freq=(0.0, 40.0, num), tex_angle=(0.0, math.pi, num))
+  square = p.pop('square')
   return dict(
-      cy=0.5 + centre_spread * jax.random.uniform(k[0], (num,), minval=-1, maxval=1),
-      cx=0.5 + centre_spread * jax.random.uniform(k[1], (num,), minval=-1, maxval=1),
-      r=radii,
-      aspect=jax.random.uniform(k[2], (num,), minval=0.4, maxval=1.0),
-      angle=jax.random.uniform(k[3], (num,), maxval=math.pi),
-      # Superellipse exponent: 2 = ellipse, large = rounded rectangle.
-      power=jnp.where(jax.random.uniform(k[4], (num,)) < 0.6, 2.0, 6.0),
-      grey=jax.random.uniform(k[5], (num,)),
-      tex_freq=jax.random.uniform(k[6], (num,), minval=0.0, maxval=40.0),
-      tex_angle=jax.random.uniform(k[7], (num,), maxval=math.pi),
-  )
+      p, cy=0.5 + centre_spread * p['cy'], cx=0.5 + centre_spread * p['cx'], r=radii,
+      # Superellipse exponent: 2 = ellipse, 6 = rounded rectangle.
+      power=jnp.where(square < 0.6, 2.0, 6.0))
 
 
-def _coverage(p, y, x):
-  """(num, H, W) bool: which leaves cover each pixel."""
-  dy = y[None] - p['cy'][:, None, None]
-  dx = x[None] - p['cx'][:, None, None]
-  c, s = jnp.cos(p['angle'])[:, None, None], jnp.sin(p['angle'])[:, None, None]
-  u = (dx * c + dy * s) / p['r'][:, None, None]
-  v = (-dx * s + dy * c) / (p['r'] * p['aspect'])[:, None, None]
-  pw = p['power'][:, None, None]
-  return jnp.abs(u) ** pw + jnp.abs(v) ** pw < 1.0
+def _top_leaf(p, y, x):
+  """(H, W) index of the last leaf covering each pixel, -1 where none falls.
+
+  Broadcast over (leaves, H, W) and reduced at once: XLA fuses the shape
+  tests into the max, so the (leaves, H, W) stack is never stored.
+  """
+  col = lambda a: a[:, None, None]  # noqa: E731 - per-leaf parameter over the grid
+  dy, dx = y[None] - col(p['cy']), x[None] - col(p['cx'])
+  c, s = col(jnp.cos(p['angle'])), col(jnp.sin(p['angle']))
+  u2 = ((dx * c + dy * s) / col(p['r'])) ** 2
+  v2 = ((-dx * s + dy * c) / col(p['r'] * p['aspect'])) ** 2
+  # |u|^power + |v|^power for power 2 or 6, without a pow per pixel and leaf.
+  inside = jnp.where(col(p['power']) > 4, u2 * u2 * u2 + v2 * v2 * v2, u2 + v2) < 1.0
+  index = jnp.arange(p['r'].shape[0], dtype=jnp.int32)
+  return jnp.max(jnp.where(inside, col(index), -1), axis=0)
 
 
-def _shade(p, y, x, amplitude):
-  """(num, H, W) grey value of each leaf: a level plus a faint grating."""
-  a = p['tex_angle'][:, None, None]
-  phase = 2 * math.pi * p['tex_freq'][:, None, None] * (
-      x[None] * jnp.cos(a) + y[None] * jnp.sin(a))
-  return p['grey'][:, None, None] + amplitude * jnp.sin(phase)
+def _shade(p, top, y, x, amplitude):
+  """(H, W) grey value of the top leaf at each pixel: a level plus a faint grating."""
+  grey, freq, angle = (jnp.take(p[k], top) for k in ('grey', 'tex_freq', 'tex_angle'))
+  phase = 2 * math.pi * freq * (x * jnp.cos(angle) + y * jnp.sin(angle))
+  return grey + amplitude * jnp.sin(phase)
 
 
 def dead_leaves_image(key: jax.Array, spec: DeadLeaves = DeadLeaves()):
@@ -77,43 +85,54 @@ def dead_leaves_image(key: jax.Array, spec: DeadLeaves = DeadLeaves()):
   n = spec.size
   coords = (jnp.arange(n) + 0.5) / n
   y, x = jnp.meshgrid(coords, coords, indexing='ij')
-  kb, ko, kc, kg, kn, kf = jax.random.split(key, 6)
-  bg = _leaf_params(kb, spec.num_leaves, power_law_radii(
-      kb, (spec.num_leaves,), spec.r_min, spec.r_max), 0.6)
-  obj_r = jax.random.uniform(ko, (spec.object_leaves,), minval=0.12, maxval=0.25)
-  obj = _leaf_params(ko, spec.object_leaves, obj_r, 0.15)
+  kb, ko, kc, kr, kp, kf = jax.random.split(key, 6)
+  # Background leaves up to r_max, the occluders small (up to 0.08).
+  r_max = jnp.array([spec.r_max] * spec.num_leaves + [0.08] * spec.occluders)
+  radii = power_law_radii(kr, r_max.shape, spec.r_min, r_max)
+  g = uniform_params(kp, obj_r=(0.12, 0.25, spec.object_leaves), dark=(0.0, 1.0),
+                     level=(0.0, 0.3), gradient=(-0.3, 0.3, 3))
+  bg = _leaf_params(kb, spec.num_leaves, radii[:spec.num_leaves], 0.6)
+  obj = _leaf_params(ko, spec.object_leaves, g['obj_r'], 0.15)
   # The object's leaves share one grey level and texture, away from the
   # background's mean, so it is salient but not trivially separable.
-  obj_grey = jnp.where(jax.random.uniform(kg) < 0.5,
-                       jax.random.uniform(kg, minval=0.0, maxval=0.3),
-                       jax.random.uniform(kg, minval=0.7, maxval=1.0))
+  obj_grey = jnp.where(g['dark'] < 0.5, g['level'], 1.0 - g['level'])
   obj = dict(obj, grey=jnp.full_like(obj['grey'], obj_grey),
              tex_freq=jnp.full_like(obj['tex_freq'], obj['tex_freq'][0]),
              tex_angle=jnp.full_like(obj['tex_angle'], obj['tex_angle'][0]))
-  occ = _leaf_params(kc, spec.occluders, power_law_radii(
-      kc, (spec.occluders,), spec.r_min, 0.08), 0.35)
+  occ = _leaf_params(kc, spec.occluders, radii[spec.num_leaves:], 0.35)
   leaves = jax.tree.map(lambda *a: jnp.concatenate(a), bg, obj, occ)
-  cover = _coverage(leaves, y, x)
-  total = cover.shape[0]
   # Painter's algorithm: the last leaf covering a pixel is on top.
-  top = total - 1 - jnp.argmax(cover[::-1], axis=0)
-  covered = cover.any(axis=0)
-  shade = _shade(leaves, y, x, 0.08)
-  image = jnp.take_along_axis(shade, top[None], axis=0)[0]
+  top = _top_leaf(leaves, y, x)
+  covered = top >= 0
+  image = _shade(leaves, jnp.maximum(top, 0), y, x, 0.08)
   # Where no leaf fell, a smooth random gradient (the leaf 'behind' them all).
-  gy, gx, g0 = jax.random.uniform(kn, (3,), minval=-0.3, maxval=0.3)
+  gy, gx, g0 = g['gradient']
   image = jnp.where(covered, image, 0.5 + g0 + gy * (y - 0.5) + gx * (x - 0.5))
   first_obj = spec.num_leaves
-  is_obj = covered & (top >= first_obj) & (top < first_obj + spec.object_leaves)
+  is_obj = (top >= first_obj) & (top < first_obj + spec.object_leaves)
   image = image + spec.noise * jax.random.normal(kf, image.shape)
   return jnp.clip(image, 0.0, 1.0), is_obj.astype(jnp.float32)
 
 
+@functools.lru_cache(maxsize=16)
+def _batch_fn(spec: DeadLeaves):
+  """Jitted (key, indices) -> batch of images; one compile per (spec, batch)."""
+  def one(key, index):
+    return dead_leaves_image(jax.random.fold_in(key, index), spec)
+  return jax.jit(jax.vmap(one, in_axes=(None, 0)))
+
+
 def dead_leaves_images(key: jax.Array, num: int, spec: DeadLeaves = DeadLeaves(),
-                       batch: int = 128):
-  """``num`` images (N, size, size, 1) and masks (N, size, size, 1)."""
-  gen = jax.jit(jax.vmap(lambda k: dead_leaves_image(k, spec)))
-  keys = jax.random.split(key, num)
-  parts = [gen(keys[i:i + batch]) for i in range(0, num, batch)]
-  images, masks = (jnp.concatenate(p) for p in zip(*parts))
+                       batch: int = 64):
+  """``num`` images (N, size, size, 1) and masks (N, size, size, 1), numpy.
+
+  Image ``i`` is ``dead_leaves_image(fold_in(key, i))``, whatever ``num`` and
+  ``batch``; batches have a fixed size (the last one padded), so one compile
+  serves any ``num``.
+  """
+  gen = _batch_fn(spec)
+  batch = max(1, min(batch, num))
+  parts = [jax.device_get(gen(key, jnp.arange(start, start + batch)))
+           for start in range(0, num, batch)]
+  images, masks = (np.concatenate(p)[:num] for p in zip(*parts))
   return images[..., None], masks[..., None]
