@@ -41,8 +41,9 @@ def get_config(arg=None):
   # built for RGB input).
   config.model = dict(base_width=16, depth=4, norm='batch', group_size=8,
                       bn_momentum=0.9, in_channels=1)
-  # source: dead_leaves (built in) or a real saliency set read from root,
-  # e.g. source='folder', root='~/data/DUTS-TR' (XPIE, DUTS, MSRA10K).
+  # source: dead_leaves (built in), a real saliency set read from root,
+  # e.g. source='folder', root='~/data/DUTS-TR' (XPIE, DUTS, MSRA10K), or
+  # 'oxford_iiit_pet' from TFDS (downloaded on first use; root = data_dir).
   config.pretrain = dict(source='dead_leaves', num_images=1024, steps=600,
                          batch_size=8, learning_rate=1e-3, weight_decay=0.0, root='')
   # val_fraction: share of the training images held out to score validation

@@ -400,3 +400,28 @@ def test_argument_errors(tmp_path, kwargs, message):
   args = {'name': 'busi', 'root': tmp_path, 'size': 8, **kwargs}
   with pytest.raises(UserError, match=message):
     data.load(args.pop('name'), args.pop('root'), args.pop('size'), **args)
+
+
+def test_oxford_pets_from_tfds_as_a_pretraining_set():
+  import tensorflow_datasets as tfds
+
+  from unet_jax.data import pets
+  with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+    ds = pets.load(6, 16)  # 4 from train, 2 from test
+  assert ds.images.shape == ds.masks.shape == (6, 16, 16, 1)
+  assert 0.0 <= ds.images.min() and ds.images.max() <= 1.0
+  assert set(np.unique(ds.masks)) <= {0.0, 1.0}
+  assert set(ds.labels) <= {'cat', 'dog'}
+
+
+def test_oxford_pets_unreadable_says_what_to_do(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds
+
+  from unet_jax.data import pets
+
+  def offline(*args, **kwargs):
+    raise ConnectionError('network unreachable')
+
+  monkeypatch.setattr(tfds, 'data_source', offline)
+  with pytest.raises(UserError, match="network needed.*pretrain.source='folder'"):
+    pets.load(4, 16, str(tmp_path))

@@ -14,6 +14,7 @@ from typing import Any
 
 from unet_jax import data
 from unet_jax.bundle import STRATEGIES
+from unet_jax.data import pets
 from unet_jax.errors import UserError
 from unet_jax.grid import AXES, Experiment, expand
 from unet_jax.model import NORMS, UNetSpec
@@ -93,7 +94,7 @@ class SweepSettings:
         image_size=size,
         model=model,
         pretrain_source=_choice(config, 'pretrain.source',
-                                tuple(data.SOURCES) + tuple(data.LOADERS)),
+                                tuple(data.SOURCES) + tuple(data.LOADERS) + (pets.NAME,)),
         pretrain_root=os.path.expanduser(str(_get(config, 'pretrain.root'))),
         pretrain_images=_int(config, 'pretrain.num_images', 1),
         pretrain=_train(config, 'pretrain'),

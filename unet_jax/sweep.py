@@ -45,6 +45,7 @@ import tqdm
 
 from unet_jax import checkpoint, data, freeze, grid, metrics, results, stats
 from unet_jax.bundle import BundleContext
+from unet_jax.data import pets
 from unet_jax.distributed import is_writer
 from unet_jax.engine import BundleResult, Weights, run_bundle
 from unet_jax.errors import UserError
@@ -134,6 +135,8 @@ def pretrain(s: SweepSettings, init: Weights, workdir: str, bar: tqdm.tqdm,
   if s.pretrain_source in data.LOADERS:  # a saliency set such as XPIE or DUTS
     dataset = data.load(s.pretrain_source, s.pretrain_root, s.image_size,
                         cache_dir=os.path.join(workdir, 'cache'), on_bad=s.on_bad)
+  elif s.pretrain_source == pets.NAME:  # from TFDS; root, if given, is its data_dir
+    dataset = pets.load(s.pretrain_images, s.image_size, s.pretrain_root)
   else:
     dataset = data.make_dataset(s.pretrain_source, s.pretrain_images, s.image_size, s.seed + 1)
   dataset = dataset.with_channels(s.model.in_channels)
