@@ -257,17 +257,20 @@ def _sweep_command(workdir):
           '--config.strategy=static', '--progress=false']
 
 
-def _stop_after_first_checkpoint(workdir, signum) -> subprocess.CompletedProcess:
-  """Starts the sweep, sends ``signum`` once fine-tuning has a checkpoint."""
+def _finetune_checkpoints(workdir) -> list[int]:
+  folder = os.path.join(workdir, 'checkpoints')
+  bundles = [b for b in (os.listdir(folder) if os.path.isdir(folder) else [])
+             if not b.startswith('pretrain') and os.path.isdir(os.path.join(folder, b))]
+  return [int(s) for b in bundles for s in os.listdir(os.path.join(folder, b)) if s.isdigit()]
+
+
+def _stop_after_checkpoint(workdir, signum, after_step=0) -> subprocess.CompletedProcess:
+  """Starts the sweep, sends ``signum`` once fine-tuning saved a step > after_step."""
   proc = subprocess.Popen(_sweep_command(workdir), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
-  folder = os.path.join(workdir, 'checkpoints')
   deadline = time.monotonic() + 600
   while proc.poll() is None and time.monotonic() < deadline:
-    steps = [s for b in (os.listdir(folder) if os.path.isdir(folder) else [])
-             if not b.startswith('pretrain') and os.path.isdir(os.path.join(folder, b))
-             for s in os.listdir(os.path.join(folder, b)) if s.isdigit()]
-    if steps:
+    if any(step > after_step for step in _finetune_checkpoints(workdir)):
       proc.send_signal(signum)
       break
     time.sleep(0.05)
@@ -293,24 +296,32 @@ def straight_run(tmp_path_factory):
   return _outcome(workdir)
 
 
-@pytest.mark.parametrize('signum', [signal.SIGKILL, signal.SIGTERM])
-def test_interrupted_sweep_resumes_to_identical_results(tmp_path, straight_run, signum):
-  stopped = _stop_after_first_checkpoint(str(tmp_path), signum)
-  assert stopped.returncode == (-9 if signum == signal.SIGKILL else 143), stopped.stderr
-  if signum == signal.SIGTERM:
-    assert 'checkpoint saved; run the same command again to resume' in stopped.stderr
-    assert 'resume with: python ' in stopped.stderr
-    assert 'Traceback' not in stopped.stderr
-  resumed = subprocess.run(_sweep_command(str(tmp_path)), capture_output=True, text=True)
+def test_interrupted_sweep_resumes_to_identical_results(tmp_path, straight_run):
+  workdir = str(tmp_path)
+  # SIGTERM: a checkpoint, a message, exit code 143.
+  stopped = _stop_after_checkpoint(workdir, signal.SIGTERM)
+  assert stopped.returncode == 143, stopped.stderr
+  assert 'checkpoint saved; run the same command again to resume' in stopped.stderr
+  assert 'resume with: python ' in stopped.stderr
+  assert 'Traceback' not in stopped.stderr
+  saved = max(_finetune_checkpoints(workdir))
+  # The resumed run killed outright once it has saved a later step.
+  killed = _stop_after_checkpoint(workdir, signal.SIGKILL, after_step=saved)
+  assert killed.returncode == -9, killed.stderr
+  assert f'resuming a bundle of 2 at step {saved} of 12' in killed.stderr
+  later = max(_finetune_checkpoints(workdir))
+  assert later > saved
+  resumed = subprocess.run(_sweep_command(workdir), capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr
-  assert 'resuming a bundle of 2 at step' in resumed.stderr  # from a checkpoint
-  rows, weights, history = _outcome(str(tmp_path))
+  assert f'resuming a bundle of 2 at step {later} of 12' in resumed.stderr
+  rows, weights, history = _outcome(workdir)
   want_rows, want_weights, want_history = straight_run
   assert rows == want_rows and history == want_history
   for name in want_weights:
     for a, b in zip(jax.tree.leaves(want_weights[name]), jax.tree.leaves(weights[name])):
       np.testing.assert_array_equal(a, b)  # bitwise
-  assert not os.path.exists(os.path.join(str(tmp_path), 'checkpoints'))
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+
 
 
 def test_sweep_on_a_real_set_from_its_folder(tmp_path):

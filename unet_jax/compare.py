@@ -53,7 +53,8 @@ GROUPINGS = ('base', 'condition', 'experiment')
 _PAIR_KEYS = ('variant', 'seed', 'image_id')
 # data.source -> imaging modality, for F4 (an explicit table; pass more to findings()).
 DOMAIN_KINDS = {'ultrasound': 'ultrasound', 'busi': 'ultrasound', 'udiat': 'ultrasound',
-                'xray': 'xray', 'chest_xray': 'xray', 'montgomery': 'xray', 'jsrt': 'xray'}
+                'udiat_b': 'ultrasound', 'xray': 'xray', 'chest_xray': 'xray',
+                'montgomery': 'xray', 'jsrt': 'xray', 'jsrt_scr': 'xray'}
 
 
 @dataclasses.dataclass(frozen=True)

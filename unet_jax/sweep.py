@@ -280,8 +280,9 @@ def run_sweep(config, workdir: str, *, progress: bool = True) -> list[dict]:
     summaries = run_sweep(load_config('configs/default.py:tiny'), '/tmp/run')
   """
   s = SweepSettings.from_config(config)
-  if s.compilation_cache:
-    # Reruns and resumed sweeps load compiled programs instead of compiling.
+  if s.compilation_cache and not jax.config.jax_compilation_cache_dir:
+    # Reruns and resumed sweeps load compiled programs instead of compiling
+    # (a cache set through JAX_COMPILATION_CACHE_DIR takes precedence).
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(s.compilation_cache))
   writer = is_writer()
   workdir = prepare_workdir(workdir) if writer else os.path.abspath(workdir)
