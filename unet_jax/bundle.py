@@ -177,20 +177,25 @@ def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
   return _guard_divergence(state, params, new_stats, opt_state, loss), loss
 
 
-def _all_finite(tree: PyTree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def _guard_divergence(old: ExperimentState, params, stats, opt_state, loss
                       ) -> ExperimentState:
   """Accepts a step's update only if everything is finite and never was not.
 
-  A non-finite loss, parameter, statistic or Adam moment marks the experiment diverged at
-  this step; its weights then stay at the last finite values. The step
-  counter still advances, so schedules and data draws of a bundle stay in
-  step. Each experiment is checked on its own values only.
+  A non-finite loss or parameter marks the experiment diverged at this step;
+  its weights then stay at the last finite values. The step counter still
+  advances, so schedules and data draws of a bundle stay in step. Each
+  experiment is checked on its own values only.
+
+  The parameters are checked through their sum (NaN and Inf propagate; a
+  sum that overflows means weights near 1e38, diverged too). Measured on the
+  default U-Net: a per-leaf ``all(isfinite)`` over parameters, statistics and
+  Adam moments made each step program compile 4x slower (14.1 s against
+  3.6 s); the sum over parameters costs 2 s. Statistics and moments go
+  non-finite only through non-finite activations or gradients, which show
+  in the loss or the parameters first.
   """
-  finite = jnp.isfinite(loss) & _all_finite((params, stats, opt_state))
+  total = sum(jnp.sum(x) for x in jax.tree.leaves(params))
+  finite = jnp.isfinite(loss) & jnp.isfinite(total)
   accept = finite & (old.diverged_at < 0)
   keep = lambda new, prev: jnp.where(accept, new, prev)
   diverged_at = jnp.where((old.diverged_at < 0) & ~finite, old.step, old.diverged_at)
