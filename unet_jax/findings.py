@@ -217,7 +217,9 @@ def _f5(res: Results, domain: str, alpha: float, fraction: float = 0.9) -> Findi
   if conv['best_val_dice'].isna().all():
     return _finding('F5', INCONCLUSIVE, 'no validation curves: the engine wrote no '
                     'experiments/<name>/history.jsonl with val_dice')
+  # Never reaching the target ranks after every run that did.
   steps = conv['steps'].fillna(conv['last_step'] + 1)
+  never = conv[conv['steps'].isna()].groupby('base').size()
   table = conv.assign(steps=steps).pivot_table(index=['variant', 'seed'], columns='base',
                                                values='steps').dropna()
   if table.empty:
@@ -227,6 +229,8 @@ def _f5(res: Results, domain: str, alpha: float, fraction: float = 0.9) -> Findi
   evidence = (f'steps to {fraction:.0%} of full\'s best validation Dice: shallow median '
               f'{table["shallow"].median():g}, full median {table["full"].median():g}; '
               f'shallow faster in {int((d > 0).sum())} of {d.size} seeds, Wilcoxon p={p:.2g}'
+              + ''.join(f'; {base} never reached it in {n} run(s) (counted as '
+                        'last step + 1)' for base, n in never.items())
               + _train_size(res, domain))
   if d.size < 6:
     evidence += '; fewer than 6 seeds cannot reach p < 0.05'
@@ -237,10 +241,12 @@ def _f5(res: Results, domain: str, alpha: float, fraction: float = 0.9) -> Findi
 
 def _train_size(res: Results, domain: str) -> str:
   data = res.configs.get(domain, {}).get('data', {})
-  if 'num_images' not in data or 'test_fraction' not in data:
-    return ''
+  if 'num_images' not in data or 'test_fraction' not in data or data.get('root'):
+    return ''  # a real set: num_images does not apply
   n_test = round(data['num_images'] * data['test_fraction'])
-  return f'; {data["num_images"] - n_test} training images'
+  n_train = data['num_images'] - n_test
+  n_val = round(n_train * data.get('val_fraction', 0.0))
+  return f'; {n_train - n_val} training images'
 
 
 def _f6(res: Results, domain: str, alpha: float) -> Finding:
