@@ -11,7 +11,9 @@ from unet_jax.schedules import Schedule
 def test_candidates_follow_the_hardware():
   assert candidate_strategies('cpu', 1, 1) == ['static']
   assert candidate_strategies('cpu', 1, 8) == ['static', 'per_experiment']
+  assert candidate_strategies('cpu', 1, 8, num_stages=1) == ['static']  # nothing to time
   assert candidate_strategies('cpu', 2, 8) == ['static', 'per_experiment', 'sharded_vmap']
+  assert candidate_strategies('cpu', 2, 8, num_stages=1) == ['static', 'sharded_vmap']
   gpu = candidate_strategies('gpu', 4, 16)
   assert {'sequential', 'sharded_vmap', 'sharded_sequential'} <= set(gpu)
   assert candidate_strategies('tpu', 8, 16, num_processes=2) == ['sharded_vmap',

@@ -32,7 +32,7 @@ class Trial:
 
 
 def candidate_strategies(backend: str, num_devices: int, num_experiments: int,
-                         num_processes: int = 1) -> list[str]:
+                         num_processes: int = 1, num_stages: int = 2) -> list[str]:
   """Strategies worth timing here.
 
   Timing is not free (each candidate compiles), so on CPU the candidates
@@ -49,7 +49,11 @@ def candidate_strategies(backend: str, num_devices: int, num_experiments: int,
   if num_processes > 1:
     return sharded
   if backend == 'cpu':
-    names = ['static', 'per_experiment']
+    # One stage per experiment: per_experiment runs the same steps with the
+    # frozen gradients computed too, so it can only win by compiling one
+    # program instead of one per distinct mask. Measured (BENCHMARKS.md) that
+    # never paid on this CPU, while timing it cost 20-40 s: static, untimed.
+    names = ['static'] + (['per_experiment'] if num_stages > 1 else [])
   else:
     names = ['static', 'per_experiment', 'vmap', 'vmap_matmul', 'sequential']
   if num_devices > 1:

@@ -194,7 +194,8 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
     warn(f'resuming {names[0] if len(names) == 1 else f"a bundle of {len(names)}"} '
          f'at step {start_step} of {steps} from {checkpoints.directory}')
   candidates = autotune.candidate_strategies(
-      jax.default_backend(), len(devices), len(experiments), jax.process_count())
+      jax.default_backend(), len(devices), len(experiments), jax.process_count(),
+      num_stages=num_stages)
   may_shard = strategy in SHARDED or (strategy == 'auto' and
                                       any(c in SHARDED for c in candidates))
   mesh = (experiment_mesh(len(experiments), experiments[0].batch_size)
