@@ -1,18 +1,18 @@
 """Default sweep: which layers to fine-tune, on simulated breast ultrasound.
 
 Pretrains a U-Net (base 16, depth 4, BatchNorm) on built-in dead-leaves
-salient-object images (natural-image-like), then fine-tunes it on 96
-simulated breast-ultrasound images under eight layer subsets and evaluates
-each on 64 held-out images.
+salient-object images (natural-image-like), then fine-tunes it on 77
+simulated breast-ultrasound images (19 more for validation Dice) under eight
+layer subsets and evaluates each on 64 held-out images.
 
 Command:    python launch/sweep.py
 Variants:   python launch/sweep.py --config=configs/default.py:tiny  (seconds;
             what the tests run)
 Overrides:  --config.finetune.steps=500 --config.only=full,contracting
-Time:       5 min 9 s on a 2-core CPU with no accelerator (2026-11-26, README).
-Result:     a table sorted by test Dice: full fine-tuning and from-scratch
-            about 0.90, contracting path and shallow blocks about 0.80,
-            expanding path about 0.46, head / last / deep blocks 0.15-0.30.
+Time:       4 min 8 s on a 2-core CPU with no accelerator (2026-11-26, README).
+Result:     a table sorted by test Dice (full and from-scratch about 0.90,
+            contracting path 0.84, shallow blocks 0.69, expanding path 0.54,
+            deep/head/last 0.17-0.41) and report.md (F1 and F3 hold).
 """
 
 import ml_collections
