@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from unet_jax import data
-from unet_jax.data import chest_xray, dead_leaves, ultrasound
+from unet_jax.data import chest_xray, dead_leaves, fields, ultrasound
 from unet_jax.errors import UserError
 
 SOURCES = ['ultrasound', 'dead_leaves', 'chest_xray']
@@ -45,10 +45,12 @@ GENERATORS = {  # source -> (module, batch generator, the spec make_dataset uses
 
 @pytest.mark.parametrize('source', SOURCES)
 def test_fixed_size_batches_compile_once_and_do_not_change_images(source):
-  module, make, spec = GENERATORS[source]
+  _, make, spec = GENERATORS[source]
   key = jax.random.key(3)
   whole = make(key, 6, spec)  # one batch of 6, as make_dataset(source, 6, 32, seed=3)
-  program = module._batch_fn(spec)
+  image_fn = {'ultrasound': ultrasound.breast_image, 'dead_leaves': dead_leaves.dead_leaves_image,
+              'chest_xray': chest_xray.chest_image}[source]
+  program = fields._batch_fn(image_fn, spec)
   compiled = program._cache_size()
   five = make(key, 5, spec, batch=4)  # batches of 4, the last one padded
   six = make(key, 6, spec, batch=4)

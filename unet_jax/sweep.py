@@ -381,8 +381,9 @@ def _run(s: SweepSettings, config, workdir: str, progress: bool, stop: StopReque
         results.write_json(tuning_path, tuning)
       checkpoints.remove()
     if writer:
-      ordered = [r for run in runs for r in rows[run.name]]
-      results.write_jsonl(os.path.join(workdir, 'results.jsonl'), ordered)
+      if not bundles:  # all finished before: the per-bundle writes did not run
+        ordered = [r for run in runs for r in rows[run.name]]
+        results.write_jsonl(os.path.join(workdir, 'results.jsonl'), ordered)
       bar.set_description('writing report')
       _write_report(workdir, bar)
   return [summaries[r.name] for r in runs]

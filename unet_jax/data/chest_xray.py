@@ -21,13 +21,12 @@ batched like the other generators: image ``i`` is ``fold_in(key, i)``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from unet_jax.data import fields
 from unet_jax.data.fields import gaussian_blur, smooth_noise, uniform_noise, uniform_params
 
 
@@ -201,14 +200,6 @@ def chest_image(key: jax.Array, spec: ChestXray = ChestXray()):
   return jnp.clip(image, 0, 1), mask, abnormal.astype(jnp.int32)
 
 
-@functools.lru_cache(maxsize=16)
-def _batch_fn(spec: ChestXray):
-  """Jitted (key, indices) -> batch of images; one compile per (spec, batch)."""
-  def one(key, index):
-    return chest_image(jax.random.fold_in(key, index), spec)
-  return jax.jit(jax.vmap(one, in_axes=(None, 0)))
-
-
 def chest_images(key: jax.Array, num: int, spec: ChestXray = ChestXray(),
                  batch: int = 64):
   """``num`` images and lung masks (N, size, size, 1) and abnormal flags, numpy.
@@ -216,9 +207,5 @@ def chest_images(key: jax.Array, num: int, spec: ChestXray = ChestXray(),
   Image ``i`` is ``chest_image(fold_in(key, i))``, whatever ``num`` and
   ``batch``; batches have a fixed size (the last one padded).
   """
-  gen = _batch_fn(spec)
-  batch = max(1, min(batch, num))
-  parts = [jax.device_get(gen(key, jnp.arange(start, start + batch)))
-           for start in range(0, num, batch)]
-  images, masks, abnormal = (np.concatenate(p)[:num] for p in zip(*parts))
+  images, masks, abnormal = fields.generate(chest_image, spec, key, num, batch)
   return images[..., None], masks[..., None], abnormal

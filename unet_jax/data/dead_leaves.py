@@ -16,13 +16,12 @@ only that leaf is shaded.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from unet_jax.data import fields
 from unet_jax.data.fields import uniform_params
 
 
@@ -114,14 +113,6 @@ def dead_leaves_image(key: jax.Array, spec: DeadLeaves = DeadLeaves()):
   return jnp.clip(image, 0.0, 1.0), is_obj.astype(jnp.float32)
 
 
-@functools.lru_cache(maxsize=16)
-def _batch_fn(spec: DeadLeaves):
-  """Jitted (key, indices) -> batch of images; one compile per (spec, batch)."""
-  def one(key, index):
-    return dead_leaves_image(jax.random.fold_in(key, index), spec)
-  return jax.jit(jax.vmap(one, in_axes=(None, 0)))
-
-
 def dead_leaves_images(key: jax.Array, num: int, spec: DeadLeaves = DeadLeaves(),
                        batch: int = 64):
   """``num`` images (N, size, size, 1) and masks (N, size, size, 1), numpy.
@@ -130,9 +121,5 @@ def dead_leaves_images(key: jax.Array, num: int, spec: DeadLeaves = DeadLeaves()
   ``batch``; batches have a fixed size (the last one padded), so one compile
   serves any ``num``.
   """
-  gen = _batch_fn(spec)
-  batch = max(1, min(batch, num))
-  parts = [jax.device_get(gen(key, jnp.arange(start, start + batch)))
-           for start in range(0, num, batch)]
-  images, masks = (np.concatenate(p)[:num] for p in zip(*parts))
+  images, masks = fields.generate(dead_leaves_image, spec, key, num, batch)
   return images[..., None], masks[..., None]

@@ -111,3 +111,24 @@ def smooth_noise(key: jax.Array, shape, sigma_px: float) -> jax.Array:
   """Gaussian-blurred white noise, rescaled to unit standard deviation."""
   field = gaussian_blur(uniform_noise(key, shape), (sigma_px, sigma_px))
   return field / (jnp.std(field) + 1e-6)
+
+
+@functools.lru_cache(maxsize=32)
+def _batch_fn(image_fn, spec):
+  """Jitted (key, indices) -> batch; one compile per (generator, spec, batch size)."""
+  def one(key, index):
+    return image_fn(jax.random.fold_in(key, index), spec)
+  return jax.jit(jax.vmap(one, in_axes=(None, 0)))
+
+
+def generate(image_fn, spec, key: jax.Array, num: int, batch: int) -> tuple[np.ndarray, ...]:
+  """``image_fn(fold_in(key, i), spec)`` for i < num, as numpy arrays.
+
+  Image ``i`` does not depend on ``num`` or ``batch``; batches have a fixed
+  size (the last one padded), so one compile serves any ``num``.
+  """
+  gen = _batch_fn(image_fn, spec)
+  batch = max(1, min(batch, num))
+  parts = [jax.device_get(gen(key, jnp.arange(start, start + batch)))
+           for start in range(0, num, batch)]
+  return tuple(np.concatenate(p)[:num] for p in zip(*parts))

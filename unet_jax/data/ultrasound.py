@@ -31,13 +31,13 @@ generator is compiled once per ``(BreastScan, batch)``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unet_jax.data import fields
 from unet_jax.data.fields import gaussian_blur, normal_pair, uniform_noise, uniform_params
 
 SPEED_OF_SOUND = 1540.0  # m/s
@@ -349,14 +349,6 @@ def breast_image(key: jax.Array, scan: BreastScan = BreastScan()):
   return image, mask, malignant.astype(jnp.int32)
 
 
-@functools.lru_cache(maxsize=16)
-def _batch_fn(scan: BreastScan):
-  """Jitted (key, indices) -> batch of images; one compile per (scan, batch)."""
-  def one(key, index):
-    return breast_image(jax.random.fold_in(key, index), scan)
-  return jax.jit(jax.vmap(one, in_axes=(None, 0)))
-
-
 def breast_images(key: jax.Array, num: int, scan: BreastScan = BreastScan(),
                   batch: int = 64):
   """``num`` images as numpy arrays (N, size, size, 1), masks, classes.
@@ -365,9 +357,5 @@ def breast_images(key: jax.Array, num: int, scan: BreastScan = BreastScan(),
   depend on ``num`` or ``batch``. Batches have a fixed size (the last one is
   padded), so one compile serves any ``num``.
   """
-  gen = _batch_fn(scan)
-  batch = max(1, min(batch, num))
-  parts = [jax.device_get(gen(key, jnp.arange(start, start + batch)))
-           for start in range(0, num, batch)]
-  images, masks, malignant = (np.concatenate(p)[:num] for p in zip(*parts))
+  images, masks, malignant = fields.generate(breast_image, scan, key, num, batch)
   return images[..., None], masks[..., None], malignant
