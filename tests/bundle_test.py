@@ -158,3 +158,28 @@ def test_learning_rate_is_data(problem):
   head = np.asarray(state.params['head']['kernel'])
   assert not np.array_equal(head[0], params['head']['kernel'])
   np.testing.assert_array_equal(head[1], params['head']['kernel'])
+
+
+@pytest.mark.parametrize('as_data', [False, True])
+def test_divergence_check_reads_only_trained_gradients(as_data):
+  mask_of = (lambda a, b: {'a': jax.numpy.float32(a), 'b': jax.numpy.float32(b)}) if as_data \
+      else (lambda a, b: {'a': bool(a), 'b': bool(b)})
+  loss = jax.numpy.float32(0.5)
+  nan_in_b = {'a': jax.numpy.ones(3), 'b': jax.numpy.array([np.nan, 0.0])}
+  assert bool(bundle._finite_step(loss, nan_in_b, mask_of(1, 0)))
+  assert not bool(bundle._finite_step(loss, nan_in_b, mask_of(1, 1)))
+  inf_in_a = {'a': jax.numpy.array([np.inf, 1.0, 1.0]), 'b': jax.numpy.zeros(2)}
+  assert not bool(bundle._finite_step(loss, inf_in_a, mask_of(1, 0)))
+  finite = {'a': jax.numpy.ones(3), 'b': jax.numpy.zeros(2)}
+  assert not bool(bundle._finite_step(jax.numpy.float32(np.nan), finite, mask_of(1, 1)))
+  assert bool(bundle._finite_step(loss, finite, mask_of(1, 1)))
+
+
+def test_split_and_merge_experiments_round_trip():
+  tree = {'w': np.arange(24, dtype=np.float32).reshape(3, 2, 4), 'n': np.arange(3)}
+  parts = bundle.split_experiments(jax.device_put(tree), 3)
+  assert len(parts) == 3
+  np.testing.assert_array_equal(parts[1]['w'], tree['w'][1])
+  merged = bundle.merge_experiments(parts)
+  for name in tree:
+    np.testing.assert_array_equal(merged[name], tree[name])

@@ -69,3 +69,31 @@ def test_rewarmup_ramps_each_leaf_from_its_unfreeze(params):
   warm, _ = update_fn(g, init_fn(params), params, **kw)
   plain, _ = plain_update(g, plain_init(params), params, **kw)
   np.testing.assert_allclose(warm['a'], plain['a'] / 4, rtol=1e-6)
+
+
+def test_compile_time_mask_matches_the_same_mask_as_data(params):
+  """Python-bool masks (the static strategy) skip work but not arithmetic."""
+  init_fn, update_fn = masked_adam(rewarmup_steps=3)
+
+  @jax.jit
+  def run(params, data_mask):
+    out = {}
+    for name, mask in (('static', {'a': True, 'b': False}), ('data', data_mask)):
+      state, p = init_fn(params), params
+      for i in range(4):
+        u, state = update_fn(_grads(p, i), state, p, mask=mask, learning_rate=1e-2,
+                             weight_decay=1e-3)
+        p = apply_masked(p, u, mask)
+      out[name] = (p, state)
+    return out
+
+  out = run(params, {'a': jnp.float32(1), 'b': jnp.float32(0)})
+  (p_static, s_static), (p_data, s_data) = out['static'], out['data']
+  np.testing.assert_allclose(p_static['a'], p_data['a'], rtol=0, atol=1e-6)
+  assert not np.allclose(p_static['a'], params['a'])
+  np.testing.assert_array_equal(p_static['b'], params['b'])
+  for a, b in zip(jax.tree.leaves(s_static), jax.tree.leaves(s_data)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # A compile-time frozen leaf is passed through as the very same array.
+  updates = {'a': jnp.ones(5), 'b': jnp.ones((2, 2))}
+  assert apply_masked(params, updates, {'a': True, 'b': False})['b'] is params['b']

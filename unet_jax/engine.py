@@ -32,6 +32,7 @@ from unet_jax.bundle import (
   make_bundle_chunk,
   make_setup,
   place,
+  split_experiments,
   stack,
   unstack,
 )
@@ -125,8 +126,8 @@ def validation_dice(ctx: BundleContext, state: ExperimentState, images, masks,
   if all(getattr(x, 'is_fully_addressable', True) for x in leaves):
     # One compiled single-experiment evaluation, called per experiment: on
     # XLA:CPU a lax.map over convolutions runs many times slower.
-    return np.asarray([_val_dice(graphdef, unstack(state.params, e), unstack(state.stats, e),
-                                 images, masks) for e in range(count)])
+    return np.asarray([_val_dice(graphdef, params, stats, images, masks) for params, stats
+                       in split_experiments((state.params, state.stats), count)])
   both = jax.jit(lambda p, s: jax.lax.map(
       lambda ps: _val_dice(graphdef, ps[0], ps[1], images, masks), (p, s)))
   return to_host(both(state.params, state.stats))[:count]

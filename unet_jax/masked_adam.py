@@ -19,8 +19,9 @@ Semantics, chosen so that a frozen leaf's whole state is what the static
   first ``rewarmup_steps`` trained steps, the optional re-warmup after an
   unfreeze (it also warms up the start of training).
 
-For leaves that are always trained the arithmetic is that of ``optax.adam``
-(or ``optax.adamw``) operation for operation.
+For leaves that are always trained the formulas are those of ``optax.adam``
+(or ``optax.adamw``); the bias corrections are applied as reciprocals computed
+once for all leaves, so results agree with optax to float32 rounding.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def masked_adam(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   """Returns (init_fn, update_fn) of Adam with a data mask.
 
   ``update_fn(grads, state, params, *, mask, learning_rate, weight_decay)``:
-  ``mask`` is a tree like ``params`` of 0/1 (or bool) scalars; learning rate
+  ``mask`` is a tree like ``params`` of 0/1 (or bool) scalars, or of Python
+  bools known at trace time (then frozen leaves cost nothing and trained
+  ones skip the selects; the arithmetic is the same); learning rate
   and weight decay are scalars that may be traced. Keyword-only because a
   mask passed where the learning rate goes would silently train everything.
 
@@ -64,32 +67,53 @@ def masked_adam(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
 
   def update_fn(grads, state: MaskedAdamState, params, *, mask, learning_rate,
                 weight_decay):
-    def leaf(g, count, mu, nu, p, m):
-      m = jnp.asarray(m).astype(bool)
+    treedef = jax.tree.structure(grads)
+    leaves = [treedef.flatten_up_to(t) for t in (grads, state.count, state.mu, state.nu,
+                                                 params, mask)]
+    live = [i for i, m in enumerate(leaves[5]) if m is not False]
+    # The per-leaf scalars (bias corrections, re-warmup factor) as one vector
+    # op: computed leaf by leaf they were ~160 tiny kernels, a sixth of the
+    # step program XLA:CPU compiled.
+    if live:
+      counts = jnp.stack([leaves[1][i] for i in live]) + 1
+      inverse1, inverse2 = 1 / (1 - b1 ** counts), 1 / (1 - b2 ** counts)
+      rates = jnp.broadcast_to(learning_rate, counts.shape)
+      if rewarmup_steps:
+        rates = rates * jnp.minimum(1.0, counts / rewarmup_steps)
+    out, slot = [], {i: j for j, i in enumerate(live)}
+    for i, (g, count, mu, nu, p, m) in enumerate(zip(*leaves)):
+      if m is False:  # frozen at compile time: no work, the state passes through
+        out.append((jnp.zeros_like(p), count, mu, nu))
+        continue
+      j = slot[i]
       new_mu = (1 - b1) * g + b1 * mu
       new_nu = (1 - b2) * (g * g) + b2 * nu
       new_count = count + 1
-      mu_hat = new_mu / (1 - b1 ** new_count).astype(g.dtype)
-      nu_hat = new_nu / (1 - b2 ** new_count).astype(g.dtype)
+      mu_hat = new_mu * inverse1[j].astype(g.dtype)
+      nu_hat = new_nu * inverse2[j].astype(g.dtype)
       u = mu_hat / (jnp.sqrt(nu_hat + 0.0) + eps)
       u = u + weight_decay * p
-      lr = learning_rate
-      if rewarmup_steps:
-        lr = lr * jnp.minimum(1.0, new_count / rewarmup_steps)
-      u = -lr * u
-      return (jnp.where(m, u, jnp.zeros_like(u)), jnp.where(m, new_count, count),
-              jnp.where(m, new_mu, mu), jnp.where(m, new_nu, nu))
-
-    out = jax.tree.map(leaf, grads, state.count, state.mu, state.nu, params, mask)
-    treedef = jax.tree.structure(grads)
-    updates, count, mu, nu = (jax.tree.unflatten(treedef, parts) for parts in
-                              zip(*treedef.flatten_up_to(out)))
+      u = -rates[j] * u
+      if m is True:
+        out.append((u, new_count, new_mu, new_nu))
+        continue
+      m = jnp.asarray(m).astype(bool)
+      out.append((jnp.where(m, u, jnp.zeros_like(u)), jnp.where(m, new_count, count),
+                  jnp.where(m, new_mu, mu), jnp.where(m, new_nu, nu)))
+    updates, count, mu, nu = (jax.tree.unflatten(treedef, parts) for parts in zip(*out))
     return updates, MaskedAdamState(count, mu, nu)
 
   return init_fn, update_fn
 
 
 def apply_masked(params, updates, mask):
-  """params + updates on trained leaves; frozen leaves are returned as they are."""
-  return jax.tree.map(lambda p, u, m: jnp.where(jnp.asarray(m).astype(bool), p + u, p),
-                      params, updates, mask)
+  """params + updates on trained leaves; frozen leaves are returned as they are.
+
+  A Python-bool mask leaf selects at trace time: a frozen leaf is returned as
+  the very same array.
+  """
+  def leaf(p, u, m):
+    if isinstance(m, bool):
+      return p + u if m else p
+    return jnp.where(jnp.asarray(m).astype(bool), p + u, p)
+  return jax.tree.map(leaf, params, updates, mask)
