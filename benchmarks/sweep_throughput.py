@@ -4,7 +4,8 @@ Runs a sweep of N layer-subset experiments x S steps at the default model
 size (U-Net base 16, depth 4, BatchNorm, 64x64, batch 8) and measures:
 
 - baseline: what a user would write, one experiment at a time, each with its
-  own jit and a static ``optax.partition`` freeze (``unet_jax.train``);
+  own jit and a static ``optax.partition`` freeze (``unet_jax.train``), timed
+  first and again last, the faster run counting;
 - each bundle strategy forced (``unet_jax.bundle.STRATEGIES``);
 - auto: the autotuner's timing plus the run with its choice;
 - optionally (``--torch``) the same U-Net in a plain PyTorch loop, one
@@ -12,7 +13,7 @@ size (U-Net base 16, depth 4, BatchNorm, 64x64, batch 8) and measures:
 
 Prints a table and ends with one JSON line holding every figure.
 
-  python benchmarks/sweep_throughput.py                      # 8 x 60, ~10 min on 2 CPU cores
+  python benchmarks/sweep_throughput.py                      # 8 x 60, ~5 min on 2 CPU cores
   python benchmarks/sweep_throughput.py --experiments=16 --steps=200   # an accelerator
 """
 
@@ -127,6 +128,8 @@ def main():
   parser.add_argument('--strategies', default='',
                       help='comma-separated; default: the autotuner candidates here')
   parser.add_argument('--torch', action='store_true', help='also time plain PyTorch')
+  parser.add_argument('--baseline_runs', type=int, default=2,
+                      help='time the baseline first and again last; the faster counts')
   args = parser.parse_args()
 
   spec = UNetSpec(base_width=args.base_width, depth=4, norm='batch')
@@ -140,8 +143,11 @@ def main():
                 autotune.candidate_strategies(backend, devices, args.experiments))
 
   rows, figures = [], {}
+  # The baseline runs first and, with --baseline_runs=2, once more at the
+  # end: the faster of the two counts, so run order cannot favour the engine.
   seconds = run_baseline(exps, spec, weights, ds.images, ds.masks, args.chunk)
   figures['baseline_exp_steps_per_s'] = total / seconds
+  figures['baseline_runs_s'] = [seconds]
   rows.append(('baseline (one jit per experiment)', seconds, total / seconds, 1.0))
   print(f'baseline: {seconds:.1f}s', flush=True)
   for strategy in strategies + ['auto']:
@@ -159,6 +165,15 @@ def main():
     rows.append((label, seconds, total / seconds,
                  (total / seconds) / figures['baseline_exp_steps_per_s']))
     print(f'{label}: {seconds:.1f}s', flush=True)
+  if args.baseline_runs > 1:
+    again = run_baseline(exps, spec, weights, ds.images, ds.masks, args.chunk)
+    print(f'baseline again: {again:.1f}s', flush=True)
+    figures['baseline_runs_s'].append(again)
+    seconds = min(figures['baseline_runs_s'])
+    figures['baseline_exp_steps_per_s'] = total / seconds
+    rows[0] = ('baseline (one jit per experiment)', seconds, total / seconds, 1.0)
+    rows[1:] = [(label, sec, rate, rate / figures['baseline_exp_steps_per_s'])
+                for label, sec, rate, _ in rows[1:]]
   if args.torch:
     seconds = run_torch(args.experiments, args.steps, spec, args.image_size, args.batch_size)
     figures['torch_exp_steps_per_s'] = total / seconds
@@ -166,6 +181,9 @@ def main():
     rows.append(('plain PyTorch loop', seconds, total / seconds,
                  (total / seconds) / figures['baseline_exp_steps_per_s']))
 
+  if figures.get('auto_exp_steps_per_s'):
+    figures['auto_over_baseline'] = (figures['auto_exp_steps_per_s']
+                                     / figures['baseline_exp_steps_per_s'])
   print(f'\n{args.experiments} experiments x {args.steps} steps, U-Net base '
         f'{args.base_width}, {args.image_size}x{args.image_size}, batch {args.batch_size}; '
         f'{backend} x{devices}')

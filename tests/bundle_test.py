@@ -13,6 +13,7 @@ from unet_jax.bundle import (
   stack,
   unstack,
 )
+from unet_jax.errors import UserError
 from unet_jax.freeze import block_stats_mask, freeze_labels, preset_rules
 from unet_jax.model import UNetSpec, init_model
 from unet_jax.optim import make_optimizer
@@ -183,3 +184,28 @@ def test_split_and_merge_experiments_round_trip():
   merged = bundle.merge_experiments(parts)
   for name in tree:
     np.testing.assert_array_equal(merged[name], tree[name])
+
+
+def test_cpu_workers_setting(monkeypatch):
+  monkeypatch.setenv('UNET_JAX_CPU_WORKERS', '3')
+  assert bundle.cpu_workers() == 3
+  for bad in ('0', 'two', '-1'):
+    monkeypatch.setenv('UNET_JAX_CPU_WORKERS', bad)
+    with pytest.raises(UserError, match='UNET_JAX_CPU_WORKERS'):
+      bundle.cpu_workers()
+  monkeypatch.delenv('UNET_JAX_CPU_WORKERS')
+  assert 1 <= bundle.cpu_workers() <= 4
+
+
+def test_workers_give_the_same_bundle_as_one_at_a_time(problem, monkeypatch):
+  _, params, stats, images, masks = problem
+  schedules = [Schedule.constant(preset_rules(s, SPEC.depth)) for s in SUBSETS]
+  schedules.append(unfreeze_at(preset_rules('head', SPEC.depth), 2))
+  state, setup = _bundle(params, stats, schedules)
+  out = {}
+  for workers in ('1', '2'):
+    monkeypatch.setenv('UNET_JAX_CPU_WORKERS', workers)
+    chunk = make_bundle_chunk(BundleContext(SPEC, 4), 'static', loop='host')
+    out[workers] = chunk(state, setup, images, masks, num_steps=STEPS)
+  for a, b in zip(jax.tree.leaves(out['1']), jax.tree.leaves(out['2'])):
+    np.testing.assert_array_equal(a, b)
