@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import os
 import threading
+import time
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -420,7 +421,7 @@ def _per_experiment_chunk(ctx: BundleContext, loop: str, *, static: bool,
     body = lambda st, _: single(st, setup, images, masks, static_stage)
     return jax.lax.scan(body, state, length=num_steps)
 
-  compiling = collections.defaultdict(threading.Lock)
+  compiling = threading.Lock()
   compiled = set()
 
   def run(state, setup, images, masks, num_steps, static_stage):
@@ -435,12 +436,13 @@ def _per_experiment_chunk(ctx: BundleContext, loop: str, *, static: bool,
     return state, jnp.concatenate([loss[None], losses])
 
   def first_call(key, call):
-    """``call()``; the first call of a program compiles it, once: another
-    worker that wants the same program meanwhile waits instead of compiling
-    it a second time."""
+    """``call()``; a call that compiles holds a lock, so workers compile one
+    program at a time (XLA:CPU already spreads a compile over the cores; two
+    at once made an 8-subset bundle's first chunk slower, 28-30 s against
+    25 s) while the others train, and no program is compiled twice."""
     if key in compiled:
       return call()
-    with compiling[key]:
+    with compiling:
       out = call()
       compiled.add(key)
     return out
@@ -457,16 +459,31 @@ def _per_experiment_chunk(ctx: BundleContext, loop: str, *, static: bool,
       losses.append(seg)
     return state, jnp.concatenate(losses)
 
+  seconds = {}  # experiment index -> its time in the last chunk (workers > 1)
+
+  def timed(start, num_steps, images, masks, index, part):
+    began = time.perf_counter()
+    out = jax.block_until_ready(run_experiment(start, num_steps, images, masks, part))
+    seconds[index] = time.perf_counter() - began
+    return out
+
   def chunk(state, setup, images, masks, num_steps):
     num = np.shape(setup.starts)[0]
     start = int(np.asarray(state.step)[0])
     parts = split_experiments((state, setup), num)
-    one = functools.partial(run_experiment, start, num_steps, images, masks)
     if workers > 1 and num > 1:
+      # Longest first (by the last chunk's times; at first by the share of
+      # parameters trained), so that no worker is left with a long
+      # experiment while the other has finished.
+      trained = np.mean([np.asarray(m).reshape(num, -1).mean(axis=1)
+                         for m in jax.tree.leaves(setup.masks)], axis=0)
+      order = sorted(range(num), key=lambda e: -seconds.get(e, trained[e]))
+      one = functools.partial(timed, start, num_steps, images, masks)
       with concurrent.futures.ThreadPoolExecutor(min(workers, num)) as pool:
-        outs = list(pool.map(one, parts))
+        done = dict(zip(order, pool.map(one, order, [parts[e] for e in order])))
+      outs = [done[e] for e in range(num)]
     else:
-      outs = [one(part) for part in parts]
+      outs = [run_experiment(start, num_steps, images, masks, part) for part in parts]
     states, losses = merge_experiments(outs)
     return states, losses.T
 
