@@ -10,11 +10,15 @@ size (U-Net base 16, depth 4, BatchNorm, 64x64, batch 8) and measures:
 - auto: the autotuner's timing plus the run with its choice;
 - optionally (``--torch``) the same U-Net in a plain PyTorch loop, one
   experiment at a time, for the gap to the peer a user would reach for.
+- optionally (``--largest_bundle=N``) the largest bundle that fits memory:
+  the automatic choice's strategy, doubling the bundle until it runs out of
+  memory (or reaches N experiments, or the time budget).
 
 Prints a table and ends with one JSON line holding every figure.
 
   python benchmarks/sweep_throughput.py                      # 8 x 60, ~5 min on 2 CPU cores
-  python benchmarks/sweep_throughput.py --experiments=16 --steps=200   # an accelerator
+  python benchmarks/sweep_throughput.py --experiments=16 --steps=200 --largest_bundle=1024
+                                                             # an accelerator
 """
 
 import argparse
@@ -70,6 +74,35 @@ def run_strategy(strategy, exps, spec, weights, images, masks, chunk):
   result = run_bundle(ctx, exps, [weights] * len(exps), images, masks,
                       strategy=strategy, loop='auto', chunk_steps=chunk, bar=bar)
   return time.perf_counter() - start, result.report
+
+
+def is_out_of_memory(error: Exception) -> bool:
+  text = str(error)
+  return 'RESOURCE_EXHAUSTED' in text or 'Out of memory' in text or 'out of memory' in text
+
+
+def largest_bundle(strategy, spec, weights, images, masks, *, start, cap, batch,
+                   seconds):
+  """Doubles the bundle from ``start`` until it no longer fits memory.
+
+  Each size compiles and trains ``strategy`` for 2 steps. Stops at ``cap``
+  experiments or once ``seconds`` are spent. Returns (largest that ran,
+  the first size that ran out of memory or None, [(size, outcome, seconds)]).
+  """
+  largest, failed, trials, began, n = 0, None, [], time.perf_counter(), start
+  while n <= cap and time.perf_counter() - began < seconds:
+    tried = time.perf_counter()
+    try:
+      run_strategy(strategy, experiments(n, 2, spec, batch), spec, weights, images, masks, 2)
+    except Exception as e:  # noqa: BLE001 - out of memory is the answer sought
+      if not is_out_of_memory(e):
+        raise
+      trials.append((n, 'out of memory', time.perf_counter() - tried))
+      failed = n
+      break
+    trials.append((n, 'ran', time.perf_counter() - tried))
+    largest, n = n, n * 2
+  return largest, failed, trials
 
 
 def run_torch(n, steps, spec, size, batch):
@@ -128,6 +161,11 @@ def main():
   parser.add_argument('--strategies', default='',
                       help='comma-separated; default: the autotuner candidates here')
   parser.add_argument('--torch', action='store_true', help='also time plain PyTorch')
+  parser.add_argument('--largest_bundle', type=int, default=0,
+                      help='also double the bundle (auto\'s strategy) up to this many '
+                           'experiments, until it runs out of memory; 0: off')
+  parser.add_argument('--largest_bundle_seconds', type=float, default=120,
+                      help='time budget for --largest_bundle')
   parser.add_argument('--baseline_runs', type=int, default=2,
                       help='time the baseline first and again last; the faster counts')
   args = parser.parse_args()
@@ -181,6 +219,15 @@ def main():
     rows.append(('plain PyTorch loop', seconds, total / seconds,
                  (total / seconds) / figures['baseline_exp_steps_per_s']))
 
+  if args.largest_bundle:
+    strategy = figures.get('auto_choice') or strategies[0]
+    largest, failed, trials = largest_bundle(
+        strategy, spec, weights, ds.images, ds.masks, start=args.experiments,
+        cap=args.largest_bundle, batch=args.batch_size, seconds=args.largest_bundle_seconds)
+    figures.update(largest_bundle=largest, largest_bundle_strategy=strategy,
+                   first_out_of_memory=failed, largest_bundle_trials=trials)
+    for n, outcome, sec in trials:
+      print(f'bundle of {n} ({strategy}): {outcome} in {sec:.1f}s', flush=True)
   if figures.get('auto_exp_steps_per_s'):
     figures['auto_over_baseline'] = (figures['auto_exp_steps_per_s']
                                      / figures['baseline_exp_steps_per_s'])

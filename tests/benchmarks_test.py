@@ -1,0 +1,36 @@
+"""The throughput benchmark runs end to end and reports every figure it promises."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+
+import sweep_throughput  # noqa: E402
+
+
+def test_out_of_memory_is_told_apart_from_other_failures():
+  assert sweep_throughput.is_out_of_memory(
+      RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB'))
+  assert not sweep_throughput.is_out_of_memory(ValueError('incompatible shapes'))
+
+
+def test_tiny_benchmark_prints_a_table_and_one_json_line(tmp_path):
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'sweep_throughput.py'),
+       '--experiments=2', '--steps=2', '--chunk=1', '--image_size=32', '--base_width=4',
+       '--strategies=static', '--baseline_runs=1', '--largest_bundle=4'],
+      capture_output=True, text=True, timeout=600, cwd=tmp_path)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.strip().splitlines()
+  assert any(line.startswith('baseline (one jit per experiment)') for line in lines)
+  figures = json.loads(lines[-1])
+  for key in ('baseline_exp_steps_per_s', 'static_exp_steps_per_s', 'auto_exp_steps_per_s',
+              'auto_over_baseline'):
+    assert figures[key] > 0, key
+  assert figures['auto_choice'] == 'static'
+  assert figures['largest_bundle'] == 4 and figures['first_out_of_memory'] is None
+  assert [n for n, outcome, _ in figures['largest_bundle_trials']] == [2, 4]
+  assert figures['backend'] == 'cpu' and figures['devices'] >= 1
