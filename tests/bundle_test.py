@@ -176,7 +176,10 @@ def test_divergence_check_reads_only_trained_gradients(as_data):
   assert bool(bundle._finite_step(loss, finite, mask_of(1, 1)))
 
 
-def test_split_and_merge_experiments_round_trip():
+@pytest.mark.parametrize('backend', ['cpu', 'gpu'])
+def test_split_and_merge_experiments_round_trip(backend, monkeypatch):
+  # 'gpu' takes the accelerator branch (eager unstack/stack) on the CPU.
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   tree = {'w': np.arange(24, dtype=np.float32).reshape(3, 2, 4), 'n': np.arange(3)}
   parts = bundle.split_experiments(jax.device_put(tree), 3)
   assert len(parts) == 3
@@ -184,6 +187,8 @@ def test_split_and_merge_experiments_round_trip():
   merged = bundle.merge_experiments(parts)
   for name in tree:
     np.testing.assert_array_equal(merged[name], tree[name])
+  first_two = bundle.split_experiments(jax.device_put(tree), 2)  # padding left out
+  np.testing.assert_array_equal(bundle.merge_experiments(first_two)['n'], [0, 1])
 
 
 def test_cpu_workers_setting(monkeypatch):

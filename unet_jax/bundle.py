@@ -327,23 +327,22 @@ def _segments(setup: ExperimentSetup, start: int, num_steps: int):
 
 
 def split_experiments(tree: PyTree, num: int) -> list:
-  """The stacked ``tree`` as ``num`` per-experiment trees, on the device.
+  """The first ``num`` experiments of the stacked ``tree``, one tree each.
 
-  On CPU through host views (a copy of the state per chunk, milliseconds);
-  elsewhere one compiled program. Slice by slice, the ~4,000 small eager
-  operations of an 8-experiment bundle cost 15 s of its first chunk on CPU
-  (a compile per leaf shape, each waiting behind the queued training steps);
-  as one program they compile in 3.6 s there.
+  On CPU through host views (a copy of the state per chunk, milliseconds):
+  slice by slice, the ~4,000 small eager operations of an 8-experiment
+  bundle cost 15 s of its first chunk there (a compile per leaf shape, each
+  waiting behind the queued training steps), and one compiled program for
+  the whole split took 3.6 s to compile. Elsewhere one eager ``unstack`` per
+  leaf, whatever the number of experiments (not yet measured on an
+  accelerator).
   """
   if jax.default_backend() == 'cpu':
     host = jax.tree.map(np.asarray, tree)
     return [jax.device_put(jax.tree.map(lambda x: x[e], host)) for e in range(num)]
-  return _split_program(tree, num)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _split_program(tree: PyTree, num: int) -> list:
-  return [jax.tree.map(lambda x: x[e], tree) for e in range(num)]
+  leaves, treedef = jax.tree.flatten(tree)
+  columns = [jnp.unstack(x)[:num] for x in leaves]
+  return [treedef.unflatten([column[e] for column in columns]) for e in range(num)]
 
 
 def merge_experiments(trees: Sequence[PyTree]) -> PyTree:
@@ -351,11 +350,6 @@ def merge_experiments(trees: Sequence[PyTree]) -> PyTree:
   if jax.default_backend() == 'cpu':
     return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
                                        *trees))
-  return _merge_program(trees)
-
-
-@jax.jit
-def _merge_program(trees: Sequence[PyTree]) -> PyTree:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
