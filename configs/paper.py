@@ -32,8 +32,8 @@ fine-tuning runs (scheme=flow; 21 x 5 = 105 for depth) of 1,000 steps at
 128 x 128, base width 32: about 175,000 experiment-steps, sized for one
 accelerator. Not yet measured on one: the estimate for an H100 is 20-40
 minutes per scheme and domain. ``smoke`` is the same design on a depth-2,
-width-4 U-Net at 32 x 32 with 8 steps per run: 23 x 5 = 115 runs, a few
-minutes on a 2-core CPU (measured in README.md).
+width-4 U-Net at 32 x 32 with 8 steps per run: 23 x 5 = 115 runs, about 80 s
+on a 2-core CPU (measured in README.md).
 
 What it measures: test Dice, IoU, HD95 and ASSD per image and seed, the
 validation Dice curve of every run, and the findings F1-F6 in report.md
