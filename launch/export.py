@@ -25,10 +25,7 @@ def main(argv) -> int:
     if missing:
       raise UserError(f'missing flag(s): {", ".join("--" + m for m in missing)}')
     out = export_experiment(_WORKDIR.value, _EXPERIMENT.value, _OUT.value)
-  except flags.Error as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  except UserError as e:
+  except (flags.Error, UserError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print(f'exported {_EXPERIMENT.value} to {out}')

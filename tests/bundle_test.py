@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from unet_jax import bundle
+from unet_jax import bundle, execution
 from unet_jax.bundle import (
   BundleContext,
   init_experiment_state,
@@ -181,25 +181,25 @@ def test_split_and_merge_experiments_round_trip(backend, monkeypatch):
   # 'gpu' takes the accelerator branch (eager unstack/stack) on the CPU.
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   tree = {'w': np.arange(24, dtype=np.float32).reshape(3, 2, 4), 'n': np.arange(3)}
-  parts = bundle.split_experiments(jax.device_put(tree), 3)
+  parts = execution.split_experiments(jax.device_put(tree), 3)
   assert len(parts) == 3
   np.testing.assert_array_equal(parts[1]['w'], tree['w'][1])
-  merged = bundle.merge_experiments(parts)
+  merged = execution.merge_experiments(parts)
   for name in tree:
     np.testing.assert_array_equal(merged[name], tree[name])
-  first_two = bundle.split_experiments(jax.device_put(tree), 2)  # padding left out
-  np.testing.assert_array_equal(bundle.merge_experiments(first_two)['n'], [0, 1])
+  first_two = execution.split_experiments(jax.device_put(tree), 2)  # padding left out
+  np.testing.assert_array_equal(execution.merge_experiments(first_two)['n'], [0, 1])
 
 
 def test_cpu_workers_setting(monkeypatch):
   monkeypatch.setenv('UNET_JAX_CPU_WORKERS', '3')
-  assert bundle.cpu_workers() == 3
+  assert execution.cpu_workers() == 3
   for bad in ('0', 'two', '-1'):
     monkeypatch.setenv('UNET_JAX_CPU_WORKERS', bad)
     with pytest.raises(UserError, match='UNET_JAX_CPU_WORKERS'):
-      bundle.cpu_workers()
+      execution.cpu_workers()
   monkeypatch.delenv('UNET_JAX_CPU_WORKERS')
-  assert 1 <= bundle.cpu_workers() <= 4
+  assert 1 <= execution.cpu_workers() <= 4
 
 
 def test_workers_give_the_same_bundle_as_one_at_a_time(problem, monkeypatch):

@@ -32,6 +32,7 @@ PRELUDE = r'''
 import jax, numpy as np
 from jax.sharding import PartitionSpec as P
 from unet_jax.bundle import *
+from unet_jax.execution import place
 from unet_jax.freeze import preset_rules
 from unet_jax.model import UNetSpec, init_model
 from unet_jax.schedules import Schedule, gradual

@@ -31,12 +31,11 @@ from unet_jax.bundle import (
   init_experiment_state,
   make_bundle_chunk,
   make_setup,
-  place,
-  split_experiments,
   stack,
   unstack,
 )
 from unet_jax.distributed import is_writer, to_host
+from unet_jax.execution import place, split_experiments
 from unet_jax.grid import Experiment
 from unet_jax.model import apply_model
 from unet_jax.resume import BundleCheckpoints, Interrupted, StopRequest

@@ -70,16 +70,17 @@ def masked_adam(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     treedef = jax.tree.structure(grads)
     leaves = [treedef.flatten_up_to(t) for t in (grads, state.count, state.mu, state.nu,
                                                  params, mask)]
-    live = [i for i, m in enumerate(leaves[5]) if m is not False]
+    counts, masks = leaves[1], leaves[5]
+    live = [i for i, m in enumerate(masks) if m is not False]
     # The per-leaf scalars (bias corrections, re-warmup factor) as one vector
     # op: computed leaf by leaf they were ~160 tiny kernels, a sixth of the
     # step program XLA:CPU compiled.
     if live:
-      counts = jnp.stack([leaves[1][i] for i in live]) + 1
-      inverse1, inverse2 = 1 / (1 - b1 ** counts), 1 / (1 - b2 ** counts)
-      rates = jnp.broadcast_to(learning_rate, counts.shape)
+      trained = jnp.stack([counts[i] for i in live]) + 1
+      inverse1, inverse2 = 1 / (1 - b1 ** trained), 1 / (1 - b2 ** trained)
+      rates = jnp.broadcast_to(learning_rate, trained.shape)
       if rewarmup_steps:
-        rates = rates * jnp.minimum(1.0, counts / rewarmup_steps)
+        rates = rates * jnp.minimum(1.0, trained / rewarmup_steps)
     out, slot = [], {i: j for j, i in enumerate(live)}
     for i, (g, count, mu, nu, p, m) in enumerate(zip(*leaves)):
       if m is False:  # frozen at compile time: no work, the state passes through
