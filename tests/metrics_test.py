@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -144,3 +146,89 @@ def test_jit_and_score_masks():
   np.testing.assert_allclose(scores['hd95'], [1.0, 0.0, np.nan])
   np.testing.assert_allclose(scores['dice'], [2 / 3, 1.0, 0.0])
   assert np.isnan(scores['assd'][2])
+
+
+def _directed_distances(pred, target, spacing):
+  """d(P->T), d(T->P) by scipy's exact distance transform, independent of metrics."""
+  def surface(m):
+    return m & ~ndimage.binary_erosion(m, border_value=0)  # cross structure
+  sp, st = surface(pred.astype(bool)), surface(target.astype(bool))
+  to_t = ndimage.distance_transform_edt(~st, sampling=spacing)
+  to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)
+  return to_t[sp], to_p[st]
+
+
+def test_hd95_conventions_by_hand():
+  # P one pixel at the left end of T, a row of 3: d(P->T) = [0], d(T->P) = [0, 1, 2].
+  a = np.zeros((6, 6))
+  a[2, 2] = 1
+  b = np.zeros((6, 6))
+  b[2, 2:5] = 1
+  # max: P95([0, 1, 2]) = 1 + 0.9 * 1 (position 0.95 * 2 = 1.9).
+  assert float(metrics.hd95(a, b)) == pytest.approx(1.9)
+  assert float(metrics.hd95(a, b, convention='max')) == pytest.approx(1.9)
+  # pooled: P95([0, 0, 1, 2]) = 1 + 0.85 * 1 (position 0.95 * 3 = 2.85).
+  assert float(metrics.hd95(a, b, convention='pooled')) == pytest.approx(1.85)
+  assert float(metrics.hd95(b, a, convention='pooled')) == pytest.approx(1.85)
+  # Columns 2 apart double every distance.
+  assert float(metrics.hd95(a, b, (1.0, 2.0))) == pytest.approx(3.8)
+  assert float(metrics.hd95(a, b, (1.0, 2.0), convention='pooled')) == pytest.approx(3.7)
+  # Pooled can exceed max: two 2-pixel rows overlapping by one, d = [1, 0] both ways.
+  # max: P95([0, 1]) = 0.95; pooled: P95([0, 0, 1, 1]) at position 2.85 = 1.
+  c = np.zeros((6, 6))
+  c[2, 2:4] = 1
+  d = np.zeros((6, 6))
+  d[2, 3:5] = 1
+  assert float(metrics.hd95(c, d)) == pytest.approx(0.95)
+  assert float(metrics.hd95(c, d, convention='pooled')) == pytest.approx(1.0)
+  scores = metrics.score_masks(np.stack([a, c]), np.stack([b, d]), hd95_convention='pooled')
+  np.testing.assert_allclose(scores['hd95'], [1.85, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(metrics.score_masks(np.stack([a, c]), np.stack([b, d]))['hd95'],
+                             [1.9, 0.95], rtol=1e-6)
+
+
+@pytest.mark.parametrize('spacing', [(1.0, 1.0), (0.7, 1.9)])
+def test_pooled_hd95_matches_numpy_on_random_masks(spacing):
+  rng = np.random.default_rng(1)
+  pred = ndimage.binary_opening(rng.random((6, 28, 24)) > 0.45, np.ones((1, 3, 3)))
+  target = ndimage.binary_opening(rng.random((6, 28, 24)) > 0.4, np.ones((1, 3, 3)))
+  pred[:, :, 0] = True  # a mask touching the border
+  pooled = metrics.hd95(pred, target, spacing, convention='pooled')
+  most = metrics.hd95(pred, target, spacing)
+  assert pooled.shape == most.shape == (6,)
+  for i in range(6):
+    p_to_t, t_to_p = _directed_distances(pred[i], target[i], spacing)
+    both = np.concatenate([p_to_t, t_to_p])
+    assert float(pooled[i]) == pytest.approx(np.percentile(both, 95), rel=1e-5)
+    assert float(most[i]) == pytest.approx(
+        max(np.percentile(p_to_t, 95), np.percentile(t_to_p, 95)), rel=1e-5)
+    # Pooled lies between the directed percentiles up to one interpolation step
+    # (module docstring): between the smallest floor and the largest ceiling neighbour.
+    def neighbours(x):
+      x, pos = np.sort(x), 0.95 * (len(x) - 1)
+      return x[int(np.floor(pos))], x[int(np.ceil(pos))]
+    (lo_pt, hi_pt), (lo_tp, hi_tp) = neighbours(p_to_t), neighbours(t_to_p)
+    assert min(lo_pt, lo_tp) - 1e-5 <= float(pooled[i]) <= max(hi_pt, hi_tp) + 1e-5
+  # On these masks pooled <= max; not guaranteed in general (see the by-hand case).
+  assert np.all(np.asarray(pooled) <= np.asarray(most) + 1e-5)
+  assert np.any(np.asarray(pooled) < np.asarray(most) - 1e-3)  # the conventions differ
+
+
+def test_unknown_hd95_convention_is_rejected():
+  a = _square(8, 1, 1, 3)
+  with pytest.raises(ValueError, match='pooled'):
+    metrics.hd95(a, a, convention='mean')
+  with pytest.raises(ValueError, match='pooled'):
+    metrics.score_masks(a, a, hd95_convention='medpy')
+  assert set(metrics.HD95_CONVENTIONS) == {'max', 'pooled'}
+
+
+@pytest.mark.parametrize('convention', ['max', 'pooled'])
+def test_empty_masks_give_nan_under_both_conventions(convention):
+  pred = np.stack([np.zeros((8, 8)), _square(8, 1, 1, 3), np.zeros((8, 8))])
+  target = np.stack([np.zeros((8, 8)), np.zeros((8, 8)), _square(8, 2, 2, 3)])
+  assert np.isnan(metrics.hd95(pred, target, convention=convention)).all()
+  scores = metrics.score_masks(pred, target, hd95_convention=convention)
+  assert np.isnan(scores['hd95']).all()
+  jitted = jax.jit(functools.partial(metrics.hd95, convention=convention))
+  assert np.isnan(jitted(pred, target)).all()

@@ -25,8 +25,17 @@ Boundary distances follow MONAI (``compute_hausdorff_distance`` with
   has a surface along the border;
 - d(A->B) is, for every surface pixel of A, the Euclidean distance to the
   nearest surface pixel of B, with ``spacing = (row, column)`` pixel sizes;
-- ``hd95 = max(P95(d(P->T)), P95(d(T->P)))``, P95 the 95th percentile with
-  linear interpolation (``numpy.percentile``'s default);
+- ``hd95`` has two conventions, :data:`HD95_CONVENTIONS`, P95 the 95th
+  percentile with linear interpolation (``numpy.percentile``'s default):
+  ``'max'`` (the default, MONAI) ``max(P95(d(P->T)), P95(d(T->P)))``;
+  ``'pooled'`` (medpy's ``hd95``) ``P95`` of the union (concatenation) of
+  d(P->T) and d(T->P). Both are NaN when either mask is empty. ``'pooled'``
+  lies between the two directed P95s up to one interpolation step: with
+  ``lo(d)``, ``hi(d)`` the sorted d at the floor and ceiling of position
+  ``0.95 (len(d) - 1)``, ``min(lo(d(P->T)), lo(d(T->P))) <= 'pooled' <=
+  max(hi(d(P->T)), hi(d(T->P)))``. So it is mostly, not always, <= ``'max'``;
+  with few surface pixels it can exceed it (P = {(0, 0), (0, 1)}, T = {(0, 1),
+  (0, 2)}: d = [1, 0] both ways, ``'max'`` 0.95, ``'pooled'`` 1.0);
 - ``assd`` = the mean over the union of d(P->T) and d(T->P), i.e.
   ``(sum d(P->T) + sum d(T->P)) / (|surface P| + |surface T|)``.
 
@@ -38,12 +47,19 @@ one image at a time under ``lax.map`` so a batch does not multiply the memory.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 EMPTY_MASK_CONVENTION = ('dice/iou: both empty -> 1.0, one empty -> 0.0; '
                          'hd95/assd: either empty -> NaN (excluded from means, counted)')
+
+HD95_CONVENTIONS = {
+    'max': 'max of the two directed 95th percentiles (MONAI, the default)',
+    'pooled': '95th percentile of both directions pooled (medpy)',
+}
 
 
 def _as_batch(x) -> tuple[jax.Array, bool]:
@@ -138,15 +154,19 @@ def _percentile_of_masked(values: jax.Array, keep: jax.Array, q: float) -> jax.A
   return jnp.where(n > 0, out, jnp.nan)
 
 
-def _surface_distances_one(pred: jax.Array, target: jax.Array, spacing: jax.Array
-                           ) -> tuple[jax.Array, jax.Array]:
+def _surface_distances_one(pred: jax.Array, target: jax.Array, spacing: jax.Array,
+                           convention: str) -> tuple[jax.Array, jax.Array]:
   """(hd95, assd) of one (H, W) pair; NaN when either mask is empty."""
   p, t = pred != 0, target != 0
   sp, st = surface(p), surface(t)
   to_t = jnp.sqrt(squared_distance_to(st, spacing))  # distance of every pixel to T's surface
   to_p = jnp.sqrt(squared_distance_to(sp, spacing))
-  hd = jnp.maximum(_percentile_of_masked(to_t, sp, 95.0),
-                   _percentile_of_masked(to_p, st, 95.0))
+  if convention == 'max':
+    hd = jnp.maximum(_percentile_of_masked(to_t, sp, 95.0),
+                     _percentile_of_masked(to_p, st, 95.0))
+  else:  # 'pooled': d(P->T) at P's surface and d(T->P) at T's, as one set
+    hd = _percentile_of_masked(jnp.concatenate([to_t.ravel(), to_p.ravel()]),
+                               jnp.concatenate([sp.ravel(), st.ravel()]), 95.0)
   total = jnp.sum(jnp.where(sp, to_t, 0.0)) + jnp.sum(jnp.where(st, to_p, 0.0))
   count = jnp.sum(sp) + jnp.sum(st)
   assd = total / jnp.maximum(count, 1)
@@ -154,33 +174,42 @@ def _surface_distances_one(pred: jax.Array, target: jax.Array, spacing: jax.Arra
   return jnp.where(defined, hd, jnp.nan), jnp.where(defined, assd, jnp.nan)
 
 
-@jax.jit
-def _distances(pred: jax.Array, target: jax.Array, spacing: jax.Array
+@functools.partial(jax.jit, static_argnames='convention')
+def _distances(pred: jax.Array, target: jax.Array, spacing: jax.Array, convention: str
                ) -> tuple[jax.Array, jax.Array]:
   """(hd95, assd) of (N, H, W) masks, one image at a time (memory, see above)."""
-  return jax.lax.map(lambda pt: _surface_distances_one(pt[0], pt[1], spacing), (pred, target))
+  return jax.lax.map(lambda pt: _surface_distances_one(pt[0], pt[1], spacing, convention),
+                     (pred, target))
 
 
-def _surface_distances(pred, target, spacing) -> tuple[jax.Array, jax.Array, bool]:
+def _surface_distances(pred, target, spacing, convention='max'
+                       ) -> tuple[jax.Array, jax.Array, bool]:
+  if convention not in HD95_CONVENTIONS:
+    raise ValueError(f'unknown hd95 convention {convention!r}; '
+                     f'choose one of {tuple(HD95_CONVENTIONS)}')
   p, t, batched = _pair(pred, target)
   spacing = jnp.asarray(spacing, jnp.float32)
   if spacing.shape != (2,):
     raise ValueError(f'spacing must be (row, column) pixel sizes; got {spacing.shape}')
-  hd, out = _distances(p, t, spacing)
+  hd, out = _distances(p, t, spacing, convention=convention)
   return hd, out, batched
 
 
-def hd95(pred: jax.Array, target: jax.Array, spacing=(1.0, 1.0)) -> jax.Array:
+def hd95(pred: jax.Array, target: jax.Array, spacing=(1.0, 1.0), *, convention: str = 'max'
+         ) -> jax.Array:
   """95th-percentile symmetric Hausdorff distance per image, in spacing units.
 
-  ``max(P95(d(P->T)), P95(d(T->P)))`` over surface pixels (module docstring);
-  NaN when either mask is empty. ``spacing`` is (row, column) pixel size.
+  ``convention='max'`` (MONAI): ``max(P95(d(P->T)), P95(d(T->P)))`` over
+  surface pixels; ``'pooled'`` (medpy): P95 of d(P->T) and d(T->P) together
+  (module docstring, :data:`HD95_CONVENTIONS`). NaN when either mask is
+  empty. ``spacing`` is (row, column) pixel size. ``convention`` is a Python
+  string (static under ``jax.jit``); an unknown one raises ``ValueError``.
 
   Example::
 
     hd95(pred, masks, spacing=(0.1, 0.1))   # (N,) in mm for 0.1 mm pixels
   """
-  hd, _, batched = _surface_distances(pred, target, spacing)
+  hd, _, batched = _surface_distances(pred, target, spacing, convention)
   return hd if batched else hd[0]
 
 
@@ -194,12 +223,14 @@ def assd(pred: jax.Array, target: jax.Array, spacing=(1.0, 1.0)) -> jax.Array:
   return out if batched else out[0]
 
 
-def score_masks(pred, target, spacing=(1.0, 1.0)) -> dict[str, np.ndarray]:
+def score_masks(pred, target, spacing=(1.0, 1.0), *, hd95_convention: str = 'max'
+                ) -> dict[str, np.ndarray]:
   """Per-image ``dice``, ``iou``, ``hd95``, ``assd``, as (N,) numpy arrays.
 
   The distances are computed once for both; NaN marks undefined distances.
+  ``hd95_convention`` is one of :data:`HD95_CONVENTIONS` (see :func:`hd95`).
   """
-  hd, out, _ = _surface_distances(pred, target, spacing)
+  hd, out, _ = _surface_distances(pred, target, spacing, hd95_convention)
   return {'dice': np.atleast_1d(np.asarray(dice(pred, target))),
           'iou': np.atleast_1d(np.asarray(iou(pred, target))),
           'hd95': np.asarray(hd), 'assd': np.asarray(out)}
