@@ -27,12 +27,13 @@ import platform
 import time
 
 import jax
+import numpy as np
 import tqdm
 
 from unet_jax import autotune, data
 from unet_jax.bundle import BundleContext
 from unet_jax.engine import Weights, run_bundle
-from unet_jax.freeze import PRESETS, block_stats_mask, freeze_labels, preset_rules
+from unet_jax.freeze import PRESETS, freeze_labels, norm_masks, preset_rules
 from unet_jax.grid import Experiment
 from unet_jax.model import UNetSpec, init_model
 from unet_jax.optim import make_optimizer
@@ -55,9 +56,9 @@ def run_baseline(exps, spec, weights, images, masks, chunk):
   for e in exps:
     rules = e.schedule.stages[0]
     optimizer = make_optimizer(freeze_labels(weights.params, rules), e.learning_rate)
-    train_chunk = make_train_chunk(graphdef, optimizer,
-                                   block_stats_mask(weights.stats, weights.params, rules),
-                                   e.batch_size)
+    norm = norm_masks(weights.stats, weights.params, rules, e.frozen_norm)
+    train_chunk = make_train_chunk(graphdef, optimizer, norm.update, e.batch_size,
+                                   running=norm.running)
     state = init_state(weights.params, weights.stats, optimizer)
     key = jax.random.key(e.seed)
     for _ in range(e.steps // chunk):
@@ -72,6 +73,7 @@ def run_strategy(strategy, exps, spec, weights, images, masks, chunk):
   bar = tqdm.tqdm(disable=True)
   start = time.perf_counter()
   result = run_bundle(ctx, exps, [weights] * len(exps), images, masks,
+                      train_index=[np.arange(len(images))] * len(exps),
                       strategy=strategy, loop='auto', chunk_steps=chunk, bar=bar)
   return time.perf_counter() - start, result.report
 

@@ -44,7 +44,7 @@ def get_config(arg=None):
   # source: dead_leaves (built in), a real saliency set read from root,
   # e.g. source='folder', root='~/data/DUTS-TR' (XPIE, DUTS, MSRA10K), or
   # 'oxford_iiit_pet' from TFDS (downloaded on first use; root = data_dir).
-  config.pretrain = dict(source='dead_leaves', num_images=1024, steps=600,
+  config.pretrain = dict(source='dead_leaves', num_images=1024, steps=400,
                          batch_size=8, learning_rate=1e-3, weight_decay=0.0, root='')
   # val_fraction: share of the training images held out to score validation
   # Dice after every chunk (curves, TensorBoard, convergence speed).
@@ -52,21 +52,32 @@ def get_config(arg=None):
   # num_images, or a real set (busi, udiat_b, montgomery, jsrt_scr, folder)
   # read from root, all of its images (unet_jax/data/real). on_bad='skip'
   # leaves out unusable image/mask pairs (reported) instead of stopping.
+  # folds >= 2: k-fold cross-validation instead of one hold-out split (every
+  # image tested once per seed; test_fraction is then unused), crossed with
+  # the experiments through grid.fold.
   config.data = dict(source='ultrasound', num_images=160, test_fraction=0.4,
-                     val_fraction=0.2, root='', on_bad='error')
-  config.finetune = dict(steps=300, batch_size=8, learning_rate=1e-3,
+                     val_fraction=0.2, folds=0, root='', on_bad='error')
+  config.finetune = dict(steps=80, batch_size=8, learning_rate=1e-3,
                          weight_decay=0.0,
-                         # False: frozen blocks keep their BatchNorm statistics.
-                         update_frozen_stats=False,
+                         # What frozen blocks' BatchNorm layers do while the
+                         # others train (unet_jax/freeze.py FROZEN_NORM):
+                         # 'inference' = pretrained statistics in training and
+                         # evaluation; 'adapt' = batch statistics in training,
+                         # running statistics follow the target data.
+                         frozen_norm='adapt',
                          # >0: a leaf's learning rate ramps up over its first
                          # trained steps (re-warmup after an unfreeze).
                          rewarmup_steps=0)
+  # hd95: 'max' of the two directed 95th percentiles (MONAI) or 'pooled'
+  # (medpy). norm_check: score every run again with its BatchNorm statistics
+  # re-estimated on the training images (summary.json 'norm_check').
+  config.evaluation = dict(hd95='max', norm_check=True)
   config.experiments = {name: dict(rules=rules, init=init)
                         for name, (rules, init) in EXPERIMENTS.items()}
   # Axes crossed with the experiments; an empty tuple means the single value
   # of the field above (finetune.learning_rate, ..., seed).
-  config.grid = dict(seed=(), learning_rate=(), weight_decay=(), steps=(),
-                     batch_size=())
+  config.grid = dict(seed=(0, 1, 2), learning_rate=(), weight_decay=(), steps=(),
+                     batch_size=(), frozen_norm=(), fold=())
   config.only = ''  # comma-separated experiment names; empty = all
   # How a bundle runs: 'auto' times the candidates on this hardware and keeps
   # the fastest; or one of static, per_experiment, sequential, vmap,
@@ -76,10 +87,10 @@ def get_config(arg=None):
   # JAX's persistent compilation cache: reruns skip compiling ('' = off).
   config.compilation_cache = '~/.cache/unet_jax/jax'
 
-  config.chunk_steps = 50  # steps between host updates (progress, metrics)
+  config.chunk_steps = 20  # steps between host updates (progress, metrics)
   # Steps between checkpoints of a bundle's state (rounded up to whole
   # chunks); 0 = only when stopped by SIGTERM/SIGINT. A rerun resumes.
-  config.checkpoint_every = 100
+  config.checkpoint_every = 40
   # 'scan': a chunk is one lax.scan; 'host': a jitted step per call; 'auto':
   # host on CPU (XLA:CPU runs conv-heavy scan bodies 14x slower), scan else.
   config.loop = 'auto'

@@ -44,14 +44,14 @@ deep-to-shallow, where last-blocks-only ranks, the X-ray contrast (with
 
 import ml_collections
 
-from unet_jax.schedules import ORDERS, block_groups
+from unet_jax.block_order import ORDERS, block_groups, cumulative
 
 BUILT_IN = ('ultrasound', 'chest_xray')
 REAL = ('busi', 'udiat_b', 'montgomery', 'jsrt_scr', 'folder')
 
 
 def _parse(arg):
-  options = {'scheme': 'flow', 'dataset': 'ultrasound', 'root': '', 'seeds': '5',
+  options = {'scheme': 'both', 'dataset': 'ultrasound', 'root': '', 'seeds': '5',
              'smoke': False}
   for part in filter(None, (arg or '').split(',')):
     key, eq, value = part.partition('=')
@@ -61,9 +61,9 @@ def _parse(arg):
       options[key] = value
     else:
       raise ValueError(f'unknown variant {part!r} of configs/paper.py; valid: '
-                       'scheme=flow|depth, dataset=NAME, root=PATH, seeds=N, smoke')
-  if options['scheme'] not in ORDERS:
-    raise ValueError(f"scheme={options['scheme']!r}; valid: {', '.join(ORDERS)}")
+                       'scheme=both|flow|depth, dataset=NAME, root=PATH, seeds=N, smoke')
+  if options['scheme'] not in ORDERS + ('both',):
+    raise ValueError(f"scheme={options['scheme']!r}; valid: both, {', '.join(ORDERS)}")
   if options['dataset'] not in BUILT_IN + REAL:
     raise ValueError(f"dataset={options['dataset']!r}; valid: {', '.join(BUILT_IN + REAL)}")
   if options['dataset'] in REAL and not options['root']:
@@ -77,32 +77,69 @@ def _rules(blocks):
   return (('|'.join(blocks), 'train'), ('.*', 'freeze'))
 
 
-def experiments(scheme: str, depth: int, steps: int) -> dict:
-  """name -> {'rules': ..., 'init': ...} for the paper's design under ``scheme``."""
-  groups = block_groups(scheme, depth)
-  out = {}
-  for group in groups:
-    if group != ['head']:  # 'head' alone is the experiment 'head' below
-      out['alone_' + '+'.join(group)] = dict(rules=_rules(group), init='pretrained')
-  for k in range(1, len(groups)):
-    out[f's2d_{k}'] = dict(rules=_rules([b for g in groups[:k] for b in g]),
-                           init='pretrained')
-    out[f'd2s_{k}'] = dict(rules=_rules([b for g in groups[-k:] for b in g]),
-                           init='pretrained')
-  # One stage per group, the last (everything trained) as long as the others.
-  stage_steps = max(1, steps // (len(groups) + 1))
-  for direction, short in (('shallow_to_deep', 's2d'), ('deep_to_shallow', 'd2s')):
-    out[f'gradual_{short}'] = dict(
-        rules={'gradual': scheme, 'direction': direction, 'stage_steps': stage_steps},
-        init='pretrained')
-  for name, preset, init in (('contracting', 'contracting', 'pretrained'),
-                             ('expanding', 'expanding', 'pretrained'),
-                             ('shallow', 'shallow', 'pretrained'),
-                             ('head', 'head', 'pretrained'),
-                             ('full', 'full', 'pretrained'),
-                             ('scratch', 'full', 'random')):
-    out[name] = dict(rules=preset, init=init)
+# Named subsets first: where another part of the design trains the same
+# blocks, the sweep runs it once under the first name (findings recognise
+# subsets by the blocks they train, DESIGN.md F3 and F2).
+def _presets(depth: int) -> dict:
+  return {'full': None, 'contracting': _blocks('contracting', depth),
+          'expanding': _blocks('expanding', depth), 'shallow': _blocks('shallow', depth),
+          'deep': _blocks('deep', depth), 'last': _blocks('last', depth),
+          'head': _blocks('head', depth)}
+
+
+def _blocks(preset: str, depth: int) -> frozenset:
+  groups = {'contracting': [f'enc{i}' for i in range(1, depth + 1)] + ['bottleneck'],
+            'expanding': [f'dec{i}' for i in range(1, depth + 1)] + ['head'],
+            'shallow': ['enc1', 'dec1'], 'deep': [f'enc{depth}', 'bottleneck', f'dec{depth}'],
+            'last': ['dec1', 'head'], 'head': ['head']}
+  return frozenset(groups[preset])
+
+
+def experiments(schemes, depth: int, steps: int) -> dict:
+  """name -> {'rules': ..., 'init': ...}: the paper's design under each of ``schemes``.
+
+  Every distinct set of blocks is swept once: the named presets, then each
+  block group alone, then the cumulative subsets (``[<scheme>_]s2d_<k>``:
+  the k shallowest groups, ``[<scheme>_]d2s_<k>``: the k deepest) that are
+  not already among them; the gradual schedules in both directions; full,
+  scratch. With one scheme names carry no scheme prefix.
+  """
+  out, seen = {}, {}
+
+  def add(name, blocks):
+    if blocks in seen:
+      return
+    seen[blocks] = name
+    out[name] = dict(rules=_rules(sorted(blocks, key=_flow_position(depth))),
+                     init='pretrained')
+
+  for name, blocks in _presets(depth).items():
+    if blocks is None:
+      out[name] = dict(rules='full', init='pretrained')
+    else:
+      add(name, blocks)
+  out['scratch'] = dict(rules='full', init='random')
+  for scheme in schemes:
+    for group in block_groups(scheme, depth):
+      add('alone_' + '+'.join(group), frozenset(group))
+  for scheme in schemes:
+    prefix = f'{scheme}_' if len(schemes) > 1 else ''
+    groups = block_groups(scheme, depth)
+    for k in range(1, len(groups)):
+      add(f'{prefix}s2d_{k}', cumulative(scheme, depth, k, 'shallow_to_deep'))
+      add(f'{prefix}d2s_{k}', cumulative(scheme, depth, k, 'deep_to_shallow'))
+    # One stage per group, the last (everything trained) as long as the others.
+    stage_steps = max(1, steps // (len(groups) + 1))
+    for direction, short in (('shallow_to_deep', 's2d'), ('deep_to_shallow', 'd2s')):
+      name = f'gradual_{scheme}_{short}' if len(schemes) > 1 else f'gradual_{short}'
+      out[name] = dict(rules={'gradual': scheme, 'direction': direction,
+                              'stage_steps': stage_steps}, init='pretrained')
   return out
+
+
+def _flow_position(depth: int):
+  order = [b for g in block_groups('flow', depth) for b in g]
+  return order.index
 
 
 def get_config(arg=None):
@@ -118,13 +155,15 @@ def get_config(arg=None):
                          learning_rate=1e-3, weight_decay=0.0, root='')
   dataset = options['dataset']
   config.data = dict(source=dataset, num_images=40 if smoke else 400, test_fraction=0.3,
-                     val_fraction=0.2, root=options['root'], on_bad='error')
+                     val_fraction=0.2, folds=0, root=options['root'], on_bad='error')
   steps = 8 if smoke else 1000
   config.finetune = dict(steps=steps, batch_size=8 if smoke else 16, learning_rate=1e-3,
-                         weight_decay=0.0, update_frozen_stats=False, rewarmup_steps=0)
-  config.experiments = experiments(options['scheme'], config.model.depth, steps)
+                         weight_decay=0.0, frozen_norm='inference', rewarmup_steps=0)
+  config.evaluation = dict(hd95='max', norm_check=False)
+  schemes = ORDERS if options['scheme'] == 'both' else (options['scheme'],)
+  config.experiments = experiments(schemes, config.model.depth, steps)
   config.grid = dict(seed=tuple(range(int(options['seeds']))), learning_rate=(),
-                     weight_decay=(), steps=(), batch_size=())
+                     weight_decay=(), steps=(), batch_size=(), frozen_norm=(), fold=())
   config.only = ''
   config.strategy = 'auto'
   config.max_bundle = 0

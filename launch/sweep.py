@@ -19,7 +19,6 @@ from ml_collections import config_flags
 
 from unet_jax import distributed
 from unet_jax.errors import UserError
-from unet_jax.results import format_table
 from unet_jax.resume import Interrupted
 from unet_jax.sweep import run_sweep
 
@@ -76,7 +75,7 @@ def main(argv) -> int:
       raise UserError('--coordinator needs --num_processes and --process_id')
     if _DISTRIBUTED.value or _COORDINATOR.value:
       distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    summaries = run_sweep(config, workdir, progress=_PROGRESS.value)
+    run_sweep(config, workdir, progress=_PROGRESS.value)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -89,7 +88,8 @@ def main(argv) -> int:
           'checkpoint', file=sys.stderr)
     return 130
   if distributed.is_writer():
-    print(format_table(summaries))
+    from unet_jax import compare, report  # pandas and scipy, once results exist
+    print(report.console_summary(compare.load(workdir)))
     print(f'\nresults in {os.path.abspath(workdir)}')
     report = os.path.join(os.path.abspath(workdir), 'report.md')
     if os.path.exists(report):

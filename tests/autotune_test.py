@@ -25,7 +25,9 @@ def test_picks_the_fastest_projection_and_records_failures():
   _, params, stats = init_model(spec, 0)
   schedules = [Schedule.constant(preset_rules(p, 2)) for p in ('head', 'full')]
   setup = stack([make_setup(params, stats, s, num_stages=1, learning_rate=1e-3,
-                            weight_decay=0.0, seed_key=jax.random.key(i))
+                            weight_decay=0.0, seed_key=jax.random.key(i),
+                            frozen_norm='inference', train_index=np.arange(8),
+                            index_length=8)
                  for i, s in enumerate(schedules)])
   state = stack([init_experiment_state(params, stats)] * 2)
   images = np.random.default_rng(0).random((8, 16, 16, 1), np.float32)

@@ -14,7 +14,7 @@ from unet_jax.bundle import (
   unstack,
 )
 from unet_jax.errors import UserError
-from unet_jax.freeze import block_stats_mask, freeze_labels, preset_rules
+from unet_jax.freeze import FROZEN_NORM, freeze_labels, norm_masks, preset_rules
 from unet_jax.model import UNetSpec, init_model
 from unet_jax.optim import make_optimizer
 from unet_jax.schedules import Schedule, gradual, unfreeze_at
@@ -24,6 +24,7 @@ SPEC = UNetSpec(base_width=4, depth=2, norm='batch')
 STEPS = 4
 LR = 1e-3
 SUBSETS = ['contracting', 'head', 'full']
+BUNDLED = ['static', 'per_experiment', 'sequential', 'vmap', 'vmap_matmul']
 
 
 @pytest.fixture(scope='module')
@@ -32,68 +33,103 @@ def problem():
   rng = np.random.default_rng(0)
   images = rng.random((12, 16, 16, 1), np.float32)
   masks = (images > 0.5).astype(np.float32)
+  # Pretrained-like statistics, so that a layer on running statistics and one
+  # on batch statistics really differ.
+  leaves, treedef = jax.tree.flatten(stats)
+  stats = jax.tree.unflatten(treedef, [
+      x + 0.05 * rng.standard_normal(x.shape, np.float32) if i % 2 == 0
+      else x * rng.uniform(0.5, 1.5, x.shape).astype(np.float32)
+      for i, x in enumerate(leaves)])
   return graphdef, params, stats, images, masks
 
 
-def _bundle(params, stats, schedules, lrs=None):
+def _bundle(params, stats, schedules, lrs=None, frozen_norm='inference', num_images=12):
   num_stages = max(len(s.stages) for s in schedules)
   lrs = lrs or [LR] * len(schedules)
   setup = stack([make_setup(params, stats, sch, num_stages=num_stages, learning_rate=lr,
-                            weight_decay=0.0, seed_key=jax.random.key(i))
+                            weight_decay=0.0, seed_key=jax.random.key(i),
+                            frozen_norm=frozen_norm, train_index=np.arange(num_images),
+                            index_length=num_images)
                  for i, (sch, lr) in enumerate(zip(schedules, lrs))])
   state = stack([init_experiment_state(params, stats)] * len(schedules))
   return state, setup
 
 
-def _static_reference(graphdef, params, stats, images, masks, preset, key):
+def _static_reference(graphdef, params, stats, images, masks, preset, key, frozen_norm,
+                      steps=STEPS):
+  """One experiment through optax.partition + set_to_zero, the user's baseline."""
   rules = preset_rules(preset, SPEC.depth)
   optimizer = make_optimizer(freeze_labels(params, rules), LR)
-  chunk = make_train_chunk(graphdef, optimizer, block_stats_mask(stats, params, rules),
-                           batch_size=4, loop='host')
-  state, _ = chunk(init_state(params, stats, optimizer), images, masks, key,
-                   num_steps=STEPS)
+  norm = norm_masks(stats, params, rules, frozen_norm)
+  chunk = make_train_chunk(graphdef, optimizer, norm.update, batch_size=4,
+                           running=norm.running, loop='host')
+  state, _ = chunk(init_state(params, stats, optimizer), images, masks, key, num_steps=steps)
   return state, rules
 
 
-@pytest.mark.parametrize('strategy', ['static', 'per_experiment', 'sequential', 'vmap',
-                                      'vmap_matmul'])
-def test_bundle_matches_static_multi_transform(problem, strategy):
+def _float64(tree):
+  return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+
+
+@pytest.fixture(scope='module')
+def references64(problem):
+  """The optax.partition runs of every subset and policy, in float64, 3 steps."""
   graphdef, params, stats, images, masks = problem
-  schedules = [Schedule.constant(preset_rules(p, SPEC.depth)) for p in SUBSETS]
-  state, setup = _bundle(params, stats, schedules)
-  chunk = make_bundle_chunk(BundleContext(SPEC, 4), strategy, loop='host')
-  state, losses = chunk(state, setup, images, masks, num_steps=STEPS)
-  assert losses.shape == (STEPS, len(SUBSETS))
-  for i, preset in enumerate(SUBSETS):
-    ref, rules = _static_reference(graphdef, params, stats, images, masks, preset,
-                                   jax.random.key(i))
-    got = unstack(state, i)
-    labels = jax.tree.leaves(freeze_labels(params, rules))
-    for lab, r, g, p0 in zip(labels, jax.tree.leaves(ref.params),
-                             jax.tree.leaves(got.params), jax.tree.leaves(params)):
-      if lab == 'freeze':  # bit for bit, and untouched
-        np.testing.assert_array_equal(g, r)
-        np.testing.assert_array_equal(g, p0)
-      else:
-        # Adam turns float-noise-sized gradient differences into up to a
-        # full lr-sized step, so the bound is in units of lr * steps.
-        np.testing.assert_allclose(g, r, atol=LR * STEPS, rtol=0)
-        assert not np.array_equal(g, p0)
-    for r, g in zip(jax.tree.leaves(ref.stats), jax.tree.leaves(got.stats)):
-      np.testing.assert_allclose(g, r, atol=1e-3)
-    # Frozen blocks' BatchNorm statistics do not move at all.
-    frozen_stats = block_stats_mask(stats, params, rules)
-    for keep, s0, g in zip(jax.tree.leaves(frozen_stats), jax.tree.leaves(stats),
-                           jax.tree.leaves(got.stats)):
-      if not keep:
-        np.testing.assert_array_equal(g, s0)
-    # A frozen leaf's Adam state never moved either.
-    for lab, mu, count in zip(labels, jax.tree.leaves(got.opt_state.mu),
-                              jax.tree.leaves(got.opt_state.count)):
-      if lab == 'freeze':
-        assert int(count) == 0 and not np.any(mu)
-      else:
-        assert int(count) == STEPS
+  out = {}
+  with jax.enable_x64(True):
+    p64, s64, i64, m64 = _float64((params, stats, images, masks))
+    for policy in FROZEN_NORM:
+      for i, preset in enumerate(SUBSETS):
+        ref, rules = _static_reference(graphdef, p64, s64, i64, m64, preset,
+                                       jax.random.key(i), policy, steps=3)
+        out[policy, preset] = jax.tree.map(np.asarray, (ref.params, ref.stats)), rules
+  return out
+
+
+@pytest.mark.parametrize('strategy, policy', [(s, 'inference') for s in BUNDLED]
+                         + [('static', 'adapt'), ('vmap', 'adapt')])
+def test_bundle_matches_optax_partition_in_float64(problem, references64, strategy, policy,
+                                                  monkeypatch):
+  # In float32, Adam turns float-noise gradients (conv biases before
+  # BatchNorm) into lr-sized steps, so only a loose bound would hold; in
+  # float64 those gradients sit far below Adam's eps and the two paths
+  # must agree closely. enable_x64 is thread-local: one worker thread (two
+  # workers give the same bits, test_workers_give_the_same_bundle...).
+  monkeypatch.setenv('UNET_JAX_CPU_WORKERS', '1')
+  _, params, stats, images, masks = problem
+  with jax.enable_x64(True):
+    p64, s64, i64, m64 = _float64((params, stats, images, masks))
+    schedules = [Schedule.constant(preset_rules(p, SPEC.depth)) for p in SUBSETS]
+    state, setup = _bundle(p64, s64, schedules, frozen_norm=policy)
+    chunk = make_bundle_chunk(BundleContext(SPEC, 4), strategy, loop='host')
+    state, losses = chunk(state, setup, i64, m64, num_steps=3)
+    assert losses.shape == (3, len(SUBSETS)) and losses.dtype == np.float64
+    for i, preset in enumerate(SUBSETS):
+      (ref_params, ref_stats), rules = references64[policy, preset]
+      got = unstack(state, i)
+      labels = jax.tree.leaves(freeze_labels(params, rules))
+      for lab, r, g, p0 in zip(labels, jax.tree.leaves(ref_params),
+                               jax.tree.leaves(got.params), jax.tree.leaves(p64)):
+        if lab == 'freeze':  # bit for bit, and untouched
+          np.testing.assert_array_equal(g, r)
+          np.testing.assert_array_equal(g, p0)
+        else:
+          np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-6 * LR)
+          assert not np.array_equal(g, p0)
+      update = norm_masks(stats, params, rules, policy).update
+      for keep, r, g, s0 in zip(jax.tree.leaves(update), jax.tree.leaves(ref_stats),
+                                jax.tree.leaves(got.stats), jax.tree.leaves(s64)):
+        if keep:
+          np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-9)
+        else:  # frozen layers' statistics stay as pretrained, bit for bit
+          np.testing.assert_array_equal(g, s0)
+      # A frozen leaf's Adam state never moved either.
+      for lab, mu, count in zip(labels, jax.tree.leaves(got.opt_state.mu),
+                                jax.tree.leaves(got.opt_state.count)):
+        if lab == 'freeze':
+          assert int(count) == 0 and not np.any(mu)
+        else:
+          assert int(count) == 3
 
 
 @pytest.mark.parametrize('strategy', ['per_experiment', 'sequential', 'vmap'])

@@ -4,50 +4,74 @@ import os
 
 import pytest
 
-from unet_jax.schedules import gradual
+from unet_jax.block_order import block_groups, cumulative
+from unet_jax.freeze import FROZEN_NORM, parse_rules, trained_blocks
+from unet_jax.model import UNetSpec, init_model
+from unet_jax.schedules import parse_schedule
 from unet_jax.settings import SweepSettings, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER = os.path.join(ROOT, 'configs', 'paper.py')
 
 
-@pytest.mark.parametrize('variant', ['', 'smoke', 'scheme=depth', 'smoke,scheme=depth',
-                                     'dataset=chest_xray', 'seeds=3,smoke'])
-def test_paper_variants_validate(variant):
+@pytest.mark.parametrize('variant, seeds, schemes', [
+    ('', 5, 2), ('smoke', 5, 2), ('scheme=depth', 5, 1), ('smoke,scheme=flow', 5, 1),
+    ('dataset=chest_xray', 5, 2), ('seeds=3,smoke', 3, 2)])
+def test_paper_variants_validate(variant, seeds, schemes):
   settings = SweepSettings.from_config(load_config(f'{PAPER}:{variant}'))
-  seeds = 3 if 'seeds=3' in variant else 5
   assert settings.grid['seed'] == tuple(range(seeds))
   assert len(settings.runs()) == seeds * len(settings.experiments)
+  gradual = [e for e in settings.experiments if e.schedule.describe_kind()]
+  assert len(gradual) == 2 * schemes
 
 
-@pytest.mark.parametrize('scheme, depth, alone', [
-    ('flow', 4, ['enc1', 'enc2', 'enc3', 'enc4', 'bottleneck', 'dec4', 'dec3', 'dec2',
-                 'dec1']),
-    ('depth', 4, ['enc1+dec1+head', 'enc2+dec2', 'enc3+dec3', 'enc4+dec4', 'bottleneck'])])
-def test_paper_design(scheme, depth, alone):
-  config = load_config(f'{PAPER}:scheme={scheme}')
-  names = list(config.experiments.keys())
-  assert sorted(n[len('alone_'):] for n in names if n.startswith('alone_')) == sorted(alone)
-  groups = len(alone) + (scheme == 'flow')  # flow: 'head' alone is the 'head' experiment
-  for prefix in ('s2d_', 'd2s_'):
-    assert sorted(int(n[4:]) for n in names if n.startswith(prefix)) == \
-        list(range(1, groups))
-  for name in ('contracting', 'expanding', 'full', 'scratch', 'head', 'gradual_s2d',
-               'gradual_d2s'):
-    assert name in names
+def _trained_sets(config, depth):
+  """Experiment name -> the set of blocks it trains (one-stage, pretrained ones)."""
+  params = init_model(UNetSpec(base_width=4, depth=depth), 0)[1]
+  out = {}
+  for name, entry in config.experiments.items():
+    if isinstance(entry.rules, (str, tuple)) and entry.init == 'pretrained':
+      blocks = trained_blocks(params, parse_rules(entry.rules, depth))
+      assert not blocks['partly'], name
+      out[name] = frozenset(blocks['trained'])
+  return out
+
+
+@pytest.mark.parametrize('variant, depth', [('', 4), ('smoke', 2), ('scheme=flow', 4)])
+def test_paper_design_sweeps_every_subset_once(variant, depth):
+  config = load_config(f'{PAPER}:{variant}')
+  sets = _trained_sets(config, depth)
+  assert len(set(sets.values())) == len(sets)  # no subset under two names
+  schemes = ('flow',) if 'flow' in variant else ('flow', 'depth')
+  wanted = {frozenset(['head']), frozenset(['dec1', 'head'])}  # head and last: F3
+  for scheme in schemes:
+    groups = block_groups(scheme, depth)
+    wanted |= {frozenset(g) for g in groups}  # every block (group) alone
+    for k in range(1, len(groups)):
+      for direction in ('shallow_to_deep', 'deep_to_shallow'):
+        wanted.add(cumulative(scheme, depth, k, direction))
+  assert wanted <= set(sets.values())
+  for name in ('last', 'head', 'contracting', 'expanding', 'shallow', 'full', 'scratch'):
+    assert name in config.experiments
   assert config.experiments['scratch'].init == 'random'
-  # Cumulative subsets: s2d_1 is the shallowest group, d2s_1 the deepest.
-  s2d, d2s = config.experiments['s2d_1'].rules, config.experiments['d2s_1'].rules
-  first = {'flow': 'enc1', 'depth': 'enc1|dec1|head'}[scheme]
-  last = {'flow': 'head', 'depth': 'bottleneck'}[scheme]
-  assert s2d[0] == (first, 'train') and d2s[0] == (last, 'train')
-  spec = config.experiments['gradual_s2d'].rules
-  schedule = gradual(spec['gradual'], spec['direction'], spec['stage_steps'], depth)
-  assert len(schedule.stages) == groups
+  assert sets['last'] == {'dec1', 'head'}
+
+
+def test_paper_gradual_schedules_cover_both_orders():
+  config = load_config(f'{PAPER}:smoke')
+  kinds = {}
+  for name, entry in config.experiments.items():
+    schedule = parse_schedule(entry.rules, 2)
+    if schedule.describe_kind():
+      kinds[name] = schedule.describe_kind()
+  assert {(k['order'], k['direction']) for k in kinds.values()} == {
+      (o, d) for o in ('flow', 'depth') for d in ('shallow_to_deep', 'deep_to_shallow')}
+  for kind in kinds.values():  # one stage per group, the last as long as the others
+    assert kind['stage_steps'] == 8 // (len(block_groups(kind['order'], 2)) + 1)
 
 
 @pytest.mark.parametrize('variant, message', [
-    ('scheme=diagonal', 'valid: flow, depth'),
+    ('scheme=diagonal', 'valid: both, flow, depth'),
     ('dataset=busi', 'add root=<its folder>'),
     ('dataset=imagenet', 'valid: ultrasound, chest_xray, busi'),
     ('fast', "unknown variant 'fast'"),
@@ -57,7 +81,10 @@ def test_paper_bad_variants_are_named(variant, message):
     load_config(f'{PAPER}:{variant}')
 
 
-def test_default_variants_validate():
-  for variant in ('', 'tiny'):
-    SweepSettings.from_config(load_config(os.path.join(ROOT, 'configs', 'default.py') +
-                                          (f':{variant}' if variant else '')))
+@pytest.mark.parametrize('variant', ['', 'tiny'])
+def test_default_config_sweeps_seeds_with_a_policy(variant):
+  spec = os.path.join(ROOT, 'configs', 'default.py') + (f':{variant}' if variant else '')
+  settings = SweepSettings.from_config(load_config(spec))
+  assert len(settings.grid['seed']) >= 3  # a verdict needs seeds
+  assert settings.frozen_norm in FROZEN_NORM
+  assert {r.frozen_norm for r in settings.runs()} == {settings.frozen_norm}

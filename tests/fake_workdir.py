@@ -1,4 +1,9 @@
-"""A sweep work directory with made-up scores whose comparisons are known."""
+"""A sweep work directory with made-up scores whose comparisons are known.
+
+Summaries are written as the sweep writes them (``unet_jax.sweep.summarise``):
+the variant, the schedule with the blocks each stage trains, the schedule's
+kind, the training-set size.
+"""
 
 import json
 import os
@@ -6,83 +11,136 @@ import os
 import numpy as np
 
 from unet_jax import freeze, results
+from unet_jax.block_order import ORDERS, block_groups, cumulative
 from unet_jax.schedules import Schedule, gradual
 
 DEPTH = 2
 TOTAL_PARAMS = 1000
-# Fraction of parameters each preset trains in the fake network.
-TRAINABLE = {'full': 1.0, 'scratch': 1.0, 'contracting': 0.45, 'expanding': 0.5,
-             'shallow': 0.2, 'deep': 0.6, 'last': 0.1, 'head': 0.01}
+BLOCKS = [b for g in block_groups('flow', DEPTH) for b in g]
+PRESET_BLOCKS = {
+    'full': BLOCKS, 'scratch': BLOCKS, 'contracting': ['enc1', 'enc2', 'bottleneck'],
+    'expanding': ['dec2', 'dec1', 'head'], 'shallow': ['enc1', 'dec1'],
+    'deep': ['enc2', 'bottleneck', 'dec2'], 'last': ['dec1', 'head'], 'head': ['head'],
+}
 
 
-def _schedule_json(schedule: Schedule) -> list[dict]:
-  return [{'start': s, 'rules': [[r.pattern, r.action] for r in rules]}
-          for s, rules in zip(schedule.starts, schedule.stages)]
+def blocks_of(base: str) -> list[str]:
+  """The blocks a fake experiment trains, from its name.
+
+  Presets; ``alone_<a>+<b>``; cumulative ``[<order>_]s2d_<k>`` / ``d2s_<k>``
+  (flow when no order is given); ``<anything>@<preset>`` for a preset under
+  another name.
+  """
+  if '@' in base:
+    return PRESET_BLOCKS[base.split('@')[1]]
+  if base in PRESET_BLOCKS:
+    return PRESET_BLOCKS[base]
+  if base.startswith('alone_'):
+    return base[len('alone_'):].split('+')
+  parts = base.split('_')
+  order = parts[0] if parts[0] in ORDERS else 'flow'
+  kind, k = parts[-2], int(parts[-1])
+  direction = 'shallow_to_deep' if kind == 's2d' else 'deep_to_shallow'
+  return sorted(cumulative(order, DEPTH, k, direction), key=BLOCKS.index)
 
 
 def _schedule(base: str) -> tuple[Schedule, str]:
-  """(schedule, init) of a preset name or 'gradual_<order>_<direction>'."""
+  """(schedule, init) of a fake experiment's name (``gradual_<order>_<direction>``)."""
   if base.startswith('gradual_'):
     _, order, direction = base.split('_', 2)
+    direction = {'s2d': 'shallow_to_deep', 'd2s': 'deep_to_shallow'}.get(direction, direction)
     return gradual(order, direction, 5, DEPTH), 'pretrained'
-  preset = 'full' if base == 'scratch' else base
+  blocks = blocks_of(base)
   init = 'random' if base == 'scratch' else 'pretrained'
-  return Schedule.constant(freeze.preset_rules(preset, DEPTH)), init
+  rules = (freeze.FreezeRule('|'.join(blocks), 'train'), freeze.FreezeRule('.*', 'freeze'))
+  return Schedule.constant(rules), init
+
+
+def _stage_blocks(rules) -> list[str]:
+  pattern = rules[0].pattern if rules[0].action == 'train' else ''
+  return [b for b in BLOCKS if b in pattern.split('|') or pattern == '.*']
 
 
 def write(workdir, means: dict[str, float], *, seeds=(1, 2, 3, 4, 5), images=20,
-          source='ultrasound', noise=0.03, histories: dict[str, list[dict]] | None = None,
-          distances=False, shared_noise=False, seed=0) -> str:
+          source='ultrasound', noise=0.03, seed_sd=0.01, histories=None,
+          distances=False, shared_noise=False, seed=0, folds=0, specs=None) -> str:
   """Writes results.jsonl, summaries and config.json; returns the directory.
 
-  Dice of (experiment, seed, image) = mean + image effect + seed effect +
-  noise. ``histories`` maps a base to its history rows (same for every seed);
-  ``shared_noise`` gives every experiment the same noise, so equal means give
-  identical scores.
+  Dice of (experiment, seed, image) = mean + image effect + run effect
+  (``seed_sd``, one per experiment and seed) + noise. ``histories`` maps a
+  base to its history rows, or to a function of the seed returning them;
+  ``shared_noise`` gives every experiment the same noise and run effects,
+  so equal means give identical scores. With ``folds`` >= 2 each image is
+  scored by the run of its fold (image i in fold i % folds). ``specs`` maps
+  a base to its (schedule, init) where the name does not say it.
   """
   rng = np.random.default_rng(seed)
   workdir = os.fspath(workdir)
   image_effect = rng.normal(0, 0.05, images)
-  seed_effect = {s: rng.normal(0, 0.01) for s in seeds}
   shared = {s: rng.normal(0, noise, images) for s in seeds}
+  shared_runs = {s: rng.normal(0, seed_sd) for s in seeds}
+  fold_list = list(range(folds)) if folds > 1 else [None]
   rows = []
   for base, mean in means.items():
-    schedule, init = _schedule(base)
+    schedule, init = (specs or {}).get(base) or _schedule(base)
     for s in seeds:
-      name = f'{base}-seed{s}' if len(seeds) > 1 else base
       eps = shared[s] if shared_noise else rng.normal(0, noise, images)
-      dice = np.clip(mean + image_effect + seed_effect[s] + eps, 0, 1)
-      exp_rows = []
-      for i in range(images):
-        row = {'experiment': name, 'seed': s, 'image_id': f'us_{i:05d}',
-               'label': 'benign' if i % 3 else 'malignant', 'dice': float(dice[i]),
-               'iou': float(dice[i] / (2 - dice[i])), 'pred_pixels': 100,
-               'true_pixels': 100}
-        if distances:
-          row['hd95'] = float('nan') if i == 0 else float(10 * (1 - dice[i]))
-          row['assd'] = float('nan') if i == 0 else float(3 * (1 - dice[i]))
-        exp_rows.append(row)
-      rows += exp_rows
-      folder = os.path.join(workdir, 'experiments', name)
-      os.makedirs(folder, exist_ok=True)
-      frac = 1.0 if base.startswith('gradual') else TRAINABLE[base]
-      results.write_json(os.path.join(folder, 'summary.json'), {
-          'name': name, 'base': base, 'init': init, 'seed': s, 'learning_rate': 1e-3,
-          'weight_decay': 0.0, 'schedule': _schedule_json(schedule),
-          'rules': _schedule_json(schedule)[0]['rules'], 'frozen': [],
-          'trainable_params': int(frac * TOTAL_PARAMS), 'total_params': TOTAL_PARAMS,
-          'steps': 40, 'mean_dice': float(dice.mean()), 'dice_ci95': [0.0, 1.0]})
-      results.write_jsonl(os.path.join(folder, 'results.jsonl'), exp_rows)
-      if histories and base in histories:
-        results.write_jsonl(os.path.join(folder, 'history.jsonl'), histories[base])
+      run = {f: shared_runs[s] if shared_noise else rng.normal(0, seed_sd) for f in fold_list}
+      fold_of = [None if folds <= 1 else i % folds for i in range(images)]
+      dice = np.clip(mean + image_effect + np.asarray([run[f] for f in fold_of]) + eps, 0, 1)
+      for fold in fold_list:
+        name = base + (f'-seed{s}' if len(seeds) > 1 else '') + (
+            f'-fold{fold}' if fold is not None else '')
+        exp_rows = []
+        for i in range(images):
+          if fold_of[i] != fold:
+            continue
+          row = {'experiment': name, 'seed': s, 'fold': fold, 'image_id': f'us_{i:05d}',
+                 'label': 'benign' if i % 3 else 'malignant', 'dice': float(dice[i]),
+                 'iou': float(dice[i] / (2 - dice[i])), 'pred_pixels': 100,
+                 'true_pixels': 100}
+          if distances:
+            row['hd95'] = float('nan') if i == 0 else float(10 * (1 - dice[i]))
+            row['assd'] = float('nan') if i == 0 else float(3 * (1 - dice[i]))
+          exp_rows.append(row)
+        rows += exp_rows
+        _write_run(workdir, name, base, s, fold, folds, schedule, init, exp_rows,
+                   histories, images)
   results.write_jsonl(os.path.join(workdir, 'results.jsonl'), rows)
-  config = {'data': {'source': source, 'num_images': 5 * images, 'test_fraction': 0.2},
+  config = {'data': {'source': source, 'num_images': 5 * images, 'test_fraction': 0.2,
+                     'folds': folds},
             'model': {'depth': DEPTH, 'base_width': 4, 'norm': 'batch', 'in_channels': 1,
                       'group_size': 8, 'bn_momentum': 0.9},
             'experiments': {b: {} for b in means}, 'only': ''}
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     json.dump(config, f)
   return workdir
+
+
+def _write_run(workdir, name, base, seed, fold, folds, schedule, init, rows, histories,
+               images):
+  folder = os.path.join(workdir, 'experiments', name)
+  os.makedirs(folder, exist_ok=True)
+  stages = [{'start': s, 'rules': [[r.pattern, r.action] for r in rules],
+             'trained': _stage_blocks(rules), 'partly': []}
+            for s, rules in zip(schedule.starts, schedule.stages)]
+  trained = stages[-1]['trained']
+  frozen = [f'{b}/kernel' for b in BLOCKS if b not in stages[0]['trained']]
+  dice = [r['dice'] for r in rows]
+  results.write_json(os.path.join(folder, 'summary.json'), {
+      'name': name, 'base': base, 'variant': '', 'init': init, 'seed': seed, 'fold': fold,
+      'folds': folds, 'learning_rate': 1e-3, 'weight_decay': 0.0,
+      'frozen_norm': 'inference', 'schedule': stages,
+      'schedule_kind': schedule.describe_kind(), 'rules': stages[0]['rules'],
+      'frozen': frozen,
+      'trainable_params': int(TOTAL_PARAMS * len(trained) / len(BLOCKS)),
+      'total_params': TOTAL_PARAMS, 'steps': 40, 'train_images': 4 * images,
+      'mean_dice': float(np.mean(dice)), 'dice_ci95': [0.0, 1.0]})
+  results.write_jsonl(os.path.join(folder, 'results.jsonl'), rows)
+  if histories and base in histories:
+    history = histories[base]
+    results.write_jsonl(os.path.join(folder, 'history.jsonl'),
+                        history(seed) if callable(history) else history)
 
 
 def curve(rise_steps: int, best: float, steps=40, every=5) -> list[dict]:

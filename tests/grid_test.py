@@ -4,7 +4,7 @@ from unet_jax.schedules import parse_schedule
 
 def _axes(**over):
   axes = dict(seed=(0,), learning_rate=(1e-3,), weight_decay=(0.0,), steps=(10,),
-              batch_size=(8,))
+              batch_size=(8,), frozen_norm=('inference',), fold=(None,))
   axes.update(over)
   return axes
 
@@ -37,3 +37,16 @@ def test_shape_axes_split_bundles_and_say_so():
 def test_max_bundle_caps_size():
   bundles, _ = group_bundles(expand(BASES, _axes(seed=(0, 1, 2))), max_size=4)
   assert [len(b) for b in bundles] == [4, 2]
+
+
+def test_variant_leaves_out_the_replicate_axes():
+  runs = expand(BASES, _axes(seed=(0, 1), fold=(0, 1, 2), frozen_norm=('inference', 'adapt')))
+  assert len(runs) == 2 * 2 * 3 * 2
+  run = runs[0]
+  assert run.name == 'full-seed0-norminference-fold0'
+  assert run.variant == '-norminference'  # seeds and folds are replicates, not variants
+  assert {r.variant for r in runs} == {'-norminference', '-normadapt'}
+  assert {(r.fold, r.frozen_norm) for r in runs if r.base == 'head'} == {
+      (f, p) for f in range(3) for p in ('inference', 'adapt')}
+  bundles, split_by = group_bundles(runs)
+  assert len(bundles) == 1 and split_by == []  # policies and folds share a program

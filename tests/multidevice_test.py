@@ -40,7 +40,9 @@ from unet_jax.schedules import Schedule, gradual
 def make_bundle(params, stats, schedules):
   stages = max(len(s.stages) for s in schedules)
   setup = stack([make_setup(params, stats, s, num_stages=stages, learning_rate=1e-3,
-                            weight_decay=0.0, seed_key=jax.random.key(i))
+                            weight_decay=0.0, seed_key=jax.random.key(i),
+                            frozen_norm='inference', train_index=np.arange(8),
+                            index_length=8)
                  for i, s in enumerate(schedules)])
   return stack([init_experiment_state(params, stats)] * len(schedules)), setup
 
@@ -123,7 +125,8 @@ def _free_port() -> int:
 
 def _sweep_args(workdir):
   return [sys.executable, SWEEP, f'--config={TINY}', '--config.only=full,head,contracting,last',
-          '--config.strategy=sharded_vmap', f'--workdir={workdir}', '--noprogress']
+          '--config.grid.seed=(0,)', '--config.strategy=sharded_vmap', f'--workdir={workdir}',
+          '--noprogress']
 
 
 def _read(workdir):

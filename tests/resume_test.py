@@ -38,8 +38,9 @@ def _run(problem, experiments, strategy='static', **kwargs):
   init, images, masks = problem
   with tqdm.tqdm(disable=True) as bar:
     return run_bundle(BundleContext(SPEC, 4), experiments, [init] * len(experiments),
-                      images, masks, strategy=strategy, loop='host', chunk_steps=2, bar=bar,
-                      val=(images[:4], masks[:4]), **kwargs)
+                      images, masks, train_index=[np.arange(len(images))] * len(experiments),
+                      strategy=strategy, loop='host', chunk_steps=2, bar=bar,
+                      val=[(images[:4], masks[:4])] * len(experiments), **kwargs)
 
 
 def _assert_same_weights(a: Weights, b: Weights):

@@ -10,6 +10,7 @@ from unet_jax.schedules import (
   block_groups,
   gradual,
   parse_schedule,
+  stage_index,
   stage_table,
   unfreeze_at,
 )
@@ -36,7 +37,21 @@ def test_gradual_is_cumulative(order, direction, first, last_added):
   for earlier, later in zip(patterns, patterns[1:]):
     assert set(earlier) < set(later)
   assert last_added in patterns[-1] and last_added not in patterns[-2]
-  assert sched.stage_at(0) == 0 and sched.stage_at(19) == 1
+  assert stage_index(np.asarray(sched.starts), 0) == 0
+  assert stage_index(np.asarray(sched.starts), 19) == 1
+  assert dict(sched.kind) == {'kind': 'gradual', 'order': order, 'direction': direction,
+                              'stage_steps': 10}
+
+
+def test_stage_lookup_agrees_on_host_and_in_a_program():
+  starts = np.asarray([0, 5, 9, NEVER], np.int32)
+  steps = np.arange(0, 14)
+  host = [stage_index(starts, int(t)) for t in steps]
+  assert host == [0] * 5 + [1] * 4 + [2] * 5
+  traced = jax.jit(jax.vmap(lambda t: stage_index(jax.numpy.asarray(starts), t)))(steps)
+  assert traced.tolist() == host
+  table = np.stack([starts, np.asarray([0, 2, NEVER, NEVER], np.int32)])
+  assert stage_index(table, np.asarray([6, 6])).tolist() == [1, 1]
 
 
 def test_stage_table_pads_with_stages_that_never_start(tiny_model):

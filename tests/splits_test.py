@@ -60,3 +60,38 @@ def test_kfold_with_one_class_is_a_plain_split():
 def test_kfold_rejects_bad_k(k, message):
   with pytest.raises(UserError, match=message):
     data.kfold_split(LABELS, k, seed=0)
+
+
+def test_plan_splits_gives_the_sizes_the_sweep_uses():
+  splits = data.plan_splits(LABELS, test_fraction=0.4, val_fraction=0.25, folds=0, seed=0)
+  assert len(splits) == 1
+  split = splits[0]
+  # Per class: round(11 * 0.4) = 4, round(7 * 0.4) = 3, round(4 * 0.4) = 2 test images.
+  assert split.sizes() == {'fit': 10, 'val': 3, 'test': 9}
+  everything = np.concatenate([split.fit, split.val, split.test])
+  assert sorted(everything.tolist()) == list(range(len(LABELS)))
+
+
+def test_plan_splits_with_folds_tests_every_image_once():
+  splits = data.plan_splits(LABELS, test_fraction=0.4, val_fraction=0.2, folds=4, seed=3)
+  assert len(splits) == 4
+  tested = np.concatenate([s.test for s in splits])
+  assert sorted(tested.tolist()) == list(range(len(LABELS)))
+  for s in splits:
+    parts = [set(s.fit.tolist()), set(s.val.tolist()), set(s.test.tolist())]
+    assert sum(map(len, parts)) == len(LABELS) and not parts[0] & parts[1]
+    assert not (parts[0] | parts[1]) & parts[2]
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    # The validator once rounded over the total (0.9 images -> 1 test image)
+    # while the splitter rounds per class (0.3 each -> 0): refused, with sizes.
+    (dict(test_fraction=0.1, val_fraction=0.2, folds=0), 'gives 6 fit, 3 val, 0 test'),
+    (dict(test_fraction=0.4, val_fraction=0.1, folds=0), '0 val'),
+    (dict(test_fraction=0.4, val_fraction=0.9, folds=3), 'with fold 0 of 3'),
+])
+def test_plan_splits_refuses_an_empty_part_with_its_sizes(kwargs, message):
+  labels = ['a', 'b', 'c'] * 3
+  with pytest.raises(UserError, match='every part needs at least one') as e:
+    data.plan_splits(labels, seed=0, **kwargs)
+  assert message in str(e.value) and '9 images (3 a, 3 b, 3 c)' in str(e.value)

@@ -25,8 +25,10 @@ TINY = os.path.join(ROOT, 'configs', 'default.py') + ':tiny'
 
 
 def tiny_config(**overrides):
+  """configs/default.py:tiny with two experiments and one seed (names without suffixes)."""
   config = load_config(TINY)
   config.only = 'full,head'
+  config.grid.seed = (0,)
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split('.')
@@ -81,16 +83,22 @@ def test_checkpoints_read_back_with_plain_orbax(sweep_dir):
   pre = checkpointer.restore(os.path.join(workdir, 'pretrain', 'weights'))
   head = checkpointer.restore(os.path.join(workdir, 'experiments', 'head', 'weights'))
   full = checkpointer.restore(os.path.join(workdir, 'experiments', 'full', 'weights'))
-  # 'head' froze everything but the head: its encoder is the pretrained one.
+  # 'head' froze everything but the head: its encoder is the pretrained one,
+  # its statistics followed the target data (frozen_norm='adapt', the default).
   np.testing.assert_array_equal(pre['params']['enc1']['conv1']['kernel'],
                                 head['params']['enc1']['conv1']['kernel'])
-  np.testing.assert_array_equal(pre['batch_stats']['enc1']['norm1']['mean'],
-                                head['batch_stats']['enc1']['norm1']['mean'])
+  assert not np.array_equal(pre['batch_stats']['enc1']['norm1']['mean'],
+                            head['batch_stats']['enc1']['norm1']['mean'])
   assert not np.array_equal(pre['params']['head']['kernel'], head['params']['head']['kernel'])
   assert not np.array_equal(pre['params']['enc1']['conv1']['kernel'],
                             full['params']['enc1']['conv1']['kernel'])
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['only'] == 'full,head'
+  with open(os.path.join(workdir, 'experiments', 'head', 'summary.json')) as f:
+    summary = json.load(f)
+  assert summary['frozen_norm'] == 'adapt' and summary['hd95_convention'] == 'max'
+  assert summary['schedule'][0]['trained'] == ['head']
+  assert summary['train_images'] + summary['val_images'] + summary['test_images'] == 16
 
 
 def test_sweep_ends_with_a_report_history_and_events(sweep_dir):
@@ -158,7 +166,16 @@ def test_pretraining_is_reused(sweep_dir, capsys):
     ({'experiments.head.rules': 'encoder'}, "'experiments.head.rules': unknown freeze preset"),
     ({'experiments.head.init': 'imagenet'}, 'valid choices: pretrained, random'),
     ({'finetune.steps': 0}, "'finetune.steps' must be an integer >= 1"),
-    ({'data.test_fraction': 0.01}, 'leaves no train or no test images'),
+    ({'data.test_fraction': 0.01}, '0 test images (split per class); every part needs'),
+    ({'finetune.frozen_norm': 'train'}, "'finetune.frozen_norm' is 'train'; valid choices: "
+                                        'inference, adapt'),
+    ({'grid.frozen_norm': ('adapt', 'eval')}, "'grid.frozen_norm' has a bad value 'eval'; "
+                                              'valid: inference, adapt'),
+    ({'grid.fold': (0, 1)}, "'grid.fold' needs data.folds >= 2"),
+    ({'data.folds': 3, 'grid.fold': (3,)}, "bad value 3; folds are 0..2"),
+    ({'evaluation.hd95': 'mean'}, "'evaluation.hd95' is 'mean'; valid choices: max, pooled"),
+    ({'finetune.update_frozen_stats': True}, "'finetune.update_frozen_stats' was replaced by "
+                                             "finetune.frozen_norm"),
     ({'pretrain.source': 'xpie'}, 'valid choices: ultrasound, dead_leaves'),
 ])
 def test_bad_config_fields_are_named(tmp_path, overrides, message):
@@ -241,19 +258,22 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path, args, message):
   assert 'Traceback' not in proc.stderr
 
 
-def test_cli_runs_and_prints_table(tmp_path):
-  proc = _cli(f'--config={ROOT}/configs/default.py:tiny', '--config.only=head',
+def test_cli_runs_and_prints_the_table_with_seed_spread(tmp_path):
+  proc = _cli(f'--config={ROOT}/configs/default.py:tiny', '--config.only=head,full',
               '--workdir', str(tmp_path / 'w'), '--noprogress', cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
-  header = proc.stdout.splitlines()[0].split()
-  assert header == ['experiment', 'trainable', 'dice', '95%', 'CI', 'steps', 'seconds']
-  assert proc.stdout.splitlines()[2].startswith('head')
+  lines = proc.stdout.splitlines()
+  assert lines[0].split() == ['experiment', 'trained', 'dice', 'seed', 'SD', 'seed', 'means',
+                              '(n)', '95%', 'CI', 'steps', 's/run']
+  assert {lines[2].split()[0], lines[3].split()[0]} == {'head', 'full'}
+  assert '(3)' in lines[2]  # three seeds each
+  assert any(line.startswith('F1 ') for line in lines)
   assert os.path.exists(tmp_path / 'w' / 'results.jsonl')
 
 
 def _sweep_command(workdir):
   return [sys.executable, SWEEP, f'--config={TINY}', f'--workdir={workdir}',
-          '--config.only=full,head', '--config.finetune.steps=12',
+          '--config.only=full,head', '--config.grid.seed=(0,)', '--config.finetune.steps=12',
           '--config.strategy=static', '--progress=false']
 
 
@@ -322,6 +342,60 @@ def test_interrupted_sweep_resumes_to_identical_results(tmp_path, straight_run):
       np.testing.assert_array_equal(a, b)  # bitwise
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
 
+
+
+def _weights(workdir, name):
+  return ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, 'experiments', name, 'weights'))
+
+
+def test_common_random_numbers_whatever_the_names(tmp_path):
+  # Two experiments with the same rules and seed under different names train
+  # the same network; adding experiments to a sweep changes no result.
+  config = tiny_config(only='twin_a,twin_b,full')
+  for name in ('twin_a', 'twin_b'):
+    config.experiments[name] = {'rules': 'contracting', 'init': 'pretrained'}
+  workdir = str(tmp_path / 'both')
+  run_sweep(config, workdir, progress=False)
+  a, b = _weights(workdir, 'twin_a'), _weights(workdir, 'twin_b')
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a['params']['enc1']['conv1']['kernel'],
+                            _weights(workdir, 'full')['params']['enc1']['conv1']['kernel'])
+  rows = read_jsonl(os.path.join(workdir, 'results.jsonl'))
+  scores = {n: [(r['image_id'], r['dice'], r['hd95']) for r in rows if r['experiment'] == n]
+            for n in ('twin_a', 'twin_b')}
+  assert scores['twin_a'] == scores['twin_b']
+  alone = tiny_config(only='twin_b')
+  alone.experiments['twin_b'] = {'rules': 'contracting', 'init': 'pretrained'}
+  workdir_alone = str(tmp_path / 'alone')
+  run_sweep(alone, workdir_alone, progress=False)
+  for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(_weights(workdir_alone, 'twin_b'))):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_cross_validation_folds_in_one_bundle(tmp_path):
+  workdir = str(tmp_path)
+  summaries = run_sweep(tiny_config(**{'data.folds': 4, 'grid.seed': (0, 1)}), workdir,
+                        progress=False)
+  assert len(summaries) == 2 * 2 * 4 and {s['bundle'] for s in summaries} == {0}
+  assert {s['fold'] for s in summaries} == {0, 1, 2, 3}
+  assert sorted(s['name'] for s in summaries)[:2] == ['full-seed0-fold0', 'full-seed0-fold1']
+  rows = read_jsonl(os.path.join(workdir, 'results.jsonl'))
+  for seed in (0, 1):
+    tested = [r['image_id'] for r in rows if r['seed'] == seed and r['experiment'].startswith(
+        'head')]
+    assert sorted(tested) == sorted(set(tested)) and len(tested) == 16  # each image once
+  by_fold = {s['fold']: s for s in summaries if s['base'] == 'head' and s['seed'] == 0}
+  assert sum(s['test_images'] for s in by_fold.values()) == 16
+  assert all(s['train_images'] + s['val_images'] + s['test_images'] == 16
+             for s in by_fold.values())
+  with np.load(os.path.join(workdir, 'test_set.npz')) as f:
+    assert len(f['ids']) == 16  # every image is a test image once
+  from unet_jax import compare
+  res = compare.load(workdir)
+  row = res.summary().set_index('base').loc['head']
+  assert (row['n_runs'], row['n_images']) == (2, 16)  # folds pooled per seed
 
 
 def test_sweep_on_a_real_set_from_its_folder(tmp_path):

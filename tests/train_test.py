@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from unet_jax.freeze import block_stats_mask, freeze_labels, preset_rules, trainable_mask
+from unet_jax.freeze import freeze_labels, norm_masks, preset_rules, trainable_mask
 from unet_jax.model import UNetSpec, init_model
 from unet_jax.optim import make_optimizer
 from unet_jax.train import init_state, make_train_chunk
@@ -10,13 +10,13 @@ from unet_jax.train import init_state, make_train_chunk
 STEPS = 3
 
 
-def _train(spec, preset, update_frozen_stats=False):
+def _train(spec, preset, frozen_norm='inference'):
   graphdef, params, stats = init_model(spec, seed=0)
   rules = preset_rules(preset, spec.depth)
   optimizer = make_optimizer(freeze_labels(params, rules), 1e-2)
-  stats_mask = (jax.tree.map(lambda _: True, stats) if update_frozen_stats
-                else block_stats_mask(stats, params, rules))
-  chunk = make_train_chunk(graphdef, optimizer, stats_mask, batch_size=4)
+  norm = norm_masks(stats, params, rules, frozen_norm)
+  chunk = make_train_chunk(graphdef, optimizer, norm.update, batch_size=4,
+                           running=norm.running)
   rng = np.random.default_rng(0)
   images = rng.random((8, 16, 16, 1), np.float32)
   masks = (images > 0.5).astype(np.float32)
@@ -41,9 +41,9 @@ def test_frozen_leaves_bit_identical_and_trained_leaves_move(preset):
       np.testing.assert_array_equal(before, after)
 
 
-def test_frozen_blocks_keep_batchnorm_statistics():
+def test_frozen_blocks_keep_batchnorm_statistics_under_inference():
   spec = UNetSpec(base_width=4, depth=2, norm='batch')
-  _, stats, state, _, _ = _train(spec, 'contracting')
+  _, stats, state, _, _ = _train(spec, 'contracting', 'inference')
   # The encoder's statistics move, the decoder's stay.
   assert not np.array_equal(stats['enc1']['norm1']['mean'],
                             state.stats['enc1']['norm1']['mean'])
@@ -53,9 +53,9 @@ def test_frozen_blocks_keep_batchnorm_statistics():
                                 state.stats['dec2']['block']['norm2']['var'])
 
 
-def test_update_frozen_stats_option():
+def test_frozen_blocks_statistics_follow_the_data_under_adapt():
   spec = UNetSpec(base_width=4, depth=2, norm='batch')
-  _, stats, state, _, _ = _train(spec, 'contracting', update_frozen_stats=True)
+  _, stats, state, _, _ = _train(spec, 'contracting', 'adapt')
   assert not np.array_equal(stats['dec1']['block']['norm1']['mean'],
                             state.stats['dec1']['block']['norm1']['mean'])
 

@@ -47,8 +47,8 @@ from unet_jax.execution import (
   split_experiments,
 )
 from unet_jax.masked_adam import MaskedAdamState, apply_masked, masked_adam
-from unet_jax.model import UNetSpec, apply_model, init_model
-from unet_jax.schedules import Schedule, stage_table
+from unet_jax.model import UNetSpec, apply_model, init_model, norm_layer_tree
+from unet_jax.schedules import Schedule, stage_index, stage_table
 from unet_jax.train import draw_batch, host_loop, resolve_loop, segmentation_loss
 
 PyTree = Any
@@ -68,9 +68,24 @@ class ExperimentSetup(NamedTuple):
   starts: jax.Array  # [S] int32: first step of each schedule stage
   masks: PyTree  # per parameter leaf, [S] float32, 1 = trained in that stage
   stats_masks: PyTree  # per BatchNorm statistic, [S] float32, 1 = updated
+  # Per BatchNorm layer (model.norm_layer_tree), [S] float32: 1 = the layer
+  # normalises with its running statistics in training (finetune.frozen_norm).
+  norm_running: PyTree
   learning_rate: jax.Array  # float32 scalar
   weight_decay: jax.Array  # float32 scalar
   key: jax.Array  # uint32 raw PRNG key data
+  # The experiment's training images: indices into the bundle's image array,
+  # padded to the bundle's longest index list; train_count of them are valid.
+  train_index: jax.Array  # [N] int32
+  train_count: jax.Array  # int32 scalar
+
+
+class StageMasks(NamedTuple):
+  """One stage's masks as Python bools in flattening order: compile-time constants."""
+
+  params: tuple[bool, ...]  # trained parameter leaves
+  stats: tuple[bool, ...]  # updated running statistics
+  running: tuple[bool, ...]  # BatchNorm layers on running statistics in training
 
 
 class ExperimentState(NamedTuple):
@@ -90,7 +105,6 @@ class BundleContext:
 
   spec: UNetSpec
   batch_size: int
-  update_frozen_stats: bool = False
   rewarmup_steps: int = 0
 
   @functools.cached_property
@@ -101,21 +115,32 @@ class BundleContext:
 
 
 def make_setup(params: PyTree, stats: PyTree, schedule: Schedule, *, num_stages: int,
-               learning_rate: float, weight_decay: float, seed_key: jax.Array
+               learning_rate: float, weight_decay: float, seed_key: jax.Array,
+               frozen_norm: str, train_index: np.ndarray, index_length: int
                ) -> ExperimentSetup:
-  """One experiment's setup as numpy arrays, ready to stack."""
+  """One experiment's setup as numpy arrays, ready to stack.
+
+  ``frozen_norm`` is a policy of ``freeze.FROZEN_NORM``; ``train_index``
+  the experiment's training images, padded to ``index_length``.
+  """
   table = stage_table(params, schedule, num_stages)
-  stats_masks = [jax.tree.leaves(freeze.block_stats_mask(stats, params, rules))
-                 for rules in schedule.stages]
-  stats_masks += [stats_masks[-1]] * (num_stages - len(stats_masks))
-  treedef = jax.tree.structure(stats)
-  per_leaf = [np.asarray([m[i] for m in stats_masks], np.float32)
-              for i in range(treedef.num_leaves)]
+  norms = [freeze.norm_masks(stats, params, rules, frozen_norm) for rules in schedule.stages]
+  norms += [norms[-1]] * (num_stages - len(norms))
+
+  def per_leaf(trees):  # S trees of bools -> one tree of [S] float32
+    columns = [jax.tree.leaves(t) for t in trees]
+    return jax.tree.unflatten(jax.tree.structure(trees[0]),
+                              [np.asarray(stage, np.float32) for stage in zip(*columns)])
+
+  index = np.zeros(index_length, np.int32)
+  index[:len(train_index)] = train_index
   return ExperimentSetup(
       starts=table['starts'], masks=table['masks'],
-      stats_masks=jax.tree.unflatten(treedef, per_leaf),
+      stats_masks=per_leaf([n.update for n in norms]),
+      norm_running=per_leaf([n.running for n in norms]),
       learning_rate=np.float32(learning_rate), weight_decay=np.float32(weight_decay),
-      key=np.asarray(jax.random.key_data(seed_key)))
+      key=np.asarray(jax.random.key_data(seed_key)),
+      train_index=index, train_count=np.int32(len(train_index)))
 
 
 def init_experiment_state(params: PyTree, stats: PyTree) -> ExperimentState:
@@ -133,18 +158,26 @@ def unstack(tree: PyTree, index: int) -> PyTree:
   return jax.tree.map(lambda x: x[index], tree)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _loss_and_grads(graphdef: nnx.GraphDef, params: PyTree, stats: PyTree,
-                    images: jax.Array, masks: jax.Array):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _loss_and_grads(graphdef: nnx.GraphDef, static_running: tuple | None, params: PyTree,
+                    stats: PyTree, running: PyTree, images: jax.Array, masks: jax.Array):
   """((loss, new statistics), gradients) of one batch.
+
+  ``static_running`` (a tuple of bools, one per BatchNorm layer) replaces
+  the traced per-layer flags ``running`` by constants, as ``static_stage``
+  does in :func:`experiment_step`.
 
   Jitted on its own so that it is traced once per model and batch shape:
   the programs of a ``static`` bundle (one per freeze mask) reuse the trace
   and XLA still drops the frozen leaves' gradient work once it is inlined.
   Tracing the U-Net through nnx took about 0.6 s of each program.
   """
+  if static_running is not None:
+    running = jax.tree.unflatten(jax.tree.structure(norm_layer_tree(stats)), static_running)
+
   def loss_fn(params):
-    logits, new_stats = apply_model(graphdef, params, stats, images, train=True)
+    logits, new_stats = apply_model(graphdef, params, stats, images, train=True,
+                                    running=running)
     return segmentation_loss(logits, masks), new_stats
 
   return jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -152,14 +185,18 @@ def _loss_and_grads(graphdef: nnx.GraphDef, params: PyTree, stats: PyTree,
 
 def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
                     setup: ExperimentSetup, images: jax.Array, masks: jax.Array,
-                    static_stage: tuple | None = None, *, data_shards: int = 1
+                    static_stage: StageMasks | None = None, *, data_shards: int = 1
                     ) -> tuple[ExperimentState, jax.Array]:
-  """One training step of one experiment, with its mask looked up by step.
+  """One training step of one experiment, with its masks looked up by step.
 
-  ``static_stage`` (a pair of bool tuples, parameter and statistics leaves)
-  replaces the looked-up mask by a compile-time constant: XLA then drops the
-  gradient work of frozen leaves, as it does for ``optax.partition``, at the
-  price of one program per distinct mask.
+  ``static_stage`` replaces the looked-up masks by compile-time constants:
+  XLA then drops the gradient work of frozen leaves, as it does for
+  ``optax.partition``, and BatchNorm layers on running statistics skip the
+  batch statistics, at the price of one program per distinct stage.
+
+  BatchNorm modes in training follow ``setup.norm_running`` (and
+  ``setup.stats_masks`` for which running statistics move): the
+  ``finetune.frozen_norm`` policy, applied identically whatever the strategy.
 
   ``data_shards > 1`` (inside ``shard_map`` over a mesh axis ``'data'``)
   splits the batch: each shard draws ``batch_size / data_shards`` images
@@ -169,22 +206,25 @@ def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
   """
   TRACES['experiment_step'] += 1
   if static_stage is None:
-    stage = jnp.sum(state.step >= setup.starts) - 1
+    stage = stage_index(setup.starts, state.step)
     mask = jax.tree.map(lambda m: m[stage], setup.masks)
     stats_mask = jax.tree.map(lambda m: m[stage] > 0, setup.stats_masks)
+    running, static_running = jax.tree.map(lambda m: m[stage] > 0, setup.norm_running), None
   else:
-    mask = jax.tree.unflatten(jax.tree.structure(state.params), static_stage[0])
-    stats_mask = jax.tree.unflatten(jax.tree.structure(state.stats), static_stage[1])
+    mask = jax.tree.unflatten(jax.tree.structure(state.params), static_stage.params)
+    stats_mask = jax.tree.unflatten(jax.tree.structure(state.stats), static_stage.stats)
+    running, static_running = None, static_stage.running
   key = jax.random.wrap_key_data(setup.key)
   batch_size = ctx.batch_size
   if data_shards > 1:
     key = jax.random.fold_in(key, jax.lax.axis_index('data'))
     batch_size //= data_shards
-  batch = draw_batch(images, masks, key, state.step, batch_size)
+  batch = draw_batch(images, masks, key, state.step, batch_size, setup.train_index,
+                     setup.train_count)
   graphdef = ctx.graphdefs[conv]
 
-  (loss, new_stats), grads = _loss_and_grads(graphdef, state.params, state.stats,
-                                             batch.images, batch.masks)
+  (loss, new_stats), grads = _loss_and_grads(graphdef, static_running, state.params,
+                                             state.stats, running, batch.images, batch.masks)
   if data_shards > 1:
     loss, grads, new_stats = jax.lax.pmean((loss, grads, new_stats), 'data')
   finite = _finite_step(loss, grads, mask)
@@ -193,8 +233,6 @@ def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
   # A rejected step is a frozen step: masks and accept are and-ed, so the
   # selects sit inside the update's own elementwise work.
   mask = jax.tree.map(lambda m: _both(m, accept), mask)
-  if ctx.update_frozen_stats:
-    stats_mask = jax.tree.map(lambda _: True, new_stats)
   stats_mask = jax.tree.map(lambda m: _both(m, accept), stats_mask)
   _, update_fn = masked_adam(rewarmup_steps=ctx.rewarmup_steps)
   updates, opt_state = update_fn(grads, state.opt_state, state.params, mask=mask,
@@ -314,12 +352,11 @@ def make_bundle_chunk(ctx: BundleContext, strategy: str, *, loop: str = 'auto',
   return chunk
 
 
-def stage_masks_at(setup: ExperimentSetup, step: int) -> tuple:
-  """The (params, stats) bool tuples of one experiment's stage at ``step``."""
-  starts = np.asarray(setup.starts)
-  stage = int(np.sum(step >= starts) - 1)
-  return (tuple(bool(m[stage]) for m in jax.tree.leaves(setup.masks)),
-          tuple(bool(m[stage]) for m in jax.tree.leaves(setup.stats_masks)))
+def stage_masks_at(setup: ExperimentSetup, step: int) -> StageMasks:
+  """One experiment's masks at ``step`` as compile-time constants."""
+  stage = stage_index(setup.starts, step)
+  return StageMasks(*(tuple(bool(m[stage]) for m in jax.tree.leaves(tree))
+                      for tree in (setup.masks, setup.stats_masks, setup.norm_running)))
 
 
 def _segments(setup: ExperimentSetup, start: int, num_steps: int):

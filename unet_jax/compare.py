@@ -7,17 +7,28 @@ engine wrote them, ``experiments/<name>/history.jsonl`` curves) into a
 
   res = compare.load('runs/default')
   res.summary()                               # mean, median, 95% CI per experiment
-  res.paired('contracting', 'expanding')      # Wilcoxon over images and seeds
+  res.paired('contracting', 'expanding')      # run-aware paired test
   res.pairwise(reference='full')              # every experiment vs full, Holm
   res.findings()                              # F1..F6 of DESIGN.md, with numbers
 
+Any table of per-image scores can be analysed the same way:
+``compare.from_frame(df)`` (columns ``experiment``, ``seed``, ``image_id``,
+metrics, optional ``domain``), for runs of nnU-Net, MONAI or a PyTorch loop.
+
 Vocabulary: a *run* is one trained network (one experiment name such as
 ``full-seed1``); its ``base`` is the entry of ``config.experiments`` it came
-from (``full``); its ``variant`` is the grid point other than the seed
-(``-lr0.001``, usually empty); ``condition`` is base + variant. Grouping
-``by='base'`` pools seeds and variants; pairs are always matched on every key
-the two sides share (domain, variant, seed, image), so a paired test compares
-like with like.
+from (``full``); its ``variant`` is the grid point other than the seed and
+the fold (``-lr0.001``, usually empty; recorded in the summary);
+``condition`` is base + variant. Grouping ``by='base'`` pools seeds, folds
+and variants; pairs are always matched on every key the two sides share
+(domain, variant, seed, image), so a paired test compares like with like.
+
+Statistics (``unet_jax.stats``): the training run is the unit of
+replication. A group's scores form a matrix of seeds x test images (with
+cross-validation each image scored by the fold model that did not train
+on it), and every CI and test treats seeds and images as crossed random
+factors (``stats.crossed_mean``); with one seed no test is made, since
+run-to-run variation is unknown.
 
 A work directory may be loaded while its sweep is still running or after it
 was interrupted. The rows are those of ``results.jsonl`` (rewritten whole,
@@ -33,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -41,7 +51,6 @@ import pandas as pd
 
 from unet_jax import stats
 from unet_jax.errors import UserError
-from unet_jax.schedules import DIRECTIONS, ORDERS, gradual
 
 if TYPE_CHECKING:
   from unet_jax.findings import Finding
@@ -59,7 +68,14 @@ DOMAIN_KINDS = {'ultrasound': 'ultrasound', 'busi': 'ultrasound', 'udiat': 'ultr
 
 @dataclasses.dataclass(frozen=True)
 class PairedTest:
-  """``a`` against ``b`` on one metric; differences are a - b."""
+  """``a`` against ``b`` on one metric; differences are a - b.
+
+  ``p`` is the run-aware test (``stats.crossed_mean`` of the seeds x images
+  matrix of differences); it is NaN with one seed, where only the images'
+  spread is known (``diff_ci95`` is then over images alone). ``p_images``
+  (Wilcoxon over images of each image's difference averaged over seeds)
+  describes the images and ignores run-to-run variation: it decides nothing.
+  """
 
   a: str
   b: str
@@ -70,24 +86,31 @@ class PairedTest:
   mean_a: float
   mean_b: float
   mean_diff: float
-  diff_ci95: tuple[float, float]  # cluster bootstrap over runs and images
-  p_images: float  # Wilcoxon over images, each the mean difference over runs
-  p_runs: float  # Wilcoxon over runs, each the mean difference over images
+  diff_ci95: tuple[float, float]
+  se: float
+  df: float
+  p: float  # run-aware, two-sided; NaN with one seed
+  p_images: float
   rank_biserial: float  # over images; +1: a higher than b on every image
   wins: int  # images where a's mean is higher than b's
   losses: int
+  higher_is_better: bool = True
+
+  @property
+  def runs_known(self) -> bool:
+    return self.n_runs >= 2
 
   def favours(self, alpha: float = 0.05) -> str | None:
-    """The better of a and b when the image-level test is significant, else None.
+    """The better of a and b when the run-aware test is significant, else None.
 
-    The direction is the sign of the rank-biserial correlation, the statistic
-    the Wilcoxon test ranks, so it always agrees with the test.
+    Always None with one seed: a single run cannot tell a procedure's effect
+    from that run's luck.
     """
-    if not self.p_images < alpha:
+    if not (self.runs_known and self.p < alpha) or self.mean_diff == 0:
       return None
-    higher = self.a if self.rank_biserial > 0 else self.b
+    higher = self.a if self.mean_diff > 0 else self.b
     lower = self.b if higher == self.a else self.a
-    return higher if HIGHER_IS_BETTER[self.metric] else lower
+    return higher if self.higher_is_better else lower
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,13 +131,15 @@ class Results:
   summaries: list[dict]  # the summary.json files, with 'domain' added
   configs: dict[str, dict]  # domain -> config.json
   notes: list[str]
+  # metric -> whether higher is better (METRICS' by default)
+  higher: dict[str, bool] = dataclasses.field(default_factory=lambda: dict(HIGHER_IS_BETTER))
 
   @property
   def domains(self) -> list[str]:
     return sorted(self.df['domain'].unique())
 
   def metrics(self) -> list[str]:
-    return [m for m in METRICS if m in self.df.columns]
+    return [m for m in self.higher if m in self.df.columns]
 
   # -- selection -------------------------------------------------------------
 
@@ -138,13 +163,15 @@ class Results:
 
   # -- tables ----------------------------------------------------------------
 
-  def summary(self, by: str = 'base', metric: str = 'dice', *, domain: str | None = None,
-              num_samples: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Mean, median and cluster-bootstrap 95% CI per group, best first.
+  def summary(self, by: str = 'base', metric: str = 'dice', *, domain: str | None = None
+              ) -> pd.DataFrame:
+    """Mean, median and run-aware 95% CI per group, best first.
 
-    The CI resamples runs (seeds) and images (``stats.cluster_bootstrap_ci``).
-    ``seed_sd`` is the SD over runs of each run's mean; ``n_nan`` counts
-    values left out as undefined (HD95/ASSD with an empty mask).
+    The CI treats seeds and images as random (``stats.crossed_mean``); with
+    one seed it is over images only (``ci_over`` says which). ``seed_sd`` is
+    the SD over runs of each run's mean; ``n_nan`` counts values left out
+    as undefined (HD95/ASSD with an empty mask: such an image is left out of
+    the group's mean and CI).
     """
     rows = self._rows(metric, by, domain)
     out = []
@@ -152,19 +179,18 @@ class Results:
       matrix = g.pivot_table(index=['variant', 'seed'], columns='image_id', values=metric,
                              aggfunc='mean', dropna=False)
       values = g[metric].to_numpy(dtype=np.float64)
-      lo, hi = stats.cluster_bootstrap_ci(matrix.to_numpy(), num_samples, seed=seed)
-      run_means = matrix.mean(axis=1)
+      est = stats.crossed_mean(matrix.to_numpy())
+      lo, hi = est.ci()
       runs = self.runs[self.runs['experiment'].isin(g['experiment'].unique()) &
                        (self.runs['domain'] == g['domain'].iloc[0])]
-      out.append({by: name, 'mean': np.nanmean(values), 'median': np.nanmedian(values),
-                  'ci_lo': lo, 'ci_hi': hi,
-                  'seed_sd': float(run_means.std(ddof=1)) if len(run_means) > 1 else np.nan,
-                  'n_runs': len(matrix), 'n_images': matrix.shape[1],
+      out.append({by: name, 'mean': est.mean, 'median': np.nanmedian(values),
+                  'ci_lo': lo, 'ci_hi': hi, 'seed_sd': est.run_sd,
+                  'n_runs': est.n_runs, 'n_images': est.n_images,
                   'n_nan': int(np.isnan(values).sum()),
+                  'ci_over': 'seeds and images' if est.runs_known else 'images (1 seed)',
                   'trainable_fraction': float(runs['trainable_fraction'].mean())})
     table = pd.DataFrame(out)
-    return table.sort_values('mean', ascending=not HIGHER_IS_BETTER[metric],
-                             ignore_index=True)
+    return table.sort_values('mean', ascending=not self.higher[metric], ignore_index=True)
 
   # -- paired comparisons ----------------------------------------------------
 
@@ -184,47 +210,46 @@ class Results:
     return pd.concat(side, axis=1, join='inner').reset_index(), keys
 
   def paired(self, a: str, b: str, metric: str = 'dice', *, by: str = 'base',
-             domain: str | None = None, num_samples: int = 2000, seed: int = 0
-             ) -> PairedTest:
+             domain: str | None = None) -> PairedTest:
     """Paired comparison of two groups, matched on (variant, seed, image).
 
-    Over images: the Wilcoxon signed-rank test of each image's difference
-    averaged over runs, and its matched-pairs rank-biserial correlation. Over
-    runs: the Wilcoxon test of each run's mean difference (with five seeds
-    the smallest two-sided p is 0.0625). Pairs with a NaN are left out and
-    counted.
+    The differences form a seeds x images matrix; ``p`` and ``diff_ci95``
+    treat both as random (``stats.crossed_mean``), so a verdict needs at
+    least two seeds. ``rank_biserial``, ``wins``/``losses`` and ``p_images``
+    describe the images (each image's difference averaged over seeds).
+    Pairs with a NaN are left out and counted.
 
     Example::
 
       t = res.paired('contracting', 'expanding')
-      print(t.mean_diff, t.diff_ci95, t.p_images, t.favours())
+      print(t.mean_diff, t.diff_ci95, t.p, t.favours())
     """
     matched, keys = self.matched(a, b, metric, by=by, domain=domain)
     if matched.empty:
       raise UserError(f'{a} and {b} share no {", ".join(keys[1:])}: nothing to pair')
-    return paired_test(a, b, metric, matched, keys, num_samples, seed)
+    return paired_test(a, b, metric, matched, keys, higher_is_better=self.higher[metric])
 
   def pairwise(self, names: Sequence[str] | None = None, metric: str = 'dice', *,
-               reference: str | None = None, by: str = 'base', domain: str | None = None,
-               num_samples: int = 2000, seed: int = 0) -> pd.DataFrame:
+               reference: str | None = None, by: str = 'base', domain: str | None = None
+               ) -> pd.DataFrame:
     """Paired tests of every pair of ``names`` (or each against ``reference``).
 
-    ``p_holm`` is the image-level p-value Holm-corrected over all rows.
+    ``p_holm`` is the run-aware p-value Holm-corrected over all rows (NaN
+    with one seed).
     """
     names = list(names or self.groups(by, domain))
     if reference is not None:
       pairs = [(n, reference) for n in names if n != reference]
     else:
       pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]
-    tests = [self.paired(x, y, metric, by=by, domain=domain, num_samples=num_samples,
-                         seed=seed) for x, y in pairs]
+    tests = [self.paired(x, y, metric, by=by, domain=domain) for x, y in pairs]
     table = pd.DataFrame([{
         'a': t.a, 'b': t.b, 'mean_a': t.mean_a, 'mean_b': t.mean_b,
         'mean_diff': t.mean_diff, 'ci_lo': t.diff_ci95[0], 'ci_hi': t.diff_ci95[1],
-        'rank_biserial': t.rank_biserial, 'p_images': t.p_images, 'p_runs': t.p_runs,
+        'p': t.p, 'df': t.df, 'rank_biserial': t.rank_biserial, 'p_images': t.p_images,
         'n_images': t.n_images, 'n_runs': t.n_runs} for t in tests])
     if tests:
-      table['p_holm'] = stats.holm(table['p_images'])
+      table['p_holm'] = stats.holm(table['p'])
     return table
 
   def rank_stability(self, metric: str = 'dice', *, by: str = 'base',
@@ -242,7 +267,7 @@ class Results:
     means = rows.groupby([by] + rater)[metric].mean().unstack(rater)
     complete = means.dropna()
     dropped = tuple(sorted(set(means.index) - set(complete.index)))
-    sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
+    sign = -1.0 if self.higher[metric] else 1.0
     ranks = (sign * complete).rank(axis=0, method='average')
     w, p = stats.kendall_w((sign * complete).T.to_numpy())
     ranks.columns = [_run_label(c) for c in ranks.columns]
@@ -253,6 +278,8 @@ class Results:
   def history(self, experiment: str, domain: str | None = None) -> pd.DataFrame | None:
     """The run's ``history.jsonl`` as a DataFrame, or None when it was not written."""
     run = self._run(experiment, domain)
+    if run['workdir'] is None:  # from_frame: no files behind the rows
+      return None
     path = os.path.join(run['workdir'], 'experiments', experiment, 'history.jsonl')
     if not os.path.exists(path):
       return None
@@ -323,8 +350,8 @@ class Results:
     return findings.evaluate(self, alpha, {**DOMAIN_KINDS, **(domain_kinds or {})})
 
 
-def paired_test(a: str, b: str, metric: str, matched: pd.DataFrame, keys: Sequence[str],
-                num_samples: int = 2000, seed: int = 0) -> PairedTest:
+def paired_test(a: str, b: str, metric: str, matched: pd.DataFrame, keys: Sequence[str], *,
+                higher_is_better: bool = True) -> PairedTest:
   """The PairedTest of matched cells: columns ``keys`` + a, b (see Results.matched).
 
   Keys other than ``domain`` and ``image_id`` identify runs; concatenating the
@@ -335,20 +362,19 @@ def paired_test(a: str, b: str, metric: str, matched: pd.DataFrame, keys: Sequen
   run_keys = [k for k in keys if k not in ('domain', 'image_id')] or ['run']
   image_keys = [k for k in keys if k in ('domain', 'image_id')]
   per_image = diff.groupby([valid[k] for k in image_keys]).mean()
-  per_run = diff.groupby([valid[k] for k in run_keys]).mean()
   cells = valid.assign(d=diff).pivot_table(index=run_keys, columns=image_keys, values='d')
+  est = stats.crossed_mean(cells.to_numpy())
   per_image_a = valid.groupby(image_keys)['a'].mean()
   per_image_b = valid.groupby(image_keys)['b'].mean()
   return PairedTest(
-      a=a, b=b, metric=metric, n_images=len(per_image), n_runs=len(per_run),
+      a=a, b=b, metric=metric, n_images=est.n_images, n_runs=est.n_runs,
       n_excluded=len(matched) - len(valid),
       mean_a=float(valid['a'].mean()), mean_b=float(valid['b'].mean()),
-      mean_diff=float(diff.mean()),
-      diff_ci95=stats.cluster_bootstrap_ci(cells.to_numpy(), num_samples, seed=seed),
-      p_images=stats.wilcoxon(per_image),
-      p_runs=stats.wilcoxon(per_run) if len(per_run) > 1 else float('nan'),
-      rank_biserial=stats.rank_biserial(per_image),
-      wins=int((per_image_a > per_image_b).sum()), losses=int((per_image_a < per_image_b).sum()))
+      mean_diff=est.mean, diff_ci95=est.ci(), se=est.se, df=est.df,
+      p=est.p_value() if est.runs_known else float('nan'),
+      p_images=stats.wilcoxon(per_image), rank_biserial=stats.rank_biserial(per_image),
+      wins=int((per_image_a > per_image_b).sum()), losses=int((per_image_a < per_image_b).sum()),
+      higher_is_better=higher_is_better)
 
 
 def _run_label(column) -> str:
@@ -369,35 +395,6 @@ def _read_json(path: str) -> dict | None:
     return None
   with open(path) as f:
     return json.load(f)
-
-
-def schedule_kind(schedule: list[dict] | None) -> tuple[str, str, int] | None:
-  """(order, direction, stage_steps) when a summary's schedule is a gradual one.
-
-  Found by rebuilding ``schedules.gradual`` for each order and direction, so
-  it needs no config; None for one-stage subsets and other schedules.
-  """
-  if not schedule or len(schedule) < 2:
-    return None
-  stage_steps = schedule[1]['start']
-  for order in ORDERS:
-    for direction in DIRECTIONS:
-      for depth in range(1, 9):
-        try:
-          built = gradual(order, direction, stage_steps, depth)
-        except UserError:
-          continue
-        as_json = [{'start': s, 'rules': [[r.pattern, r.action] for r in rules]}
-                   for s, rules in zip(built.starts, built.stages)]
-        if as_json == [{'start': s['start'], 'rules': [list(r) for r in s['rules']]}
-                       for s in schedule]:
-          return order, direction, stage_steps
-  return None
-
-
-def _variant(name: str, base: str, seed) -> str:
-  rest = name[len(base):] if name.startswith(base) else ''
-  return re.sub(rf'-seed{seed}(?=-|$)', '', rest)
 
 
 def _finished_rows(workdir: str, listed: Sequence[str], bases: Sequence[str]) -> list[dict]:
@@ -441,7 +438,8 @@ def _load_one(workdir: str, notes: list[str]) -> tuple[pd.DataFrame, list[dict],
     if summary is None:
       notes.append(f'{workdir}: {name} has results but no summary.json')
       seed = rows.loc[rows['experiment'] == name, 'seed'].iloc[0]
-      summary = {'name': name, 'base': name, 'seed': int(seed), 'init': 'unknown'}
+      summary = {'name': name, 'base': name, 'seed': int(seed), 'init': 'unknown',
+                 'variant': ''}
     summaries.append({**summary, 'domain': summary.get('domain', domain),
                       'workdir': workdir})
   pending = [n for n in listed if n not in set(rows['experiment'])]
@@ -479,24 +477,114 @@ def load(workdirs: str | os.PathLike | Sequence[str | os.PathLike]) -> Results:
   if len(clash):
     raise UserError('several work directories hold the same domain and experiment: '
                     + ', '.join(sorted(set(clash['domain'] + '/' + clash['experiment']))))
-  df = pd.concat(frames, ignore_index=True)
+  return _results(pd.concat(frames, ignore_index=True), runs, summaries, configs, notes)
+
+
+def _results(df: pd.DataFrame, runs: pd.DataFrame, summaries, configs, notes,
+             higher: dict[str, bool] | None = None) -> Results:
+  """Joins the per-image rows with the runs table into a Results."""
+  df = df.drop(columns=[c for c in ('base', 'variant', 'condition', 'init') if c in df])
   df = df.merge(runs[['domain', 'experiment', 'base', 'variant', 'condition', 'init']],
                 on=['domain', 'experiment'], how='left')
   df['image_id'] = df['image_id'].astype(str)
-  front = ['domain', 'experiment', 'base', 'variant', 'condition', 'seed', 'init',
-           'image_id', 'label'] + [m for m in METRICS if m in df]
+  if 'fold' not in df:
+    df['fold'] = None
+  if 'label' not in df:
+    df['label'] = ''
+  higher = higher or dict(HIGHER_IS_BETTER)
+  front = ['domain', 'experiment', 'base', 'variant', 'condition', 'seed', 'fold', 'init',
+           'image_id', 'label'] + [m for m in higher if m in df]
   df = df[front + [c for c in df.columns if c not in front]]
-  return Results(df, runs, summaries, configs, notes)
+  return Results(df, runs, summaries, configs, notes, higher)
+
+
+def from_frame(frame: pd.DataFrame, *, higher_is_better: dict[str, bool] | None = None
+               ) -> Results:
+  """Results from any table of per-image scores, e.g. of nnU-Net, MONAI or a PyTorch loop.
+
+  Args:
+    frame: one row per (experiment, seed, image_id) with one or more metric
+      columns (``dice``, ``iou``, ``hd95``, ``assd`` or others) and
+      optionally ``domain`` and ``fold``. ``experiment`` names the procedure
+      compared (``full``, ``head``, ...), ``seed`` the training run.
+    higher_is_better: direction of metrics other than the four above
+      (``{'surface_dice': True}``).
+
+  Returns:
+    A :class:`Results` with ``summary``, ``paired``, ``pairwise`` and
+    ``rank_stability``; the statistics are those of a sweep's results.
+
+  Example::
+
+    df = pd.read_csv('my_runs.csv')      # experiment, seed, image_id, dice
+    res = compare.from_frame(df)
+    res.paired('decoder', 'full')
+  """
+  if not isinstance(frame, pd.DataFrame):
+    raise UserError(f'from_frame needs a pandas DataFrame; got {type(frame).__name__}')
+  required = ('experiment', 'seed', 'image_id')
+  missing = [c for c in required if c not in frame]
+  if missing:
+    raise UserError(f'the frame lacks column(s) {", ".join(missing)}; it needs '
+                    f'{", ".join(required)} and one or more metric columns')
+  higher = {**HIGHER_IS_BETTER, **(higher_is_better or {})}
+  keys = set(required) | {'domain', 'fold', 'label'}
+  extra = [c for c in frame if c not in keys]
+  metrics = [c for c in extra if c in higher]
+  unknown = [c for c in extra if c not in higher and pd.api.types.is_numeric_dtype(frame[c])]
+  if unknown:
+    raise UserError(f'column(s) {", ".join(unknown)}: say whether higher is better with '
+                    f"higher_is_better={{{unknown[0]!r}: True}}, or drop them")
+  if not metrics:
+    raise UserError(f'the frame has no metric column; give one of {", ".join(higher)} '
+                    '(or others with higher_is_better)')
+  df = frame.copy()
+  if 'domain' not in df:
+    df['domain'] = 'data'
+  df['domain'] = df['domain'].astype(str)
+  df['base'] = df['experiment'].astype(str)
+  repeated = df.duplicated(['domain', 'base', 'seed', 'image_id'])
+  if repeated.any():
+    first = df[repeated].iloc[0]
+    raise UserError(f'{int(repeated.sum())} row(s) repeat an (experiment, seed, image_id), '
+                    f'first {first["base"]!r}, seed {first["seed"]}, image '
+                    f'{str(first["image_id"])!r}: give one row per trained run and image')
+  df['experiment'] = df['base'] + '-seed' + df['seed'].astype(str)
+  runs = (df.drop_duplicates(['domain', 'experiment'])
+          [['domain', 'experiment', 'base', 'seed']].reset_index(drop=True))
+  runs = runs.assign(variant='', condition=runs['base'], init='unknown', stages=1,
+                     order=None, direction=None, stage_steps=None, steps=np.nan,
+                     trainable_fraction=np.nan, frozen_norm=None, trained=None,
+                     blocks=None, train_images=np.nan, workdir=None)
+  summaries = [{'name': r.experiment, 'base': r.base, 'seed': r.seed, 'domain': r.domain}
+               for r in runs.itertuples()]
+  return _results(df, runs, summaries, {}, [], {m: higher[m] for m in metrics})
+
+
+def _blocks(s: dict) -> tuple[frozenset | None, frozenset | None]:
+  """(blocks the first stage trains fully, every block) from a summary, if recorded."""
+  stage = (s.get('schedule') or [{}])[0]
+  if 'trained' not in stage:
+    return None, None
+  trained = frozenset(stage['trained'])
+  every = trained | set(stage.get('partly', ())) | {p.split('/')[0] for p in s.get('frozen', [])}
+  return trained if not stage.get('partly') else None, frozenset(every)
 
 
 def _run_row(s: dict) -> dict:
-  kind = schedule_kind(s.get('schedule'))
-  variant = _variant(s['name'], s['base'], s['seed'])
+  kind = s.get('schedule_kind') or {}
+  gradual = kind.get('kind') == 'gradual'
   total = s.get('total_params') or np.nan
+  variant = s.get('variant', '')
+  trained, blocks = _blocks(s)
   return {'domain': s['domain'], 'experiment': s['name'], 'base': s['base'],
           'variant': variant, 'condition': s['base'] + variant, 'seed': s['seed'],
-          'init': s.get('init', 'unknown'), 'stages': len(s.get('schedule') or [1]),
-          'order': kind[0] if kind else None, 'direction': kind[1] if kind else None,
-          'stage_steps': kind[2] if kind else None, 'steps': s.get('steps', np.nan),
+          'fold': s.get('fold'), 'init': s.get('init', 'unknown'),
+          'stages': len(s.get('schedule') or [1]),
+          'order': kind.get('order') if gradual else None,
+          'direction': kind.get('direction') if gradual else None,
+          'stage_steps': kind.get('stage_steps') if gradual else None,
+          'steps': s.get('steps', np.nan),
           'trainable_fraction': s.get('trainable_params', np.nan) / total,
-          'workdir': s['workdir']}
+          'frozen_norm': s.get('frozen_norm'), 'trained': trained, 'blocks': blocks,
+          'train_images': s.get('train_images', np.nan), 'workdir': s['workdir']}

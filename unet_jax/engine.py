@@ -12,7 +12,6 @@ import functools
 import os
 import sys
 import time
-import zlib
 from typing import Any, Sequence
 
 import jax
@@ -39,6 +38,7 @@ from unet_jax.execution import place, split_experiments
 from unet_jax.grid import Experiment
 from unet_jax.model import apply_model
 from unet_jax.resume import BundleCheckpoints, Interrupted, StopRequest
+from unet_jax.schedules import stage_index
 from unet_jax.train import resolve_loop
 
 PyTree = Any
@@ -63,9 +63,19 @@ class BundleReport:
   exp_steps_per_s: float
 
 
+# Folded into a seed's key for the training stream (batches, flips), so the
+# stream is not the one nnx.Rngs(seed) uses to initialise weights.
+_TRAIN_STREAM = 0x7472
+
 def training_key(exp: Experiment) -> jax.Array:
-  """Depends on the seed and base name only: adding experiments changes nothing."""
-  return jax.random.fold_in(jax.random.key(exp.seed), zlib.crc32(exp.base.encode()))
+  """The key of the batches and augmentations: a function of the seed alone.
+
+  Common random numbers: experiments that share a seed see the same batches
+  whatever their names, subsets or folds, so paired comparisons see the
+  procedures' differences and not the draws', and adding, removing or
+  renaming experiments changes no result.
+  """
+  return jax.random.fold_in(jax.random.key(exp.seed), _TRAIN_STREAM)
 
 
 def chunk_length(steps: int, chunk_steps: int) -> int:
@@ -117,19 +127,24 @@ def _val_dice(graphdef, params, stats, images, masks):
   return jnp.mean(metrics.dice((logits > 0).astype(jnp.float32), masks))
 
 
-def validation_dice(ctx: BundleContext, state: ExperimentState, images, masks,
-                    count: int) -> np.ndarray:
-  """Mean validation Dice of the first ``count`` experiments of a stacked state."""
+def validation_dice(ctx: BundleContext, state: ExperimentState,
+                    val: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+  """Mean validation Dice of the first ``len(val)`` experiments of a stacked state.
+
+  ``val[e]`` is experiment e's (images, masks); cross-validation folds have
+  their own. One compiled single-experiment evaluation per set shape,
+  called per experiment: on XLA:CPU a lax.map over convolutions runs many
+  times slower. States spread over several processes are gathered first.
+  """
   graphdef = ctx.graphdefs['xla']
-  leaves = jax.tree.leaves((state.params, state.stats))
-  if all(getattr(x, 'is_fully_addressable', True) for x in leaves):
-    # One compiled single-experiment evaluation, called per experiment: on
-    # XLA:CPU a lax.map over convolutions runs many times slower.
-    return np.asarray([_val_dice(graphdef, params, stats, images, masks) for params, stats
-                       in split_experiments((state.params, state.stats), count)])
-  both = jax.jit(lambda p, s: jax.lax.map(
-      lambda ps: _val_dice(graphdef, ps[0], ps[1], images, masks), (p, s)))
-  return to_host(both(state.params, state.stats))[:count]
+  trees = (state.params, state.stats)
+  if all(getattr(x, 'is_fully_addressable', True) for x in jax.tree.leaves(trees)):
+    parts = split_experiments(trees, len(val))
+  else:
+    host = to_host(trees)
+    parts = [unstack(host, e) for e in range(len(val))]
+  return np.asarray([_val_dice(graphdef, params, stats, images, masks)
+                     for (params, stats), (images, masks) in zip(parts, val)])
 
 
 def _trainable_fractions(params: PyTree, setup: ExperimentSetup) -> np.ndarray:
@@ -151,8 +166,9 @@ def _event_writers(events_dir: str | None, names: Sequence[str], start: int) -> 
 
 def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
                inits: Sequence[Weights], images: np.ndarray, masks: np.ndarray, *,
-               strategy: str, loop: str, chunk_steps: int, bar: tqdm.tqdm,
-               tuning_cache: dict | None = None, val: tuple | None = None,
+               train_index: Sequence[np.ndarray], strategy: str, loop: str, chunk_steps: int,
+               bar: tqdm.tqdm, tuning_cache: dict | None = None,
+               val: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
                checkpoints: BundleCheckpoints | None = None, checkpoint_every: int = 0,
                fingerprint: str = '', stop: StopRequest | None = None,
                events_dir: str | None = None) -> BundleResult:
@@ -161,11 +177,14 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
   Args:
     ctx: the static part of the bundle (model, batch size, options).
     experiments, inits: the experiments and their initial weights.
-    images, masks: the training set.
+    images, masks: the images every experiment draws its training batches from.
+    train_index: per experiment, the indices of its training images in
+      ``images`` (folds of a cross-validation differ).
     strategy: a strategy of ``unet_jax.bundle`` or ``'auto'``, which times
       the candidates (``unet_jax.autotune``) unless ``tuning_cache`` already
       holds a choice for this bundle's signature.
-    val: optional (images, masks) scored after every chunk (validation Dice).
+    val: optional, per experiment, (images, masks) scored after every chunk
+      (validation Dice).
     checkpoints: where to save the bundle every ``checkpoint_every`` steps
       (0: only on a stop request) and resume from; ``fingerprint`` must
       identify the settings the checkpoints belong to.
@@ -181,9 +200,12 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
   devices = jax.devices()
   names = [e.name for e in experiments]
   warn = lambda msg: bar.write(msg, file=sys.stderr)
+  index_length = max(len(i) for i in train_index)
   setups = [make_setup(w.params, w.stats, e.schedule, num_stages=num_stages,
                        learning_rate=e.learning_rate, weight_decay=e.weight_decay,
-                       seed_key=training_key(e)) for e, w in zip(experiments, inits)]
+                       seed_key=training_key(e), frozen_norm=e.frozen_norm,
+                       train_index=index, index_length=index_length)
+            for e, w, index in zip(experiments, inits, train_index)]
   state = stack([init_experiment_state(w.params, w.stats) for w in inits])
   history: list[list[dict]] = [[] for _ in experiments]
   trials, start_step = [], 0
@@ -255,9 +277,9 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
                                   num_steps=end - step)
       previous, step = step, end
       means = to_host(chunk_losses).mean(axis=0)[:len(experiments)]
-      dice = (validation_dice(ctx, state, *val, len(experiments)) if val is not None
+      dice = (validation_dice(ctx, state, val) if val is not None
               else np.full(len(experiments), np.nan))
-      stage = np.sum(step - 1 >= starts, axis=1) - 1  # the stage of the chunk's last step
+      stage = stage_index(starts, np.full(len(starts), step - 1))  # the chunk's last step
       for i in range(len(experiments)):
         row = {'step': step, 'loss': float(means[i]), 'val_dice': float(dice[i]),
                'learning_rate': float(learning_rates[i]),

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import jax
 
 from unet_jax.errors import UserError
+from unet_jax.model import norm_layer_tree
 
 TRAIN, FREEZE = 'train', 'freeze'
 ACTIONS = (TRAIN, FREEZE)
@@ -147,6 +148,19 @@ def frozen_paths(tree: PyTree, rules: Sequence[FreezeRule]) -> list[str]:
   return [p for p, i in zip(leaf_paths(tree), idx) if rules[i].action == FREEZE]
 
 
+def trained_blocks(tree: PyTree, rules: Sequence[FreezeRule]) -> dict[str, list[str]]:
+  """Blocks (top-level names) by how much of them ``rules`` train.
+
+  ``{'trained': [...], 'partly': [...]}``: every parameter of the block
+  trained, or some of them; the other blocks are frozen.
+  """
+  by_block: dict[str, list[bool]] = {}
+  for path, trained in zip(leaf_paths(tree), jax.tree.leaves(trainable_mask(tree, rules))):
+    by_block.setdefault(path.split('/')[0], []).append(trained)
+  return {'trained': [b for b, t in by_block.items() if all(t)],
+          'partly': [b for b, t in by_block.items() if any(t) and not all(t)]}
+
+
 def describe_labels(tree: PyTree, rules: Sequence[FreezeRule]) -> str:
   """One line per leaf: path, action, and the rule that decided it."""
   idx = matching_rules(tree, rules)
@@ -157,6 +171,39 @@ def describe_labels(tree: PyTree, rules: Sequence[FreezeRule]) -> str:
     r = rules[i]
     lines.append(f'{p:<{width}}  {r.action:<6}  rule {i}: {r.pattern!r}')
   return '\n'.join(lines)
+
+
+# How frozen blocks' BatchNorm layers behave during fine-tuning
+# (finetune.frozen_norm; docs/DESIGN.md section 3, "Normalisation under
+# freezing"). Trained layers always normalise with batch statistics in
+# training and update their running statistics.
+FROZEN_NORM = {
+    'inference': 'a frozen layer normalises with its pretrained running statistics in '
+                 'training as in evaluation, and they stay as pretrained '
+                 "(Keras trainable=False, PyTorch module.eval())",
+    'adapt': 'every layer normalises with batch statistics in training and updates its '
+             'running statistics, frozen layers included (AdaBN-like)',
+}
+
+
+class NormMasks(NamedTuple):
+  """What a freeze means for the BatchNorm layers under a ``FROZEN_NORM`` policy."""
+
+  update: PyTree  # like the statistics: True = this running statistic is updated
+  running: PyTree  # per layer (model.norm_layer_tree): True = running stats in training
+
+
+def norm_masks(stats: PyTree, params: PyTree, rules: Sequence[FreezeRule],
+               policy: str) -> NormMasks:
+  """Python-bool masks of one stage's rules under ``policy`` (a FROZEN_NORM key)."""
+  if policy not in FROZEN_NORM:
+    raise UserError(f'unknown frozen_norm policy {policy!r}; valid: '
+                    f'{", ".join(FROZEN_NORM)}')
+  trained = block_stats_mask(stats, params, rules)
+  adapt = policy == 'adapt'
+  update = jax.tree.map(lambda t: bool(t or adapt), trained)
+  running = jax.tree.map(lambda t: bool(not t and not adapt), norm_layer_tree(trained))
+  return NormMasks(update, running)
 
 
 def block_stats_mask(stats: PyTree, params: PyTree,

@@ -2,13 +2,17 @@
 
 A config names its layer subsets / schedules in ``config.experiments`` and
 the other axes in ``config.grid`` (seed, learning_rate, weight_decay, steps,
-batch_size); the sweep is their product. Learning rate, weight decay, seed,
-subset and schedule are data inside a compiled program, so they bundle
-together; steps and batch size change the program, so experiments that differ
-in them go to separate bundles, and the sweep says which axes did that.
+batch_size, frozen_norm, fold); the sweep is their product. Learning rate,
+weight decay, seed, normalisation policy, cross-validation fold, subset and
+schedule are data inside a compiled program, so they bundle together; steps
+and batch size change the program, so experiments that differ in them go to
+separate bundles, and the sweep says which axes did that.
 
 Names: the experiment's name, plus ``-<axis><value>`` for every grid axis
-with more than one value (``contracting-seed1-lr0.0003``).
+with more than one value (``contracting-seed1-lr0.0003``, ``full-normadapt-fold2``).
+An experiment's *variant* is that suffix without the seed and the fold, the
+axes over which runs are replicates: runs of one base and variant are
+compared and pooled over seeds and folds.
 """
 
 from __future__ import annotations
@@ -26,7 +30,11 @@ AXES = {
     'weight_decay': ('wd', False),
     'steps': ('steps', True),
     'batch_size': ('bs', True),
+    'frozen_norm': ('norm', False),
+    'fold': ('fold', False),
 }
+# Axes whose values are replicates of one procedure, not a variant of it.
+REPLICATE_AXES = ('seed', 'fold')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +48,9 @@ class Experiment:
   weight_decay: float
   steps: int
   batch_size: int
+  frozen_norm: str = 'inference'  # freeze.FROZEN_NORM
+  fold: int | None = None  # cross-validation fold; None: the hold-out split
+  variant: str = ''  # name suffix of the non-replicate grid axes (module docstring)
 
   def bundle_key(self) -> tuple:
     return tuple(getattr(self, axis) for axis, (_, forces) in AXES.items() if forces)
@@ -59,7 +70,9 @@ def expand(bases: Sequence[tuple[str, Schedule, str]], axes: dict[str, tuple]
       bases, itertools.product(*(axes[a] for a in names))):
     point = dict(zip(names, values))
     name = base + ''.join(f'-{AXES[a][0]}{_suffix(point[a])}' for a in varying)
-    out.append(Experiment(name, base, schedule, init, **point))
+    variant = ''.join(f'-{AXES[a][0]}{_suffix(point[a])}' for a in varying
+                      if a not in REPLICATE_AXES)
+    out.append(Experiment(name, base, schedule, init, **point, variant=variant))
   return out
 
 

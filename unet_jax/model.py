@@ -10,6 +10,16 @@ The training core is functional: ``split_model`` turns the module into a graph
 definition plus two pure-dict pytrees (parameters and BatchNorm statistics) and
 ``apply_model`` runs the graph on them, so the same code can be jitted, vmapped
 and sharded.
+
+BatchNorm modes. In evaluation (``train=False``) every BatchNorm layer
+normalises with its running statistics. In training each layer normalises
+with the batch's statistics, unless ``running`` says otherwise for it: a tree
+with one flag per BatchNorm layer (:func:`norm_layer_tree` of the statistics)
+that is True where the layer normalises with its running statistics in
+training too, as a frozen layer does under the ``inference`` policy of
+``unet_jax.freeze.norm_masks``. A flag may be a Python bool (the other branch
+is never built) or a traced 0/1 scalar (both are computed and one selected,
+so experiments with different flags share one program).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 NORMS = ('batch', 'group', 'none')
@@ -54,9 +65,29 @@ class UNetSpec:
     return self.base_width * 2 ** (level - 1)
 
 
+class BatchNorm(nnx.BatchNorm):
+  """nnx.BatchNorm whose ``use_running_average`` may also be a traced flag.
+
+  With a traced flag both normalisations are computed and one is selected
+  (``where`` passes no gradient to the other), and the running statistics
+  are left as they were where the flag is set, as with a Python ``True``.
+  """
+
+  def __call__(self, x, use_running_average=None, *, mask=None):
+    if use_running_average is None or isinstance(use_running_average, (bool, np.bool_)):
+      return super().__call__(x, use_running_average, mask=mask)
+    running = jnp.asarray(use_running_average) > 0
+    old_mean, old_var = self.mean[...], self.var[...]
+    frozen = super().__call__(x, True, mask=mask)
+    adapted = super().__call__(x, False, mask=mask)
+    self.mean[...] = jnp.where(running, old_mean, self.mean[...])
+    self.var[...] = jnp.where(running, old_var, self.var[...])
+    return jnp.where(running, frozen, adapted)
+
+
 def _make_norm(spec: UNetSpec, features: int, rngs: nnx.Rngs) -> nnx.Module:
   if spec.norm == 'batch':
-    return nnx.BatchNorm(features, momentum=spec.bn_momentum, rngs=rngs)
+    return BatchNorm(features, momentum=spec.bn_momentum, rngs=rngs)
   if spec.norm == 'group':
     groups = max(1, features // spec.group_size)
     return nnx.GroupNorm(features, num_groups=groups, rngs=rngs)
@@ -117,14 +148,19 @@ class ConvBlock(nnx.Module):
     self.norm2 = _make_norm(spec, cout, rngs)
     self._norm = spec.norm
 
-  def _normalise(self, norm, x, train):
-    if self._norm == 'batch':
-      return norm(x, use_running_average=not train)
-    return norm(x)
+  def _normalise(self, norm, x, train, running):
+    if self._norm != 'batch':
+      return norm(x)
+    if not train:
+      return norm(x, use_running_average=True)
+    return norm(x, use_running_average=False if running is None else running)
 
-  def __call__(self, x, train: bool):
-    x = jax.nn.relu(self._normalise(self.norm1, self.conv1(x), train))
-    return jax.nn.relu(self._normalise(self.norm2, self.conv2(x), train))
+  def __call__(self, x, train: bool, running: dict | None = None):
+    """``running``: {'norm1': flag, 'norm2': flag} for training (module docstring)."""
+    running = running or {}
+    x = jax.nn.relu(self._normalise(self.norm1, self.conv1(x), train, running.get('norm1')))
+    return jax.nn.relu(self._normalise(self.norm2, self.conv2(x), train,
+                                       running.get('norm2')))
 
 
 class DecoderBlock(nnx.Module):
@@ -135,9 +171,10 @@ class DecoderBlock(nnx.Module):
     self.up = up(cin, cout, (2, 2), strides=(2, 2), rngs=rngs)
     self.block = ConvBlock(spec, 2 * cout, cout, rngs)
 
-  def __call__(self, x, skip, train: bool):
+  def __call__(self, x, skip, train: bool, running: dict | None = None):
     x = self.up(x)
-    return self.block(jnp.concatenate([x, skip], axis=-1), train)
+    return self.block(jnp.concatenate([x, skip], axis=-1), train,
+                      (running or {}).get('block'))
 
 
 class UNet(nnx.Module):
@@ -155,15 +192,18 @@ class UNet(nnx.Module):
               DecoderBlock(spec, spec.width(level + 1), spec.width(level), rngs))
     self.head = _conv(spec, spec.width(1), spec.out_channels, 1, rngs)
 
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, running: dict | None = None):
+    """Logits; ``running`` as in the module docstring (None: batch statistics)."""
+    running = running or {}
     skips = []
     for level in range(1, self.spec.depth + 1):
-      x = getattr(self, f'enc{level}')(x, train)
+      x = getattr(self, f'enc{level}')(x, train, running.get(f'enc{level}'))
       skips.append(x)
       x = nnx.max_pool(x, (2, 2), strides=(2, 2))
-    x = self.bottleneck(x, train)
+    x = self.bottleneck(x, train, running.get('bottleneck'))
     for level in range(self.spec.depth, 0, -1):
-      x = getattr(self, f'dec{level}')(x, skips[level - 1], train)
+      x = getattr(self, f'dec{level}')(x, skips[level - 1], train,
+                                       running.get(f'dec{level}'))
     return self.head(x)
 
 
@@ -179,16 +219,32 @@ def init_model(spec: UNetSpec, seed: int) -> tuple[nnx.GraphDef, PyTree, PyTree]
 
 
 def apply_model(graphdef: nnx.GraphDef, params: PyTree, stats: PyTree,
-                images: jax.Array, *, train: bool) -> tuple[jax.Array, PyTree]:
+                images: jax.Array, *, train: bool, running: PyTree = None
+                ) -> tuple[jax.Array, PyTree]:
   """Runs the U-Net functionally; returns (logits, new batch statistics).
 
+  ``running`` (training only): per BatchNorm layer, whether it normalises
+  with its running statistics (module docstring); None: none does.
   ``copy=True`` lets this run under ``vmap`` of ``value_and_grad``: without it
   the BatchNorm update raises ``TraceContextError``.
   """
   model = nnx.merge(graphdef, params, stats, copy=True)
-  logits = model(images, train=train)
+  logits = model(images, train=train, running=running)
   _, _, new_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   return logits, nnx.to_pure_dict(new_stats)
+
+
+def norm_layer_tree(stats_like: PyTree) -> PyTree:
+  """The statistics tree with each BatchNorm layer's {'mean', 'var'} as one leaf.
+
+  Applied to a tree of per-statistic values shaped like the statistics, it
+  keeps the layer's 'mean' value: the per-layer flags ``apply_model`` reads.
+  """
+  if isinstance(stats_like, dict) and 'mean' in stats_like and 'var' in stats_like:
+    return stats_like['mean']
+  if isinstance(stats_like, dict):
+    return {k: norm_layer_tree(v) for k, v in stats_like.items()}
+  return stats_like
 
 
 def count_params(tree: PyTree) -> int:

@@ -25,7 +25,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
 from unet_jax import freeze  # noqa: E402
-from unet_jax.compare import HIGHER_IS_BETTER, Results  # noqa: E402
+from unet_jax.compare import Results  # noqa: E402
 from unet_jax.model import UNetSpec, init_model  # noqa: E402
 
 
@@ -40,8 +40,8 @@ def _save(fig, path: str) -> str:
 
 def plot_scores(res: Results, path: str, metric: str = 'dice', *, by: str = 'base',
                 domain: str | None = None) -> str:
-  """Mean ``metric`` per group with its cluster-bootstrap 95% CI, best at the top."""
-  table = res.summary(by, metric, domain=domain, num_samples=500)
+  """Mean ``metric`` per group with its run-aware 95% CI, best at the top."""
+  table = res.summary(by, metric, domain=domain)
   table = table.iloc[::-1]  # barh draws bottom-up
   fig, ax = plt.subplots(figsize=(6, 0.35 * len(table) + 1.2))
   y = np.arange(len(table))
@@ -50,7 +50,7 @@ def plot_scores(res: Results, path: str, metric: str = 'dice', *, by: str = 'bas
   ax.errorbar(table['mean'], y, xerr=err, fmt='none', ecolor='black', capsize=3)
   ax.set_yticks(y, table[by])
   ax.set_xlabel(f'{metric} (mean, 95% CI over seeds and images)')
-  if HIGHER_IS_BETTER[metric]:
+  if res.higher[metric] and metric in ('dice', 'iou'):
     ax.set_xlim(0, 1)
   ax.grid(axis='x', alpha=0.3)
   return _save(fig, path)

@@ -21,6 +21,7 @@ import os
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from unet_jax import checkpoint, compare, metrics, plots, results
 from unet_jax.errors import UserError
@@ -93,6 +94,12 @@ def predictions_from_weights(workdir: str, images: np.ndarray,
   return out
 
 
+def _hd95_conventions(res: compare.Results) -> str:
+  names = sorted({s.get('hd95_convention', 'max') for s in res.summaries})
+  return '; '.join(f'{n}, {metrics.HD95_CONVENTIONS[n]}' for n in names
+                   if n in metrics.HD95_CONVENTIONS)
+
+
 def _summary_section(res: compare.Results, domain: str) -> list[str]:
   out = []
   for metric in res.metrics():
@@ -100,12 +107,38 @@ def _summary_section(res: compare.Results, domain: str) -> list[str]:
     if table['mean'].isna().all():
       continue
     out += [f'### {metric}', '', markdown_table(
-        ('experiment', 'mean', 'median', '95% CI', 'seed SD', 'runs', 'images',
+        ('experiment', 'mean', 'median', '95% CI', 'seed SD', 'seeds', 'images',
          'undefined', 'trained'),
         [(r.base, r.mean, r.median, f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]', r.seed_sd,
           r.n_runs, r.n_images, r.n_nan, _percent(r.trainable_fraction))
          for r in table.itertuples()]), '']
+  if len(table) and (table['n_runs'] < 2).any():
+    out += ['With one seed the CI is over test images only: it says nothing of how '
+            'another training run would score.', '']
   return out
+
+
+def _norm_section(res: compare.Results, domain: str) -> list[str]:
+  """How far re-estimated BatchNorm statistics move each experiment's Dice."""
+  rows = [(s['base'], s['norm_check']['change']) for s in res.summaries
+          if s.get('domain') == domain and s.get('norm_check')]
+  if not rows:
+    return []
+  changes = pd.DataFrame(rows, columns=['base', 'change']).groupby('base')['change']
+  table = changes.agg(['mean', 'min', 'max']).sort_values('mean')
+  policies = sorted({str(s.get('frozen_norm')) for s in res.summaries
+                     if s.get('domain') == domain})
+  worst = float(table[['min', 'max']].abs().to_numpy().max())
+  verdict = ('within 0.02 for every run: the scores are those of the trained weights'
+             if worst <= 0.02 else
+             f'up to {worst:.3f}: these scores depend on the BatchNorm running averages, '
+             'not only on the weights (docs/DESIGN.md, "Normalisation under freezing")')
+  return [f'Test Dice with BatchNorm statistics re-estimated on the training images '
+          f'(those the policy lets follow the target data: frozen_norm = '
+          f'{", ".join(policies)}), minus the reported Dice; {verdict}.', '',
+          markdown_table(('experiment', 'mean change', 'min', 'max'),
+                         [(name, r['mean'], r['min'], r['max'])
+                          for name, r in table.iterrows()]), '']
 
 
 def _paired_section(res: compare.Results, domain: str) -> list[str]:
@@ -115,13 +148,17 @@ def _paired_section(res: compare.Results, domain: str) -> list[str]:
   if table.empty:
     return []
   rows = [(r.a, r.mean_a, r.mean_b, f'{r.mean_diff:+.3f}',
-           f'[{r.ci_lo:+.3f}, {r.ci_hi:+.3f}]', f'{r.rank_biserial:+.2f}', _p(r.p_images),
-           _p(r.p_holm), _p(r.p_runs), f'{r.n_images} x {r.n_runs}')
+           f'[{r.ci_lo:+.3f}, {r.ci_hi:+.3f}]', f'{r.rank_biserial:+.2f}', _p(r.p),
+           _p(r.p_holm), f'{r.n_runs} x {r.n_images}')
           for r in table.itertuples()]
-  return [markdown_table(('experiment', 'Dice', 'full', 'diff', '95% CI', 'rank-biserial',
-                          'p (images)', 'p Holm', 'p (seeds)', 'images x seeds'), rows),
-          '', 'Wilcoxon signed-rank tests, paired on image and seed; p Holm is corrected '
-          'over the rows of this table.', '']
+  out = [markdown_table(('experiment', 'Dice', 'full', 'diff', '95% CI', 'rank-biserial',
+                         'p', 'p Holm', 'seeds x images'), rows), '']
+  if (table['n_runs'] < 2).any():
+    return out + ['One seed: differences and CIs over this run\'s test images only; no '
+                  'p-values, since run-to-run variation is unknown.', '']
+  return out + ['Paired on seed and image; p from a t-test with seeds and images as '
+                'crossed random factors (`unet_jax.stats.crossed_mean`), Holm-corrected '
+                'over the rows of this table; rank-biserial over images.', '']
 
 
 def _stability_section(res: compare.Results, domain: str) -> list[str]:
@@ -207,20 +244,65 @@ def _overlay_figure(res, domain, folder, tag, overlays: Overlays, link) -> list[
 def saved_overlays(workdir: str, res: compare.Results) -> Overlays | None:
   """Overlays from the sweep's ``test_set.npz`` and saved weights, one run per base.
 
-  None when the work directory has no test set file or no weights.
+  Only images that every chosen run was tested on are shown (with folds, a
+  run's test images are its fold's). None when the work directory has no
+  test set file or no weights.
   """
   path = os.path.join(workdir, 'test_set.npz')
   if not os.path.exists(path):
     return None
-  with np.load(path) as f:
-    images, masks, ids = f['images'], f['masks'], [str(i) for i in f['ids']]
   runs = res.runs[res.runs['domain'] == res.df['domain'].iloc[0]]
   first = runs.drop_duplicates('base')['experiment']
   names = [n for n in first
            if os.path.isdir(os.path.join(workdir, 'experiments', n, 'weights'))]
   if not names:
     return None
+  tested = set.intersection(*(set(res.df.loc[res.df['experiment'] == n, 'image_id'])
+                              for n in names))
+  with np.load(path) as f:
+    ids = [str(i) for i in f['ids']]
+    keep = [i for i, name in enumerate(ids) if name in tested]
+    if not keep:
+      return None
+    images, masks = f['images'][keep], f['masks'][keep]
+  ids = [ids[i] for i in keep]
   return Overlays(images, masks, ids, predictions_from_weights(workdir, images, names))
+
+
+def console_summary(res: compare.Results, alpha: float = 0.05) -> str:
+  """The table a sweep prints: one row per experiment and variant, best first, then verdicts.
+
+  ``dice`` is the mean over seeds and test images with its run-aware 95%
+  CI; ``seed SD`` and ``seeds`` show how much single runs differ.
+  """
+  blocks = []
+  by_name = {(s['domain'], s['name']): s for s in res.summaries}
+  for domain in res.domains:
+    table = res.summary('condition', domain=domain)
+    runs = res.runs[res.runs['domain'] == domain]
+    rows = []
+    for r in table.itertuples():
+      mine = runs[runs['condition'] == r.condition]
+      run_means = res.df[(res.df['domain'] == domain) & (res.df['condition'] == r.condition)
+                         ].groupby(['seed'])['dice'].mean()
+      seconds = [by_name[(domain, e)].get('seconds', np.nan) for e in mine['experiment']]
+      steps = sorted({int(x) for x in mine['steps'].dropna()})
+      rows.append((r.condition, _percent(r.trainable_fraction), f'{r.mean:.3f}',
+                   '-' if np.isnan(r.seed_sd) else f'{r.seed_sd:.3f}',
+                   f'{run_means.min():.3f}-{run_means.max():.3f} ({len(run_means)})',
+                   f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]', '/'.join(map(str, steps)),
+                   f'{np.nanmean(seconds):.1f}'))
+    header = ('experiment', 'trained', 'dice', 'seed SD', 'seed means (n)', '95% CI',
+              'steps', 's/run')
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
+    line = lambda cells: '  '.join(c.ljust(w) if i == 0 else c.rjust(w)
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    title = [f'{domain}:'] if len(res.domains) > 1 else []
+    blocks.append('\n'.join(title + [line(header), line(['-' * w for w in widths])]
+                            + [line(row) for row in rows]))
+  found = res.findings(alpha)
+  verdicts = '\n'.join(f'{f.id} {f.verdict:<13} {f.claim}' for f in found)
+  return '\n\n'.join(blocks + [verdicts])
 
 
 def write_report(workdir: str, *, overlays: Overlays | None = None,
@@ -246,7 +328,8 @@ def write_report(workdir: str, *, overlays: Overlays | None = None,
            f'{len(res.runs)} runs of {res.runs["base"].nunique()} experiments, '
            f'{_span(seeds.min(), seeds.max())} seed(s) each, '
            f'{res.df["image_id"].nunique()} test images; domains: {", ".join(res.domains)}.',
-           f'Empty masks: {metrics.EMPTY_MASK_CONVENTION}.', '']
+           f'Empty masks: {metrics.EMPTY_MASK_CONVENTION}. HD95: '
+           f'{_hd95_conventions(res)}.', '']
   if res.notes:
     lines += ['**Incomplete results:**', ''] + [f'- {n}' for n in res.notes] + ['']
   found = res.findings(alpha)
@@ -258,10 +341,14 @@ def write_report(workdir: str, *, overlays: Overlays | None = None,
   for domain in res.domains:
     tag = '' if domain == main_domain else f'-{domain}'
     head = f' ({domain})' if len(res.domains) > 1 else ''
-    lines += [f'## Scores{head}', '', 'Means over seeds and test images; 95% CI by a '
-              'bootstrap that resamples seeds, then images.', '']
+    lines += [f'## Scores{head}', '', 'Means over seeds and test images; 95% CI with '
+              'seeds and images as crossed random factors (`unet_jax.stats.crossed_mean`).',
+              '']
     lines += _summary_section(res, domain)
     lines += [f'## Against full fine-tuning{head}', ''] + _paired_section(res, domain)
+    norm = _norm_section(res, domain)
+    if norm:
+      lines += [f'## BatchNorm check{head}', ''] + norm
     lines += [f'## Rank stability across seeds{head}', ''] + _stability_section(res, domain)
     lines += [f'## Convergence{head}', ''] + _convergence_section(res, domain)
     lines += [f'## Figures{head}', '']

@@ -23,15 +23,15 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from unet_jax.block_order import DIRECTIONS, ORDERS, block_groups  # noqa: F401 - re-exported
 from unet_jax.errors import UserError
 from unet_jax.freeze import FreezeRule, parse_rules, trainable_mask
 
 PyTree = Any
 
-ORDERS = ('flow', 'depth')
-DIRECTIONS = ('shallow_to_deep', 'deep_to_shallow')
 NEVER = np.iinfo(np.int32).max  # start step of padding stages
 
 
@@ -41,6 +41,13 @@ class Schedule:
 
   starts: tuple[int, ...]
   stages: tuple[tuple[FreezeRule, ...], ...]
+  # How it was made, recorded with the results so that readers need not
+  # reverse-engineer it: {'kind': 'gradual', 'order': ..., 'direction': ...,
+  # 'stage_steps': ...}, {'kind': 'unfreeze_at', 'step': ...}, or None.
+  kind: tuple[tuple[str, Any], ...] | None = None
+
+  def describe_kind(self) -> dict | None:
+    return dict(self.kind) if self.kind else None
 
   def __post_init__(self):
     if not self.stages or len(self.starts) != len(self.stages):
@@ -53,21 +60,18 @@ class Schedule:
   def constant(cls, rules: Sequence[FreezeRule]) -> 'Schedule':
     return cls((0,), (tuple(rules),))
 
-  def stage_at(self, step: int) -> int:
-    return int(np.searchsorted(np.asarray(self.starts), step, side='right') - 1)
 
+def stage_index(starts, step):
+  """The stage ``step`` is in: the last stage whose start is <= step.
 
-def block_groups(order: str, depth: int) -> list[list[str]]:
-  """Groups of block names from shallowest to deepest under ``order``."""
-  if order == 'flow':
-    names = ([f'enc{i}' for i in range(1, depth + 1)] + ['bottleneck'] +
-             [f'dec{i}' for i in range(depth, 0, -1)] + ['head'])
-    return [[n] for n in names]
-  if order == 'depth':
-    groups = [['enc1', 'dec1', 'head']]
-    groups += [[f'enc{i}', f'dec{i}'] for i in range(2, depth + 1)]
-    return groups + [['bottleneck']]
-  raise UserError(f'unknown block order {order!r}; valid orders: {", ".join(ORDERS)}')
+  ``starts`` is [S] (or [E, S] with ``step`` [E]); on numpy input the answer
+  is numpy (an int for one experiment), on traced input it is traced, so the
+  host and the compiled step look stages up the same way.
+  """
+  if isinstance(starts, jax.Array) or isinstance(step, jax.Array):
+    return jnp.sum(jnp.asarray(step)[..., None] >= starts, axis=-1) - 1
+  found = np.sum(np.asarray(step)[..., None] >= np.asarray(starts), axis=-1) - 1
+  return int(found) if np.ndim(found) == 0 else found
 
 
 def gradual(order: str, direction: str, stage_steps: int, depth: int) -> Schedule:
@@ -89,14 +93,17 @@ def gradual(order: str, direction: str, stage_steps: int, depth: int) -> Schedul
   for i in range(len(groups)):
     blocks = [b for g in groups[:i + 1] for b in g]
     stages.append((FreezeRule('|'.join(blocks), 'train'), FreezeRule('.*', 'freeze')))
-  return Schedule(tuple(i * stage_steps for i in range(len(groups))), tuple(stages))
+  kind = (('kind', 'gradual'), ('order', order), ('direction', direction),
+          ('stage_steps', stage_steps))
+  return Schedule(tuple(i * stage_steps for i in range(len(groups))), tuple(stages), kind)
 
 
 def unfreeze_at(rules: Sequence[FreezeRule], step: int) -> Schedule:
   """Train ``rules`` until ``step``, then everything."""
   if step < 1:
     raise UserError(f'unfreeze step must be >= 1; got {step}')
-  return Schedule((0, step), (tuple(rules), (FreezeRule('.*', 'train'),)))
+  return Schedule((0, step), (tuple(rules), (FreezeRule('.*', 'train'),)),
+                  (('kind', 'unfreeze_at'), ('step', step)))
 
 
 def parse_schedule(spec, depth: int) -> Schedule:

@@ -16,7 +16,9 @@ from unet_jax import data
 from unet_jax.bundle import STRATEGIES
 from unet_jax.data import pets
 from unet_jax.errors import UserError
+from unet_jax.freeze import FROZEN_NORM
 from unet_jax.grid import AXES, Experiment, expand
+from unet_jax.metrics import HD95_CONVENTIONS
 from unet_jax.model import NORMS, UNetSpec
 from unet_jax.schedules import Schedule, parse_schedule
 from unet_jax.train import LOOPS
@@ -54,10 +56,13 @@ class SweepSettings:
   target_root: str  # folder of a real set (data.source in data.LOADERS)
   on_bad: str  # 'error' or 'skip': what a real set's unusable image/mask pair does
   target_images: int
-  test_fraction: float
+  test_fraction: float  # of the target images, held out for testing (folds <= 1)
   val_fraction: float  # of the training images, held out for validation Dice
+  folds: int  # k-fold cross-validation of the target set; 0 or 1: one hold-out split
   finetune: TrainSettings
-  update_frozen_stats: bool
+  frozen_norm: str  # freeze.FROZEN_NORM: frozen blocks' BatchNorm in fine-tuning
+  hd95_convention: str  # metrics.HD95_CONVENTIONS
+  norm_check: bool  # also score each run with re-estimated BatchNorm statistics
   chunk_steps: int
   checkpoint_every: int  # steps between bundle checkpoints; 0 = only on a signal
   loop: str
@@ -72,6 +77,10 @@ class SweepSettings:
   def runs(self) -> list[Experiment]:
     """Every experiment of the sweep: config.experiments x config.grid."""
     return expand([(e.name, e.schedule, e.init) for e in self.experiments], self.grid)
+
+  @property
+  def cross_validated(self) -> bool:
+    return self.folds > 1
 
   @classmethod
   def from_config(cls, config) -> 'SweepSettings':
@@ -89,6 +98,8 @@ class SweepSettings:
                       f'= {2 ** model.depth}')
     only = [n.strip() for n in str(_get(config, 'only')).split(',') if n.strip()]
     experiments = _experiments(config, model.depth, only)
+    _refuse_replaced_fields(config)
+    folds = _int(config, 'data.folds', 0)
     settings = cls(
         seed=_int(config, 'seed', 0),
         image_size=size,
@@ -105,13 +116,16 @@ class SweepSettings:
         target_images=_int(config, 'data.num_images', 2),
         test_fraction=_float(config, 'data.test_fraction', 0.0, 1.0),
         val_fraction=_float(config, 'data.val_fraction', 0.0, 0.9),
+        folds=folds,
         finetune=_train(config, 'finetune'),
-        update_frozen_stats=bool(_get(config, 'finetune.update_frozen_stats')),
+        frozen_norm=_choice(config, 'finetune.frozen_norm', tuple(FROZEN_NORM)),
+        hd95_convention=_choice(config, 'evaluation.hd95', tuple(HD95_CONVENTIONS)),
+        norm_check=_bool(config, 'evaluation.norm_check'),
         chunk_steps=_int(config, 'chunk_steps', 1),
         checkpoint_every=_int(config, 'checkpoint_every', 0),
         loop=_choice(config, 'loop', LOOPS),
         experiments=experiments,
-        grid=_grid(config),
+        grid=_grid(config, folds),
         strategy=_choice(config, 'strategy', ('auto',) + STRATEGIES),
         max_bundle=_int(config, 'max_bundle', 0),
         rewarmup_steps=_int(config, 'finetune.rewarmup_steps', 0),
@@ -126,20 +140,12 @@ class SweepSettings:
     names = [r.name for r in settings.runs()]
     if len(set(names)) != len(names):
       raise UserError(f'experiment names collide after grid expansion: {names}')
-    if settings.target_source in data.SOURCES:
-      settings.check_split(settings.target_images)
+    if settings.target_source in data.SOURCES and folds > settings.target_images:
+      raise UserError(f'data.folds={folds} needs at least {folds} images; '
+                      f'data.num_images is {settings.target_images}')
+    # Split sizes are checked on the class labels once the data exist
+    # (data.plan_splits), the same computation that makes the split.
     return settings
-
-  def check_split(self, num_images: int) -> None:
-    """Raises UserError unless the split leaves train and test images."""
-    n_test = round(num_images * self.test_fraction)
-    if not 1 <= n_test < num_images:
-      raise UserError(f'data.test_fraction={self.test_fraction} of {num_images} images '
-                      'leaves no train or no test images')
-    n_train = num_images - n_test
-    if round(n_train * self.val_fraction) >= n_train:
-      raise UserError(f'data.val_fraction={self.val_fraction} of the {n_train} training '
-                      'images leaves none to train on')
 
 
 def _get(config, field: str) -> Any:
@@ -167,6 +173,32 @@ def _float(config, field, lo, hi) -> float:
     raise UserError(f'config field {field!r} must be a number in [{lo}, {hi}]; '
                     f'got {value!r}')
   return float(value)
+
+
+def _bool(config, field) -> bool:
+  value = _get(config, field)
+  if not isinstance(value, bool):
+    raise UserError(f'config field {field!r} must be True or False; got {value!r}')
+  return value
+
+
+# Fields that were replaced: a config that still sets one gets told what to write.
+_REPLACED = {
+    'finetune.update_frozen_stats': "finetune.frozen_norm ('inference' | 'adapt'): "
+                                    "update_frozen_stats=True is 'adapt'; False "
+                                    'normalised frozen blocks with batch statistics '
+                                    'in training but pretrained ones in evaluation, '
+                                    'which no policy does any more (docs/DESIGN.md)',
+}
+
+
+def _refuse_replaced_fields(config) -> None:
+  for field, instead in _REPLACED.items():
+    try:
+      _get(config, field)
+    except UserError:
+      continue
+    raise UserError(f'config field {field!r} was replaced by {instead}; remove it')
 
 
 def _choice(config, field, choices) -> str:
@@ -208,30 +240,61 @@ def _experiments(config, depth, only) -> tuple[ExperimentSpec, ...]:
 
 _GRID_DEFAULTS = {'seed': 'seed', 'learning_rate': 'finetune.learning_rate',
                   'weight_decay': 'finetune.weight_decay', 'steps': 'finetune.steps',
-                  'batch_size': 'finetune.batch_size'}
+                  'batch_size': 'finetune.batch_size', 'frozen_norm': 'finetune.frozen_norm'}
 
 
-def _grid(config) -> dict:
-  """config.grid with empty axes filled from the single-valued fields."""
+def _grid(config, folds: int) -> dict:
+  """config.grid with empty axes filled from the single-valued fields.
+
+  ``fold`` defaults to every fold when ``data.folds`` > 1, else to the one
+  hold-out split (None).
+  """
   grid = {}
   for axis in AXES:
     field = f'grid.{axis}'
     values = _get(config, field)
-    if isinstance(values, (int, float)) and not isinstance(values, bool):
+    if isinstance(values, (int, float, str)) and not isinstance(values, bool):
       values = (values,)
     if not isinstance(values, (tuple, list)):
       raise UserError(f'config field {field!r} must be a tuple of values; got {values!r}')
+    if axis == 'fold':
+      grid[axis] = _folds(field, tuple(values), folds)
+      continue
     values = tuple(values) or (_get(config, _GRID_DEFAULTS[axis]),)
-    number = int if axis in ('seed', 'steps', 'batch_size') else float
-    for v in values:
-      ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
-          number is float or float(v).is_integer())
-      if not ok or v < (1 if axis in ('steps', 'batch_size') else 0):
-        raise UserError(f'config field {field!r} has a bad value {v!r}')
+    if axis == 'frozen_norm':
+      bad = [v for v in values if v not in FROZEN_NORM]
+      if bad:
+        raise UserError(f'config field {field!r} has a bad value {bad[0]!r}; valid: '
+                        f'{", ".join(FROZEN_NORM)}')
+    else:
+      number = int if axis in ('seed', 'steps', 'batch_size') else float
+      for v in values:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
+            number is float or float(v).is_integer())
+        if not ok or v < (1 if axis in ('steps', 'batch_size') else 0):
+          raise UserError(f'config field {field!r} has a bad value {v!r}')
+      values = tuple(number(v) for v in values)
     if len(set(values)) != len(values):
       raise UserError(f'config field {field!r} repeats a value: {values}')
-    grid[axis] = tuple(number(v) for v in values)
+    grid[axis] = values
   return grid
+
+
+def _folds(field: str, values: tuple, folds: int) -> tuple:
+  if folds <= 1:
+    if values:
+      raise UserError(f'config field {field!r} needs data.folds >= 2 (k-fold '
+                      f'cross-validation); data.folds is {folds}')
+    return (None,)
+  if not values:
+    return tuple(range(folds))
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < folds:
+      raise UserError(f'config field {field!r} has a bad value {v!r}; folds are '
+                      f'0..{folds - 1} (data.folds={folds})')
+  if len(set(values)) != len(values):
+    raise UserError(f'config field {field!r} repeats a value: {values}')
+  return tuple(values)
 
 
 def load_config(spec: str):

@@ -1,12 +1,18 @@
-"""Statistics for per-image scores: bootstrap CIs, paired tests, corrections, ranks.
+"""Statistics for per-image scores: run-aware means and tests, corrections, ranks.
 
-Scores of one experiment form a matrix ``runs x images`` (a run is one seed,
-or one grid point); every run is scored on the same test images, so runs and
-images are *crossed*. :func:`cluster_bootstrap_ci` resamples both.
+Scores of one experiment form a matrix ``runs x images`` (a run is one
+trained network: one seed); every run is scored on the same test images, so
+runs and images are *crossed*. The training run is the unit of replication:
+:func:`crossed_mean` gives a mean's standard error and degrees of freedom
+with both sources of variation, and every CI, test and verdict of
+``unet_jax.compare`` and ``unet_jax.findings`` comes from it (its error rate
+is checked by simulation in ``tests/stats_test.py``). :func:`bootstrap_ci`
+and :func:`wilcoxon` are for one run's images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -32,44 +38,114 @@ def bootstrap_ci(values, num_samples: int = 2000, level: float = 0.95,
   return float(lo), float(hi)
 
 
-def cluster_bootstrap_ci(matrix, num_samples: int = 2000, level: float = 0.95,
-                         seed: int = 0) -> tuple[float, float]:
-  """Percentile CI of the mean of a ``runs x images`` matrix, resampling both.
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  """The mean of a ``runs x images`` matrix with a run-aware standard error.
 
-  Each replicate draws the runs (seeds) with replacement, then the images
-  with replacement, one image draw shared by all drawn runs because every run
-  saw the same test images (a two-way bootstrap for crossed factors, Owen
-  2007), and takes the mean of the selected cells. NaN cells are left out of
-  each replicate's mean. With one run this is the ordinary bootstrap over
-  images. Example::
+  ``se`` and ``df`` come from :func:`crossed_mean`; with one run they are
+  the images' alone (``runs_known`` False: run-to-run variation unknown).
+  """
 
-    lo, hi = cluster_bootstrap_ci(dice_by_seed_and_image)   # (5, 64) -> CI
+  mean: float
+  se: float
+  df: float
+  n_runs: int
+  n_images: int
+  n_dropped: int  # images left out because some run had no value (NaN) for them
+  run_sd: float  # SD over runs of each run's mean; NaN with one run
+
+  @property
+  def runs_known(self) -> bool:
+    return self.n_runs >= 2
+
+  def ci(self, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided t interval with ``df`` degrees of freedom."""
+    if not np.isfinite(self.se):
+      return float('nan'), float('nan')
+    half = float(sps.t.ppf(0.5 + level / 2, self.df)) * self.se if self.se > 0 else 0.0
+    return self.mean - half, self.mean + half
+
+  def p_value(self) -> float:
+    """Two-sided t test of mean = 0 (a zero SE gives 0 or 1)."""
+    if not np.isfinite(self.mean) or not np.isfinite(self.se):
+      return float('nan')
+    if self.se == 0:
+      return 1.0 if self.mean == 0 else 0.0
+    return float(2 * sps.t.sf(abs(self.mean / self.se), self.df))
+
+
+def crossed_mean(matrix) -> Estimate:
+  """Mean of a ``runs x images`` matrix, with runs and images both random.
+
+  Every run (a trained network: one seed, its folds pooled) is scored on
+  the same test images, so runs and images are crossed factors and the
+  mean's variance has three parts, ``s_r^2 / R + s_i^2 / I + s_e^2 / (R I)``
+  (run-to-run, image-to-image, interaction). From the two-way ANOVA mean
+  squares (E[MS_run] = s_e^2 + I s_r^2, E[MS_image] = s_e^2 + R s_i^2,
+  E[MS_resid] = s_e^2) it is estimated as
+
+    var(run means) / R + max(0, MS_image - MS_resid) / (R I),
+
+  the paired t-test's variance over run means, widened by the test set's
+  sampling variance where the images show one; the degrees of freedom of
+  that sum by Satterthwaite (1946), the quasi-F treatment of crossed random
+  effects (Clark 1973). Why this and not another (simulation in
+  docs/DESIGN.md and tests/stats_test.py): averaging over seeds and testing
+  over images ignores the runs (79% false positives for identical
+  procedures); testing run means alone ignores the images (10-19% when
+  procedures differ image by image but not on average); the run-to-run
+  component is not truncated at zero, because with 2-3 seeds a zero
+  estimate of it is often wrong. Images with a NaN in any run are left out
+  (counted). With one run the SE is the images' alone (``df = I - 1``), and
+  no verdict should rest on it; with one image, the runs' (``df = R - 1``).
+
+  Example::
+
+    est = crossed_mean(dice_of_a - dice_of_b)   # (seeds, images) differences
+    lo, hi = est.ci(); p = est.p_value()
   """
   m = np.asarray(matrix, dtype=np.float64)
   if m.ndim == 1:
     m = m[None]
-  keep = ~np.isnan(m)
-  if not keep.any():
-    return float('nan'), float('nan')
-  rng = np.random.default_rng(seed)
+  keep = ~np.isnan(m).any(axis=0)
+  dropped = int((~keep).sum())
+  m = m[:, keep]
   runs, images = m.shape
-  # Counts of each run / image in each replicate: the mean of the selected
-  # cells is then sum_rs c_r m_rs c_s / sum_rs c_r keep_rs c_s.
-  run_counts = _counts(rng, runs, num_samples)
-  image_counts = _counts(rng, images, num_samples)
-  total = ((run_counts @ np.where(keep, m, 0.0)) * image_counts).sum(axis=1)
-  weight = ((run_counts @ keep.astype(np.float64)) * image_counts).sum(axis=1)
-  means = total[weight > 0] / weight[weight > 0]
-  alpha = (1 - level) / 2
-  lo, hi = np.quantile(means, [alpha, 1 - alpha])
-  return float(lo), float(hi)
+  if runs == 0 or images == 0:
+    return Estimate(float('nan'), float('nan'), float('nan'), runs, images, dropped,
+                    float('nan'))
+  mean = float(m.mean())
+  run_means = m.mean(axis=1)
+  run_sd = float(run_means.std(ddof=1)) if runs > 1 else float('nan')
+  if runs == 1 or images == 1:
+    values = m.ravel()
+    n = values.size
+    se = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else float('nan')
+    return Estimate(mean, se, float(n - 1), runs, images, dropped, run_sd)
+  image_means = m.mean(axis=0)
+  # Each part of the variance as (its value, its degrees of freedom); the
+  # image part is (MS_image - MS_resid) / (R I), a difference of two.
+  run_part = run_means.var(ddof=1) / runs
+  ms_image = runs * image_means.var(ddof=1)
+  resid = m - run_means[:, None] - image_means[None, :] + mean
+  df_resid = (runs - 1) * (images - 1)
+  ms_resid = float(np.sum(resid ** 2) / df_resid)
+  variance, pieces = run_part, [(run_part, runs - 1)]
+  if ms_image > ms_resid:
+    scale = runs * images
+    variance += (ms_image - ms_resid) / scale
+    pieces += [(ms_image / scale, images - 1), (ms_resid / scale, df_resid)]
+  denominator = sum(v ** 2 / df for v, df in pieces)
+  df = variance ** 2 / denominator if denominator > 0 else float(runs - 1)
+  return Estimate(mean, float(np.sqrt(variance)), float(df), runs, images, dropped, run_sd)
 
 
-def _counts(rng: np.random.Generator, n: int, num_samples: int) -> np.ndarray:
-  """(num_samples, n): how often each of n items is drawn in each replicate."""
-  draws = rng.integers(0, n, size=(num_samples, n)) + n * np.arange(num_samples)[:, None]
-  return np.bincount(draws.ravel(), minlength=n * num_samples).reshape(
-      num_samples, n).astype(np.float64)
+def welch(a: Estimate, b: Estimate) -> tuple[float, float, float]:
+  """(difference a - b, its SE, Satterthwaite df) of two independent estimates."""
+  se = float(np.hypot(a.se, b.se))
+  parts = [e.se ** 4 / e.df for e in (a, b) if e.df > 0]
+  df = se ** 4 / sum(parts) if parts and sum(parts) > 0 else float('nan')
+  return a.mean - b.mean, se, df
 
 
 def wilcoxon(differences) -> float:

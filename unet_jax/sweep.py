@@ -43,7 +43,7 @@ import jax
 import numpy as np
 import tqdm
 
-from unet_jax import checkpoint, data, freeze, grid, metrics, results, stats
+from unet_jax import checkpoint, data, freeze, grid, metrics, norm_check, results, stats
 from unet_jax.bundle import BundleContext
 from unet_jax.data import pets
 from unet_jax.distributed import is_writer
@@ -103,10 +103,16 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
+# Part of every fingerprint: results made by an engine that drew batches or
+# treated BatchNorm differently are never reused (2: common random numbers
+# and finetune.frozen_norm).
+_ENGINE_VERSION = 2
+
+
 def _pretrain_fingerprint(s: SweepSettings) -> dict:
   return {'seed': s.seed, 'image_size': s.image_size,
           'model': dataclasses.asdict(s.model), 'source': s.pretrain_source,
-          'root': s.pretrain_root,
+          'root': s.pretrain_root, 'engine': _ENGINE_VERSION,
           'num_images': s.pretrain_images, 'train': dataclasses.asdict(s.pretrain)}
 
 
@@ -116,6 +122,17 @@ def _hash(obj) -> str:
 
 def _checkpoints(workdir: str, key: str) -> BundleCheckpoints:
   return BundleCheckpoints(os.path.join(workdir, 'checkpoints', key), writer=is_writer())
+
+
+def _pretrain_data(s: SweepSettings, workdir: str) -> data.Dataset:
+  if s.pretrain_source in data.LOADERS:  # a saliency set such as XPIE or DUTS
+    dataset = data.load(s.pretrain_source, s.pretrain_root, s.image_size,
+                        cache_dir=os.path.join(workdir, 'cache'), on_bad=s.on_bad)
+  elif s.pretrain_source == pets.NAME:  # from TFDS; root, if given, is its data_dir
+    dataset = pets.load(s.pretrain_images, s.image_size, s.pretrain_root)
+  else:
+    dataset = data.make_dataset(s.pretrain_source, s.pretrain_images, s.image_size, s.seed + 1)
+  return dataset.with_channels(s.model.in_channels)
 
 
 def pretrain(s: SweepSettings, init: Weights, workdir: str, bar: tqdm.tqdm,
@@ -132,22 +149,19 @@ def pretrain(s: SweepSettings, init: Weights, workdir: str, bar: tqdm.tqdm,
       bar.update(s.pretrain.steps)
       return Weights(*checkpoint.load_weights(os.path.join(folder, 'weights')))
     bar.write('pretrain settings changed: pretraining again', file=sys.stderr)
-  if s.pretrain_source in data.LOADERS:  # a saliency set such as XPIE or DUTS
-    dataset = data.load(s.pretrain_source, s.pretrain_root, s.image_size,
-                        cache_dir=os.path.join(workdir, 'cache'), on_bad=s.on_bad)
-  elif s.pretrain_source == pets.NAME:  # from TFDS; root, if given, is its data_dir
-    dataset = pets.load(s.pretrain_images, s.image_size, s.pretrain_root)
-  else:
-    dataset = data.make_dataset(s.pretrain_source, s.pretrain_images, s.image_size, s.seed + 1)
-  dataset = dataset.with_channels(s.model.in_channels)
+  dataset = _pretrain_data(s, workdir)
+  # Everything is trained, so every BatchNorm layer uses batch statistics
+  # and updates its running ones whatever the policy.
   run = grid.Experiment('pretrain', 'pretrain',
                         Schedule.constant(freeze.preset_rules('full', s.model.depth)),
                         'random', s.seed + 2, s.pretrain.learning_rate,
-                        s.pretrain.weight_decay, s.pretrain.steps, s.pretrain.batch_size)
-  ctx = BundleContext(s.model, s.pretrain.batch_size, update_frozen_stats=True)
+                        s.pretrain.weight_decay, s.pretrain.steps, s.pretrain.batch_size,
+                        frozen_norm='adapt')
+  ctx = BundleContext(s.model, s.pretrain.batch_size)
   key = _hash(fingerprint)
   checkpoints = _checkpoints(workdir, f'pretrain-{key}')
-  result = run_bundle(ctx, [run], [init], dataset.images, dataset.masks, strategy='static',
+  result = run_bundle(ctx, [run], [init], dataset.images, dataset.masks,
+                      train_index=[np.arange(len(dataset))], strategy='static',
                       loop=s.loop, chunk_steps=s.chunk_steps, bar=bar,
                       checkpoints=checkpoints, checkpoint_every=s.checkpoint_every,
                       fingerprint=key, stop=stop)
@@ -164,7 +178,38 @@ def pretrain(s: SweepSettings, init: Weights, workdir: str, bar: tqdm.tqdm,
   return weights
 
 
-def evaluate(graphdef, weights: Weights, test: data.Dataset) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """The target data set and its splits (one hold-out split, or one per fold)."""
+
+  dataset: data.Dataset
+  splits: list[data.Split]
+
+  def split(self, exp: grid.Experiment) -> data.Split:
+    return self.splits[0 if exp.fold is None else exp.fold]
+
+  def part(self, index: np.ndarray) -> data.Dataset:
+    return self.dataset.take(index)
+
+
+def load_target(s: SweepSettings, workdir: str) -> Target:
+  """The target data and its stratified splits, fixed by ``s.seed``.
+
+  Raises UserError, with the sizes, when a split would leave a part empty.
+  """
+  if s.target_source in data.LOADERS:
+    target = data.load(s.target_source, s.target_root, s.image_size,
+                       cache_dir=os.path.join(workdir, 'cache'), on_bad=s.on_bad)
+  else:
+    target = data.make_dataset(s.target_source, s.target_images, s.image_size, s.seed + 3)
+  target = target.with_channels(s.model.in_channels)
+  splits = data.plan_splits(target.labels, test_fraction=s.test_fraction,
+                            val_fraction=s.val_fraction, folds=s.folds, seed=s.seed)
+  return Target(target, splits)
+
+
+def evaluate(graphdef, weights: Weights, test: data.Dataset, *,
+             hd95_convention: str = 'max') -> list[dict]:
   """One record per test image: Dice, IoU, HD95, ASSD (pixels) and mask sizes.
 
   Distances are in pixels of the network's input (``image_size``); they are
@@ -172,11 +217,32 @@ def evaluate(graphdef, weights: Weights, test: data.Dataset) -> list[dict]:
   """
   probs = predict(graphdef, weights.params, weights.stats, test.images)
   pred = (probs > 0.5).astype(np.float32)
-  scores = metrics.score_masks(pred, test.masks)
+  scores = metrics.score_masks(pred, test.masks, hd95_convention=hd95_convention)
   return [{'image_id': test.ids[i], 'label': test.labels[i],
            **{name: float(values[i]) for name, values in scores.items()},
            'pred_pixels': int(pred[i].sum()), 'true_pixels': int(test.masks[i].sum())}
           for i in range(len(test))]
+
+
+def check_norm(s: SweepSettings, graphdef, exp: grid.Experiment, weights: Weights,
+               fit: data.Dataset, test: data.Dataset, mean_dice: float) -> dict | None:
+  """Test Dice again with re-estimated BatchNorm statistics (``unet_jax.norm_check``).
+
+  Only the statistics the policy lets follow the target data are
+  re-estimated, on the fit images, with the final weights; a large change
+  means the scores depend on the running averages rather than the weights.
+  """
+  if not jax.tree.leaves(weights.stats):
+    return None
+  masks = freeze.norm_masks(weights.stats, weights.params, exp.schedule.stages[-1],
+                            exp.frozen_norm)
+  stats = norm_check.reestimate_stats(s.model, weights.params, weights.stats, fit.images,
+                                      update=masks.update, running=masks.running,
+                                      batch_size=exp.batch_size)
+  probs = predict(graphdef, weights.params, stats, test.images)
+  dice = np.asarray(metrics.dice((probs > 0.5).astype(np.float32), test.masks))
+  return {'mean_dice_reestimated': float(dice.mean()),
+          'change': float(dice.mean() - mean_dice)}
 
 
 def _describe_schedule(params, schedule: Schedule) -> str:
@@ -187,7 +253,8 @@ def _describe_schedule(params, schedule: Schedule) -> str:
 
 
 def summarise(s: SweepSettings, exp: grid.Experiment, weights: Weights, rows: list[dict],
-              result: BundleResult, index: int, bundle: int, fingerprint: str) -> dict:
+              result: BundleResult, index: int, bundle: int, fingerprint: str,
+              split: data.Split, norm: dict | None) -> dict:
   """The summary.json of one experiment."""
   last = exp.schedule.stages[-1]
   mask = jax.tree.leaves(freeze.trainable_mask(weights.params, last))
@@ -195,14 +262,19 @@ def summarise(s: SweepSettings, exp: grid.Experiment, weights: Weights, rows: li
   dice = [r['dice'] for r in rows]
   report = result.report
   return {
-      'name': exp.name, 'base': exp.base, 'init': exp.init, 'seed': exp.seed,
+      'name': exp.name, 'base': exp.base, 'variant': exp.variant, 'init': exp.init,
+      'seed': exp.seed, 'fold': exp.fold, 'folds': s.folds,
       'learning_rate': exp.learning_rate, 'weight_decay': exp.weight_decay,
-      'schedule': [{'start': start, 'rules': [[r.pattern, r.action] for r in rules]}
+      'frozen_norm': exp.frozen_norm,
+      'schedule': [{'start': start, 'rules': [[r.pattern, r.action] for r in rules],
+                    **freeze.trained_blocks(weights.params, rules)}
                    for start, rules in zip(exp.schedule.starts, exp.schedule.stages)],
+      'schedule_kind': exp.schedule.describe_kind(),
       'rules': [[r.pattern, r.action] for r in exp.schedule.stages[0]],
       'frozen': freeze.frozen_paths(weights.params, exp.schedule.stages[0]),
       'trainable_params': trainable, 'total_params': count_params(weights.params),
       'steps': exp.steps, 'batch_size': exp.batch_size,
+      'train_images': len(split.fit), 'val_images': len(split.val),
       'seconds': report.seconds / len(report.experiments),
       'bundle': bundle, 'strategy': report.strategy,
       'resumed_from_step': result.resumed_from,
@@ -216,7 +288,9 @@ def summarise(s: SweepSettings, exp: grid.Experiment, weights: Weights, rows: li
       'undefined_distances': int(np.sum(np.isnan([r['hd95'] for r in rows]))),
       'test_images': len(rows), 'chunk_losses': result.losses[index],
       'final_val_dice': result.history[index][-1]['val_dice'],
+      'norm_check': norm,
       'empty_mask_convention': metrics.EMPTY_MASK_CONVENTION,
+      'hd95_convention': s.hd95_convention,
       'fingerprint': fingerprint,
   }
 
@@ -230,9 +304,10 @@ def experiment_fingerprint(s: SweepSettings, exp: grid.Experiment) -> str:
   """Everything a finished experiment's results depend on."""
   return _hash({'pretrain': _pretrain_fingerprint(s) if exp.init == 'pretrained' else None,
                 'data': [s.target_source, s.target_root, s.on_bad, s.target_images,
-                         s.test_fraction, s.val_fraction, s.image_size, s.seed],
-                'model': dataclasses.asdict(s.model),
-                'finetune': [s.update_frozen_stats, s.rewarmup_steps],
+                         s.test_fraction, s.val_fraction, s.folds, s.image_size, s.seed],
+                'model': dataclasses.asdict(s.model), 'engine': _ENGINE_VERSION,
+                'finetune': [s.rewarmup_steps],
+                'evaluation': [s.hd95_convention, s.norm_check],
                 'experiment': dataclasses.asdict(exp)})
 
 
@@ -288,105 +363,113 @@ def run_sweep(config, workdir: str, *, progress: bool = True) -> list[dict]:
   workdir = prepare_workdir(workdir) if writer else os.path.abspath(workdir)
   # Only the writing process takes the work directory's lock.
   with WorkdirLock(workdir) if writer else contextlib.nullcontext(), StopRequest() as stop:
-    return _run(s, config, workdir, progress, stop)
+    return _Sweep(s, config, workdir, stop).run(progress)
 
 
-def _split(s: SweepSettings, workdir: str
-           ) -> tuple[data.Dataset, data.Dataset, data.Dataset]:
-  """(train, validation, test) of the target data, stratified, fixed by the seed."""
-  if s.target_source in data.LOADERS:
-    target = data.load(s.target_source, s.target_root, s.image_size,
-                       cache_dir=os.path.join(workdir, 'cache'), on_bad=s.on_bad)
-    s.check_split(len(target))
-  else:
-    target = data.make_dataset(s.target_source, s.target_images, s.image_size, s.seed + 3)
-  target = target.with_channels(s.model.in_channels)
-  train_idx, test_idx = data.holdout_split(target.labels, s.test_fraction, s.seed)
-  train = target.take(train_idx)
-  fit_idx, val_idx = data.holdout_split(train.labels, s.val_fraction, s.seed + 1)
-  return train.take(fit_idx), train.take(val_idx), target.take(test_idx)
+class _Sweep:
+  """One run of a sweep inside its work directory's lock: plan, train, write."""
 
+  def __init__(self, s: SweepSettings, config, workdir: str, stop: StopRequest):
+    self.s, self.config, self.workdir, self.stop = s, config, workdir, stop
+    self.writer = is_writer()
+    self.runs = s.runs()
+    self.fingerprints = {r.name: experiment_fingerprint(s, r) for r in self.runs}
+    done = {r.name: found for r in self.runs
+            if (found := _finished(workdir, r, self.fingerprints[r.name])) is not None}
+    self.todo = [r for r in self.runs if r.name not in done]
+    self.summaries = {name: found[0] for name, found in done.items()}
+    self.rows = {name: found[1] for name, found in done.items()}
+    self.bundles, self.split_by = (grid.group_bundles(self.todo, s.max_bundle)
+                                   if self.todo else ([], []))
+    self.reports: list[dict] = []
+    tuning_path = os.path.join(workdir, 'autotune.json')
+    self.tuning = {}
+    if os.path.exists(tuning_path):
+      with open(tuning_path) as f:
+        self.tuning = json.load(f)
 
-def _run(s: SweepSettings, config, workdir: str, progress: bool, stop: StopRequest
-         ) -> list[dict]:
-  """The body of run_sweep, inside the work directory's lock."""
-  runs = s.runs()
-  writer = is_writer()
-  fingerprints = {r.name: experiment_fingerprint(s, r) for r in runs}
-  done = {r.name: found for r in runs
-          if (found := _finished(workdir, r, fingerprints[r.name])) is not None}
-  todo = [r for r in runs if r.name not in done]
-  bundles, split_by = grid.group_bundles(todo, s.max_bundle) if todo else ([], [])
-  if writer:
-    results.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-  train_set, val_set, test_set = _split(s, workdir)
-  if writer:  # for report figures and for looking at what was tested
-    results.write_npz(os.path.join(workdir, 'test_set.npz'), images=test_set.images,
-                      masks=test_set.masks, ids=np.asarray(test_set.ids))
-  val = (val_set.images, val_set.masks) if len(val_set) else None
-  graphdef, params, batch_stats = init_model(s.model, s.seed)
-  tuning_path = os.path.join(workdir, 'autotune.json')
-  tuning, reports = {}, []
-  if os.path.exists(tuning_path):
-    with open(tuning_path) as f:
-      tuning = json.load(f)
-  total = s.pretrain.steps + sum(r.steps for r in todo)
-  summaries = {name: found[0] for name, found in done.items()}
-  rows = {name: found[1] for name, found in done.items()}
-  with tqdm.tqdm(total=total, unit='step', disable=not (progress and writer),
-                 file=sys.stderr, dynamic_ncols=True) as bar:
-    if done:
-      bar.write(f'{len(done)} of {len(runs)} experiment(s) already finished in {workdir}',
-                file=sys.stderr)
-    if split_by:
-      bar.write(f'{len(bundles)} bundles: different {", ".join(split_by)} need '
-                'separate programs', file=sys.stderr)
-    pretrained = None
-    if any(r.init == 'pretrained' for r in todo):
-      pretrained = pretrain(s, Weights(params, batch_stats), workdir, bar, stop)
-    else:
-      bar.update(s.pretrain.steps)
-    for b, members in enumerate(bundles):
-      inits = [pretrained if e.init == 'pretrained'
-               else Weights(*init_model(s.model, e.seed + 4)[1:]) for e in members]
-      ctx = BundleContext(s.model, members[0].batch_size,
-                          update_frozen_stats=s.update_frozen_stats,
-                          rewarmup_steps=s.rewarmup_steps)
-      key = _hash([fingerprints[e.name] for e in members])
-      checkpoints = _checkpoints(workdir, key)
-      result = run_bundle(
-          ctx, members, inits, train_set.images, train_set.masks, strategy=s.strategy,
-          loop=s.loop, chunk_steps=s.chunk_steps, bar=bar, tuning_cache=tuning, val=val,
-          checkpoints=checkpoints, checkpoint_every=s.checkpoint_every, fingerprint=key,
-          stop=stop, events_dir=os.path.join(workdir, 'tensorboard'))
-      report = result.report
-      reports.append(dataclasses.asdict(report))
-      bar.write(f'bundle {b}: {len(members)} experiment(s), strategy {report.strategy}, '
-                f'{report.exp_steps_per_s:.2f} exp-steps/s', file=sys.stderr)
-      for i, (exp, weights) in enumerate(zip(members, result.weights)):
-        if result.diverged_at[i] is not None:
-          bar.write(f'{exp.name} diverged at step {result.diverged_at[i]}: its weights '
-                    'are those of the step before', file=sys.stderr)
-        exp_rows = [dict(experiment=exp.name, seed=exp.seed, **r)
-                    for r in evaluate(graphdef, weights, test_set)]
-        summary = summarise(s, exp, weights, exp_rows, result, i, b, fingerprints[exp.name])
-        summaries[exp.name], rows[exp.name] = summary, exp_rows
-        if writer:
-          _write_experiment(workdir, exp, weights, exp_rows, result.history[i], summary)
-      if writer:
-        ordered = [r for run in runs if run.name in rows for r in rows[run.name]]
-        results.write_jsonl(os.path.join(workdir, 'results.jsonl'), ordered)
-        results.write_json(os.path.join(workdir, 'bundles.json'),
-                           {'split_by': split_by, 'bundles': reports})
-        results.write_json(tuning_path, tuning)
-      checkpoints.remove()
-    if writer:
-      if not bundles:  # all finished before: the per-bundle writes did not run
-        ordered = [r for run in runs for r in rows[run.name]]
-        results.write_jsonl(os.path.join(workdir, 'results.jsonl'), ordered)
-      bar.set_description('writing report')
-      _write_report(workdir, bar)
-  return [summaries[r.name] for r in runs]
+  def run(self, progress: bool) -> list[dict]:
+    s, workdir = self.s, self.workdir
+    if self.writer:
+      results.write_json(os.path.join(workdir, 'config.json'), self.config.to_dict())
+    target = load_target(s, workdir)
+    if self.writer:  # for report figures and for looking at what was tested
+      tested = np.unique(np.concatenate([target.split(r).test for r in self.runs]))
+      part = target.part(tested)
+      results.write_npz(os.path.join(workdir, 'test_set.npz'), images=part.images,
+                        masks=part.masks, ids=np.asarray(part.ids))
+    graphdef, params, batch_stats = init_model(s.model, s.seed)
+    total = s.pretrain.steps + sum(r.steps for r in self.todo)
+    with tqdm.tqdm(total=total, unit='step', disable=not (progress and self.writer),
+                   file=sys.stderr, dynamic_ncols=True) as bar:
+      if self.summaries:
+        bar.write(f'{len(self.summaries)} of {len(self.runs)} experiment(s) already finished '
+                  f'in {workdir}', file=sys.stderr)
+      if self.split_by:
+        bar.write(f'{len(self.bundles)} bundles: different {", ".join(self.split_by)} need '
+                  'separate programs', file=sys.stderr)
+      pretrained = None
+      if any(r.init == 'pretrained' for r in self.todo):
+        pretrained = pretrain(s, Weights(params, batch_stats), workdir, bar, self.stop)
+      else:
+        bar.update(s.pretrain.steps)
+      for b, members in enumerate(self.bundles):
+        self._run_bundle(b, members, pretrained, target, graphdef, bar)
+      if self.writer:
+        if not self.bundles:  # all finished before: the per-bundle writes did not run
+          self._write_results()
+        bar.set_description('writing report')
+        _write_report(workdir, bar)
+    return [self.summaries[r.name] for r in self.runs]
+
+  def _run_bundle(self, b: int, members: list[grid.Experiment], pretrained: Weights | None,
+                  target: Target, graphdef, bar: tqdm.tqdm) -> None:
+    s, workdir = self.s, self.workdir
+    inits = [pretrained if e.init == 'pretrained'
+             else Weights(*init_model(s.model, e.seed + 4)[1:]) for e in members]
+    splits = [target.split(e) for e in members]
+    images, masks = target.dataset.images, target.dataset.masks
+    val = ([(images[sp.val], masks[sp.val]) for sp in splits]
+           if all(len(sp.val) for sp in splits) else None)
+    ctx = BundleContext(s.model, members[0].batch_size, rewarmup_steps=s.rewarmup_steps)
+    key = _hash([self.fingerprints[e.name] for e in members])
+    checkpoints = _checkpoints(workdir, key)
+    result = run_bundle(
+        ctx, members, inits, images, masks, train_index=[sp.fit for sp in splits],
+        strategy=s.strategy, loop=s.loop, chunk_steps=s.chunk_steps, bar=bar,
+        tuning_cache=self.tuning, val=val, checkpoints=checkpoints,
+        checkpoint_every=s.checkpoint_every, fingerprint=key, stop=self.stop,
+        events_dir=os.path.join(workdir, 'tensorboard'))
+    report = result.report
+    self.reports.append(dataclasses.asdict(report))
+    bar.write(f'bundle {b}: {len(members)} experiment(s), strategy {report.strategy}, '
+              f'{report.exp_steps_per_s:.2f} exp-steps/s', file=sys.stderr)
+    for i, (exp, weights, split) in enumerate(zip(members, result.weights, splits)):
+      if result.diverged_at[i] is not None:
+        bar.write(f'{exp.name} diverged at step {result.diverged_at[i]}: its weights '
+                  'are those of the step before', file=sys.stderr)
+      test = target.part(split.test)
+      exp_rows = [dict(experiment=exp.name, seed=exp.seed, fold=exp.fold, **r)
+                  for r in evaluate(graphdef, weights, test,
+                                    hd95_convention=s.hd95_convention)]
+      norm = (check_norm(s, graphdef, exp, weights, target.part(split.fit), test,
+                         float(np.mean([r['dice'] for r in exp_rows])))
+              if s.norm_check else None)
+      summary = summarise(s, exp, weights, exp_rows, result, i, b,
+                          self.fingerprints[exp.name], split, norm)
+      self.summaries[exp.name], self.rows[exp.name] = summary, exp_rows
+      if self.writer:
+        _write_experiment(workdir, exp, weights, exp_rows, result.history[i], summary)
+    if self.writer:
+      self._write_results()
+      results.write_json(os.path.join(workdir, 'bundles.json'),
+                         {'split_by': self.split_by, 'bundles': self.reports})
+      results.write_json(os.path.join(workdir, 'autotune.json'), self.tuning)
+    checkpoints.remove()
+
+  def _write_results(self) -> None:
+    ordered = [r for run in self.runs if run.name in self.rows for r in self.rows[run.name]]
+    results.write_jsonl(os.path.join(self.workdir, 'results.jsonl'), ordered)
 
 
 def _write_report(workdir: str, bar: tqdm.tqdm) -> None:

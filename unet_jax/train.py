@@ -40,6 +40,7 @@ class StepContext(NamedTuple):
   graphdef: nnx.GraphDef
   optimizer: optax.GradientTransformation
   stats_mask: PyTree  # Python bools: True = this statistic is updated
+  running: PyTree  # Python bools per BatchNorm layer: running statistics in training
   batch_size: int
   images: jax.Array
   masks: jax.Array
@@ -52,15 +53,24 @@ def segmentation_loss(logits: jax.Array, masks: jax.Array) -> jax.Array:
   return bce + soft_dice_loss(jax.nn.sigmoid(logits), masks)
 
 
-def draw_batch(images, masks, key, step, batch_size: int) -> Batch:
+def draw_batch(images, masks, key, step, batch_size: int, index=None, count=None) -> Batch:
   """The batch of ``step``: drawn by index from (key, step), with random
   horizontal flips.
+
+  With ``index`` (and ``count``, its number of valid entries) the batch is
+  drawn from ``images[index[:count]]``, a training set inside a larger array
+  (cross-validation folds of one bundle share the array). The positions
+  drawn depend only on (key, step, count), so experiments that share a seed
+  see the same batches (common random numbers).
 
   Lateral flips are physically plausible for ultrasound and X-ray alike;
   flips in depth are not.
   """
   k_idx, k_flip = jax.random.split(jax.random.fold_in(key, step))
-  idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])
+  idx = jax.random.randint(k_idx, (batch_size,), 0,
+                           images.shape[0] if count is None else count)
+  if index is not None:
+    idx = index[idx]
   images, masks = images[idx], masks[idx]
   flip = jax.random.bernoulli(k_flip, 0.5, (batch_size, 1, 1, 1))
   images = jnp.where(flip, images[:, :, ::-1], images)
@@ -73,7 +83,7 @@ def train_step(ctx: StepContext, state: TrainState, batch: Batch
   """One optimizer step; returns the new state and the batch loss."""
   def loss_fn(params):
     logits, new_stats = apply_model(ctx.graphdef, params, state.stats,
-                                    batch.images, train=True)
+                                    batch.images, train=True, running=ctx.running)
     return segmentation_loss(logits, batch.masks), new_stats
 
   (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -120,8 +130,12 @@ def host_loop(step, state, *args, num_steps: int):
 
 
 def make_train_chunk(graphdef, optimizer, stats_mask, batch_size: int, *,
-                     loop: str = 'auto'):
+                     running=None, loop: str = 'auto'):
   """A ``train_chunk(state, images, masks, key, num_steps)`` function.
+
+  ``stats_mask`` and ``running`` are the Python-bool trees of
+  ``freeze.norm_masks`` (which statistics are updated; which layers
+  normalise with running statistics in training).
 
   Returns (state, losses) after ``num_steps`` steps. With ``loop='scan'`` the
   chunk is one compiled ``lax.scan`` (each distinct length compiles once);
@@ -129,7 +143,8 @@ def make_train_chunk(graphdef, optimizer, stats_mask, batch_size: int, *,
   draw the same batches: the batch of step t depends only on (key, t).
   """
   def context(images, masks, key):
-    return StepContext(graphdef, optimizer, stats_mask, batch_size, images, masks, key)
+    return StepContext(graphdef, optimizer, stats_mask, running, batch_size, images, masks,
+                       key)
 
   if resolve_loop(loop) == 'scan':
     @functools.partial(jax.jit, static_argnames='num_steps')

@@ -17,7 +17,7 @@ import numpy as np
 
 from unet_jax.data import chest_xray, dead_leaves, ultrasound
 from unet_jax.data.real import LOADERS, load
-from unet_jax.data.splits import holdout_split, kfold_split
+from unet_jax.data.splits import Split, holdout_split, kfold_split, plan_splits
 from unet_jax.errors import UserError
 
 
@@ -90,6 +90,6 @@ def make_dataset(name: str, num: int, size: int, seed: int) -> Dataset:
 
 
 __all__ = [
-    'LOADERS', 'SOURCES', 'Dataset', 'holdout_split', 'kfold_split', 'load',
-    'make_dataset',
+    'LOADERS', 'SOURCES', 'Dataset', 'Split', 'holdout_split', 'kfold_split', 'load',
+    'make_dataset', 'plan_splits',
 ]

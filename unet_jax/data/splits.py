@@ -3,9 +3,15 @@
 Both shuffle each class with ``numpy.random.default_rng(seed)``, taking classes in sorted order,
 so a split depends only on the labels and the seed. A class such as ``'unknown'`` is a stratum
 like any other; with a single class the split is a plain shuffled one.
+
+:func:`plan_splits` is the sweep's split of a target set into fit / validation / test parts
+(one hold-out split, or one per fold); the sizes it gives are the sizes a sweep uses, and a
+plan that leaves a part empty is refused with those sizes.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -72,3 +78,54 @@ def kfold_split(labels: list[str], k: int, seed: int) -> list[tuple[np.ndarray, 
     fold_of[idx] = (dealt + np.arange(len(idx))) % k
     dealt += len(idx)
   return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(k)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One train/validation/test split of a target set, as sorted indices into it."""
+
+  fit: np.ndarray  # trained on
+  val: np.ndarray  # scored after every chunk (validation Dice)
+  test: np.ndarray  # scored once, at the end
+
+  def sizes(self) -> dict[str, int]:
+    return {'fit': len(self.fit), 'val': len(self.val), 'test': len(self.test)}
+
+
+def plan_splits(labels: list[str], *, test_fraction: float, val_fraction: float, folds: int,
+                seed: int) -> list[Split]:
+  """The sweep's splits: one hold-out split (``folds`` <= 1) or one per fold.
+
+  Test parts come from :func:`holdout_split` with ``test_fraction`` or from
+  :func:`kfold_split` (every image tested once); each training part is split
+  again by class into fit and validation parts with ``val_fraction``
+  (shuffled with ``seed + 1``). Raises UserError, with the sizes it would
+  give, when a fit or test part would be empty, or a validation part while
+  ``val_fraction`` > 0.
+
+  Example::
+
+    splits = plan_splits(ds.labels, test_fraction=0.4, val_fraction=0.2, folds=0, seed=0)
+    train = ds.take(splits[0].fit)
+  """
+  if folds > 1:
+    outer = kfold_split(labels, folds, seed)
+  else:
+    outer = [holdout_split(labels, test_fraction, seed)]
+  splits = []
+  for train, test in outer:
+    fit, val = holdout_split([labels[i] for i in train], val_fraction, seed + 1)
+    splits.append(Split(train[fit], train[val], test))
+  empty = [(i, s) for i, s in enumerate(splits)
+           if not len(s.fit) or not len(s.test) or (val_fraction > 0 and not len(s.val))]
+  if empty:
+    i, split = empty[0]
+    where = f'fold {i} of {folds}' if folds > 1 else (
+        f'data.test_fraction={test_fraction}')
+    counts = ', '.join(f'{n} {part}' for part, n in split.sizes().items())
+    classes = ', '.join(f'{n} {c}' for c, n in zip(*np.unique(labels, return_counts=True)))
+    raise UserError(f'the split of {len(labels)} images ({classes}) with {where} and '
+                    f'data.val_fraction={val_fraction} gives {counts} images (split per '
+                    'class); every part needs at least one: change the fractions, '
+                    'data.folds or the number of images')
+  return splits
