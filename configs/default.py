@@ -1,18 +1,23 @@
 """Default sweep: which layers to fine-tune, on simulated breast ultrasound.
 
-Pretrains a U-Net (base 16, depth 4, BatchNorm) on built-in dead-leaves
-salient-object images (natural-image-like), then fine-tunes it on 77
-simulated breast-ultrasound images (19 more for validation Dice) under eight
-layer subsets and evaluates each on 64 held-out images.
+Pretrains a U-Net (base 16, depth 4, BatchNorm) for 400 steps on built-in
+dead-leaves salient-object images (natural-image-like), then fine-tunes it on
+77 simulated breast-ultrasound images (19 more for validation Dice) under
+eight layer subsets x 3 seeds, 80 steps each (frozen blocks' BatchNorm:
+'adapt'), and evaluates each run on 64 held-out images.
 
 Command:    python launch/sweep.py
 Variants:   python launch/sweep.py --config=configs/default.py:tiny  (seconds;
             what the tests run)
-Overrides:  --config.finetune.steps=500 --config.only=full,contracting
-Time:       4 min 8 s on a 2-core CPU with no accelerator (2026-11-26, README).
-Result:     a table sorted by test Dice (full and from-scratch about 0.90,
-            contracting path 0.84, shallow blocks 0.69, expanding path 0.54,
-            deep/head/last 0.17-0.41) and report.md (F1 and F3 hold).
+Overrides:  --config.finetune.steps=300 --config.only=full,contracting
+            --config.finetune.frozen_norm=inference --config.data.folds=5
+Time:       4 min 43 s on a 2-core CPU with no accelerator, fresh work
+            directory and compilation cache (2026-12-01, README).
+Result:     a table sorted by test Dice with the seed spread (full 0.86,
+            contracting 0.84, expanding 0.82, scratch 0.81, shallow 0.77,
+            last 0.71, deep 0.61, head 0.46) and report.md: F3 holds, F5 does
+            not hold, F1 inconclusive (+0.018 [-0.019, +0.055] on 3 seeds),
+            F2/F4/F6 need configs/paper.py.
 """
 
 import ml_collections

@@ -1,45 +1,56 @@
 """The paper's design (Amiri, Brooks, Rivaz 2019/2020), swept over seeds.
 
 Pretrains a U-Net on dead-leaves salient-object images, then fine-tunes it on
-one target domain under every layer subset the paper studies, for one
-definition of "shallow/deep" (DESIGN.md F6):
+one target domain under every layer subset the paper studies, under both
+definitions of "shallow/deep" (DESIGN.md F6) in one work directory:
 
-- every block (``scheme=flow``: enc1 ... bottleneck ... dec1, head) or block
-  group (``scheme=depth``: {enc1, dec1, head}, {enc2, dec2}, ..., {bottleneck})
-  fine-tuned alone: ``alone_<blocks>``;
-- cumulative subsets, shallow-to-deep (``s2d_<k>``: the k shallowest groups)
-  and deep-to-shallow (``d2s_<k>``: the k deepest);
-- contracting path only vs expanding path only (F1);
-- gradual unfreezing in both directions (F2);
-- full fine-tuning, training from scratch and the head only (F3);
+- every block (flow: enc1 ... bottleneck ... dec1, head) and block group
+  (depth: {enc1, dec1, head}, {enc2, dec2}, ..., {bottleneck}) fine-tuned
+  alone: ``alone_<blocks>``;
+- cumulative subsets, shallow-to-deep (``<scheme>_s2d_<k>``: the k shallowest
+  groups) and deep-to-shallow (``<scheme>_d2s_<k>``: the k deepest), F2;
+- contracting path only vs expanding path only (F1); shallow, deep, last
+  (dec1 + head) and head only (F3);
+- gradual unfreezing in both directions under both orders
+  (``gradual_<scheme>_s2d`` / ``_d2s``, F2, F6);
+- full fine-tuning and training from scratch;
 - five seeds each (data split fixed, training seeds vary).
+
+Every distinct set of blocks is swept once, under the first name it gets in
+that order (presets, then blocks alone, then cumulative subsets): under the
+flow order ``d2s_1`` is ``head``, ``d2s_2`` is ``last``, ``s2d_1`` is
+``alone_enc1``, and the middle k are ``contracting`` / ``expanding``. The
+findings recognise subsets by the blocks they train (summary.json), not by
+name. With ``scheme=flow`` or ``scheme=depth`` one order is swept and names
+carry no scheme prefix.
 
 Commands (one target domain per work directory; F4 compares two):
 
   python launch/sweep.py --config=configs/paper.py --workdir=runs/paper-us
   python launch/sweep.py --config=configs/paper.py:dataset=chest_xray --workdir=runs/paper-xray
-  python launch/sweep.py --config=configs/paper.py:scheme=depth --workdir=runs/paper-us-depth
   python launch/report.py --workdir=runs/paper-us --also=runs/paper-xray
   python launch/sweep.py --config=configs/paper.py:dataset=busi,root=~/data/Dataset_BUSI_with_GT
   python launch/sweep.py --config=configs/paper.py:smoke --workdir=/tmp/paper-smoke
 
-Variants (comma-separated): ``scheme=flow|depth``; ``dataset=`` a built-in
-source (ultrasound, chest_xray) or a real set (busi, udiat_b, montgomery,
-jsrt_scr, folder) with ``root=<folder>``; ``seeds=N``; ``smoke``.
+Variants (comma-separated): ``scheme=both|flow|depth`` (default both);
+``dataset=`` a built-in source (ultrasound, chest_xray) or a real set (busi,
+udiat_b, montgomery, jsrt_scr, folder) with ``root=<folder>``; ``seeds=N``;
+``smoke``.
 
-Size and time. The full design is 35 base experiments x 5 seeds = 175
-fine-tuning runs (scheme=flow; 21 x 5 = 105 for depth) of 1,000 steps at
-128 x 128, base width 32: about 175,000 experiment-steps, sized for one
-accelerator. Not yet measured on one: the estimate for an H100 is 20-40
-minutes per scheme and domain. ``smoke`` is the same design on a depth-2,
-width-4 U-Net at 32 x 32 with 8 steps per run: 23 x 5 = 115 runs, about 80 s
-on a 2-core CPU (measured in README.md).
+Size and time. The full design is 43 base experiments x 5 seeds = 215
+fine-tuning runs (one scheme: flow 32, depth 20 bases) of 1,000 steps at 128 x 128,
+base width 32: about 215,000 experiment-steps, sized for one accelerator,
+not yet measured on one. ``smoke`` is the same design on a depth-2, width-4
+U-Net at 32 x 32 with 8 steps per run: 25 x 5 = 125 runs, 2 min 4 s on a
+2-core CPU (2026-12-01); at 8 steps its numbers only show that every finding
+can be decided (it gave F1, F2 and F6 "holds").
 
 What it measures: test Dice, IoU, HD95 and ASSD per image and seed, the
 validation Dice curve of every run, and the findings F1-F6 in report.md
-(``unet_jax.compare``): contracting vs expanding, gradual shallow-to-deep vs
-deep-to-shallow, where last-blocks-only ranks, the X-ray contrast (with
-``--also``), convergence speed of shallow vs full, and both schemes.
+(``unet_jax.compare``): contracting vs expanding, shallow-to-deep vs
+deep-to-shallow (gradual and cumulative, both orders), where last-blocks-only
+ranks among distinct subsets, the X-ray contrast (with ``--also``),
+convergence speed of shallow vs full, and both schemes.
 """
 
 import ml_collections
