@@ -195,6 +195,8 @@ def test_unknown_block_in_rules_lists_valid_blocks(tmp_path):
 def test_export_and_predict_at_any_size(sweep_dir, tmp_path):
   workdir, _ = sweep_dir
   out = unet_jax.export_experiment(workdir, 'full', str(tmp_path / 'model'))
+  with open(os.path.join(out, 'model.json')) as f:
+    assert json.load(f)['frozen_norm'] == 'adapt'
   images = np.random.default_rng(0).random((3, 45, 70)).astype(np.float32)
   probs = unet_jax.predict(out, images)
   assert probs.shape == (3, 45, 70) and probs.dtype == np.float32

@@ -1,8 +1,9 @@
 """One experiment as a standalone model: export it, then segment new images.
 
 An exported folder holds ``weights/`` (a plain orbax checkpoint, as in the
-work directory) and ``model.json`` (architecture, input size, and the
-experiment's summary), which is all :func:`predict` needs.
+work directory) and ``model.json`` (architecture, input size, the BatchNorm
+policy it was fine-tuned under, and the experiment's summary), which is all
+:func:`predict` needs.
 
 Example::
 
@@ -48,8 +49,11 @@ def export_experiment(workdir: str, experiment: str, out: str) -> str:
   except OSError as e:
     raise UserError(f'cannot create {out}: {e.strerror or e}') from None
   checkpoint.save_weights(os.path.join(out, 'weights'), params, stats)
+  # How its frozen blocks' BatchNorm was trained; predict always runs every
+  # layer on its running statistics.
   results.write_json(os.path.join(out, 'model.json'), {
-      'model': spec, 'image_size': config['image_size'], 'experiment': summary})
+      'model': spec, 'image_size': config['image_size'],
+      'frozen_norm': summary.get('frozen_norm'), 'experiment': summary})
   return out
 
 
