@@ -46,7 +46,7 @@ SUBSETS = [p for p in PRESETS if p != 'none']
 def experiments(n, steps, spec, batch):
   return [Experiment(f'{SUBSETS[i % len(SUBSETS)]}-{i}', SUBSETS[i % len(SUBSETS)],
                      Schedule.constant(preset_rules(SUBSETS[i % len(SUBSETS)], spec.depth)),
-                     'pretrained', i, 1e-3, 0.0, steps, batch) for i in range(n)]
+                     'pretrained', i, 1e-3, 0.0, steps, batch, 'adapt') for i in range(n)]
 
 
 def run_baseline(exps, spec, weights, images, masks, chunk):

@@ -169,8 +169,10 @@ def get_config(arg=None):
                      val_fraction=0.2, folds=0, root=options['root'], on_bad='error')
   steps = 8 if smoke else 1000
   config.finetune = dict(steps=steps, batch_size=8 if smoke else 16, learning_rate=1e-3,
-                         weight_decay=0.0, frozen_norm='inference', rewarmup_steps=0)
-  config.evaluation = dict(hd95='max', norm_check=False)
+                         weight_decay=0.0, frozen_norm='adapt', rewarmup_steps=0)
+  # The default's policy and check (docs/DESIGN.md section 3); cross both
+  # policies with grid.frozen_norm=('inference', 'adapt').
+  config.evaluation = dict(hd95='max', norm_check=True)
   schemes = ORDERS if options['scheme'] == 'both' else (options['scheme'],)
   config.experiments = experiments(schemes, config.model.depth, steps)
   config.grid = dict(seed=tuple(range(int(options['seeds']))), learning_rate=(),

@@ -89,7 +89,12 @@ def main(argv) -> int:
     return 130
   if distributed.is_writer():
     from unet_jax import compare, report  # pandas and scipy, once results exist
-    print(report.console_summary(compare.load(workdir)))
+    try:
+      print(report.console_summary(compare.load(workdir)))
+    except Exception as e:  # noqa: BLE001 - the results are written; say how to look
+      print(f'warning: the summary table could not be made ({type(e).__name__}: {e}); '
+            f'the results are safe; retry with: python launch/report.py --workdir={workdir}',
+            file=sys.stderr)
     print(f'\nresults in {os.path.abspath(workdir)}')
     report = os.path.join(os.path.abspath(workdir), 'report.md')
     if os.path.exists(report):

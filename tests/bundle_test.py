@@ -132,6 +132,33 @@ def test_bundle_matches_optax_partition_in_float64(problem, references64, strate
           assert int(count) == 3
 
 
+@pytest.mark.parametrize('strategy', ['static', 'vmap'])
+def test_each_experiment_draws_only_its_own_training_images(problem, strategy):
+  # Folds of one bundle share the image array: every image outside an
+  # experiment's training indices is poisoned, so one draw of it would make
+  # the loss NaN and mark the experiment diverged. The two index lists differ
+  # in length, so the shorter one is padded (with index 0, a poisoned image).
+  _, params, stats, images, masks = problem
+  fits = [np.arange(3, 8), np.arange(1, 12, 2)]  # 5 and 6 images, neither holds 0
+  poisoned = images.copy()
+  outside = np.setdiff1d(np.arange(len(images)), np.concatenate(fits))
+  poisoned[outside] = np.nan
+  assert 0 in outside
+  schedule = Schedule.constant(preset_rules('full', SPEC.depth))
+  setup = stack([make_setup(params, stats, schedule, num_stages=1, learning_rate=LR,
+                            weight_decay=0.0, seed_key=jax.random.key(0),
+                            frozen_norm='adapt', train_index=fit, index_length=6)
+                 for fit in fits])
+  assert np.asarray(setup.train_count).tolist() == [5, 6]
+  state = stack([init_experiment_state(params, stats)] * 2)
+  chunk = make_bundle_chunk(BundleContext(SPEC, 4), strategy, loop='host')
+  state, losses = chunk(state, setup, poisoned, masks, num_steps=6)
+  assert np.all(np.isfinite(np.asarray(losses)))
+  assert np.asarray(state.diverged_at).tolist() == [-1, -1]
+  # The same seed, other training images: other weights.
+  assert not np.array_equal(*np.asarray(state.params['head']['kernel']))
+
+
 @pytest.mark.parametrize('strategy', ['per_experiment', 'sequential', 'vmap'])
 def test_one_trace_per_bundle_with_mixed_subsets_and_schedules(problem, strategy):
   _, params, stats, images, masks = problem

@@ -136,10 +136,36 @@ def test_f5_convergence_with_five_seeds(tmp_path, shallow_rise, verdict):
   res = compare.load(fake_workdir.write(tmp_path, {'full': 0.85, 'shallow': 0.8},
                                         histories=histories))
   conv = res.convergence(0.9, reference='full').set_index('experiment')
-  # full-seed1 rises by step 30 (25 + 5 with phase 1): 0.9 * 0.85 first logged at 30.
-  assert conv.loc['full-seed1', 'steps'] == 30
+  # full-seed1 rises linearly to 0.85 by step 30 (25 + 5 with phase 1), logged
+  # every 5 steps: 0.9 * 0.85 is crossed at step 27, between the logs at 25 and 30.
+  assert conv.loc['full-seed1', 'steps'] == pytest.approx(27.0)
   f = _findings(res)['F5']
   assert f.verdict == verdict and 'paired t-test over seeds' in f.evidence
+
+
+def test_f5_when_every_seed_differs_by_the_same_steps(tmp_path):
+  # Curves that jump at chunk boundaries cross at the same step in every seed:
+  # no spread for a t-test; the exact sign test answers (2 x 0.5^6 = 0.031).
+  def step_curve(reach):
+    return lambda seed: [{'step': t, 'loss': 0.0, 'val_dice': 0.85 if t >= reach else 0.1}
+                         for t in range(10, 41, 10)]
+  histories = {'shallow': step_curve(10), 'full': step_curve(30)}
+  res = compare.load(fake_workdir.write(tmp_path, {'full': 0.85, 'shallow': 0.8},
+                                        seeds=range(6), histories=histories))
+  f = _findings(res)['F5']
+  # Interpolated between the logs at 20 (0.1) and 30 (0.85): 28.87 against 10.
+  assert f.verdict == HOLDS and 'every seed differs by 18.8667 steps' in f.evidence
+  assert 'exact sign test over seeds p=0.031' in f.evidence
+
+
+def test_convergence_is_judged_fold_by_fold(tmp_path):
+  histories = {'full': _jittered_curve(25, 0.85), 'shallow': _jittered_curve(10, 0.85)}
+  res = compare.load(fake_workdir.write(tmp_path, {'full': 0.85, 'shallow': 0.8},
+                                        seeds=(0, 1, 2), folds=3, histories=histories))
+  conv = res.convergence(0.9, reference='full')
+  assert len(conv) == 2 * 3 * 3 and conv['steps'].notna().all()
+  full = conv[conv['base'] == 'full']
+  assert (full['target'] == 0.9 * full['best_val_dice']).all()  # each fold its own bar
 
 
 def test_convergence_without_history(tmp_path):

@@ -54,6 +54,11 @@ masks = (images > 0.5).astype(np.float32)
 
 
 SHARDED_SCRIPT = PRELUDE + r'''
+# Float64, as the single-device strategies are checked against optax.partition
+# (tests/bundle_test.py): per_experiment is that check's reference here.
+jax.config.update('jax_enable_x64', True)
+params, stats, images, masks = jax.tree.map(lambda x: np.asarray(x, np.float64),
+                                            (params, stats, images, masks))
 assert jax.device_count() == 2
 schedules = [Schedule.constant(preset_rules('head', 2)),
              gradual('depth', 'shallow_to_deep', 1, 2),
@@ -72,8 +77,9 @@ for strategy in ('sharded_vmap', 'sharded_sequential'):
                       place(images, mesh, P()), place(masks, mesh, P()), num_steps=3)
   assert TRACES['experiment_step'] == 1, TRACES
   assert len(out.params['head']['kernel'].sharding.device_set) == 2
+  assert out.params['head']['kernel'].dtype == np.float64
   for a, b in zip(jax.tree.leaves(ref.params), jax.tree.leaves(out.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=3e-3)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
   np.testing.assert_array_equal(np.asarray(out.params['enc1']['conv1']['kernel'])[0],
                                 params['enc1']['conv1']['kernel'])
 print('OK')

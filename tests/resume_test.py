@@ -31,7 +31,7 @@ def problem():
 
 def _experiment(name, preset='full', lr=1e-3, seed=0):
   return Experiment(name, name, Schedule.constant(freeze.preset_rules(preset, SPEC.depth)),
-                    'pretrained', seed, lr, 0.0, STEPS, 4)
+                    'pretrained', seed, lr, 0.0, STEPS, 4, 'adapt')
 
 
 def _run(problem, experiments, strategy='static', **kwargs):

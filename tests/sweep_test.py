@@ -149,6 +149,23 @@ def test_finished_experiments_are_not_run_again(sweep_dir, capsys):
   assert len(rows) == 2 * summaries[0]['test_images']  # nothing duplicated
 
 
+def test_new_evaluation_settings_score_finished_experiments_again(tmp_path, capsys):
+  workdir = str(tmp_path)
+  first = run_sweep(tiny_config(), workdir, progress=False)
+  capsys.readouterr()
+  again = run_sweep(tiny_config(**{'evaluation.hd95': 'pooled'}), workdir, progress=True)
+  err = capsys.readouterr().err
+  assert 'scoring 2 finished experiment(s) again' in err and 'bundle 0' not in err
+  for old, new in zip(first, again):
+    assert new['hd95_convention'] == 'pooled' and old['hd95_convention'] == 'max'
+    assert new['chunk_losses'] == old['chunk_losses']  # not trained again
+    assert new['mean_dice'] == old['mean_dice'] and new['fingerprint'] == old['fingerprint']
+  rows = read_jsonl(os.path.join(workdir, 'experiments', 'full', 'results.jsonl'))
+  assert len(rows) == first[0]['test_images']
+  with open(os.path.join(workdir, 'experiments', 'full', 'summary.json')) as f:
+    assert json.load(f)['evaluation'] == {'hd95_convention': 'pooled', 'norm_check': True}
+
+
 def test_pretraining_is_reused(sweep_dir, capsys):
   workdir, _ = sweep_dir
   before = os.path.getmtime(os.path.join(workdir, 'pretrain', 'meta.json'))
@@ -174,6 +191,13 @@ def test_pretraining_is_reused(sweep_dir, capsys):
     ({'grid.fold': (0, 1)}, "'grid.fold' needs data.folds >= 2"),
     ({'data.folds': 3, 'grid.fold': (3,)}, "bad value 3; folds are 0..2"),
     ({'evaluation.hd95': 'mean'}, "'evaluation.hd95' is 'mean'; valid choices: max, pooled"),
+    # A config file can set any type (a --config.x flag is cast by ml_collections).
+    ({'evaluation': {'hd95': 'max', 'norm_check': 'yes'}},
+     "'evaluation.norm_check' must be True or False"),
+    ({'data.folds': -1}, "'data.folds' must be an integer >= 0"),
+    ({'data.folds': 3, 'grid.fold': ('a',)}, "'grid.fold' has a bad value 'a'"),
+    ({'grid.frozen_norm': (['adapt'],)}, "'grid.frozen_norm' has a bad value ['adapt']"),
+    ({'data.folds': 17}, 'data.folds=17 needs at least 17 images'),
     ({'finetune.update_frozen_stats': True}, "'finetune.update_frozen_stats' was replaced by "
                                              "finetune.frozen_norm"),
     ({'pretrain.source': 'xpie'}, 'valid choices: ultrasound, dead_leaves'),

@@ -299,10 +299,13 @@ class Results:
     """Steps each run needs to reach ``fraction`` of a best validation Dice.
 
     The target is the run's own best ``val_dice``, or with ``reference`` (a
-    base) the best of the reference run with the same domain, variant and
-    seed, so runs are compared against one bar. ``steps`` is the first
-    logged step at or above the target, NaN when it is never reached or the
-    engine wrote no ``history.jsonl`` (``note`` says which).
+    base) the best of the reference run with the same domain, variant, seed
+    and fold, so runs are compared against one bar. ``steps`` is where the
+    curve first crosses the target, interpolated linearly between the logged
+    steps around the crossing (the first logged step when it is already
+    there), so that runs logged every chunk do not tie at chunk boundaries;
+    NaN when it is never reached or the engine wrote no ``history.jsonl``
+    (``note`` says which).
     """
     best = {}
     curves = {}
@@ -314,25 +317,26 @@ class Results:
       else:
         curves[run.Index] = None
       if curves[run.Index] is not None:
-        best[(run.domain, run.base, run.variant, run.seed)] = float(h['val_dice'].max())
+        best[(run.domain, run.base, run.variant, run.seed, _fold(run.fold))] = float(
+            h['val_dice'].max())
     out = []
     for run in self.runs.itertuples():
       h = curves[run.Index]
       row = {'domain': run.domain, 'experiment': run.experiment, 'base': run.base,
-             'condition': run.condition, 'seed': run.seed, 'best_val_dice': np.nan,
+             'condition': run.condition, 'seed': run.seed, 'fold': _fold(run.fold),
+             'best_val_dice': np.nan,
              'target': np.nan, 'steps': np.nan, 'last_step': np.nan, 'note': ''}
       if h is None:
         row['note'] = 'no history.jsonl with val_dice'
       else:
         row['best_val_dice'] = float(h['val_dice'].max())
         row['last_step'] = float(h['step'].max())
-        key = (run.domain, reference or run.base, run.variant, run.seed)
+        key = (run.domain, reference or run.base, run.variant, run.seed, _fold(run.fold))
         if key in best:
           row['target'] = fraction * best[key]
-          reached = h[h['val_dice'] >= row['target']]
-          if len(reached):
-            row['steps'] = float(reached['step'].min())
-          else:
+          row['steps'] = crossing_step(h['step'].to_numpy(), h['val_dice'].to_numpy(),
+                                       row['target'])
+          if np.isnan(row['steps']):
             row['note'] = 'target never reached'
         else:
           row['note'] = f'no history for reference {reference!r}'
@@ -356,25 +360,45 @@ def paired_test(a: str, b: str, metric: str, matched: pd.DataFrame, keys: Sequen
 
   Keys other than ``domain`` and ``image_id`` identify runs; concatenating the
   matched cells of several pairs with an extra key pools them in one test.
+  Every number comes from the same cells: images with a value in every run
+  on both sides (``n_excluded`` counts the matched cells left out).
   """
-  valid = matched.dropna(subset=['a', 'b']).assign(run=0)
-  diff = valid['a'] - valid['b']
   run_keys = [k for k in keys if k not in ('domain', 'image_id')] or ['run']
   image_keys = [k for k in keys if k in ('domain', 'image_id')]
-  per_image = diff.groupby([valid[k] for k in image_keys]).mean()
-  cells = valid.assign(d=diff).pivot_table(index=run_keys, columns=image_keys, values='d')
-  est = stats.crossed_mean(cells.to_numpy())
-  per_image_a = valid.groupby(image_keys)['a'].mean()
-  per_image_b = valid.groupby(image_keys)['b'].mean()
+  cells = matched.assign(run=0)
+  side = {c: cells.pivot_table(index=run_keys, columns=image_keys, values=c, dropna=False)
+          for c in ('a', 'b')}
+  complete = side['a'].notna().all() & side['b'].notna().all()
+  a_cells, b_cells = side['a'].loc[:, complete], side['b'].loc[:, complete]
+  est = stats.crossed_mean((a_cells - b_cells).to_numpy())
+  per_image_a, per_image_b = a_cells.mean(), b_cells.mean()
+  per_image = per_image_a - per_image_b
   return PairedTest(
       a=a, b=b, metric=metric, n_images=est.n_images, n_runs=est.n_runs,
-      n_excluded=len(matched) - len(valid),
-      mean_a=float(valid['a'].mean()), mean_b=float(valid['b'].mean()),
+      n_excluded=len(matched) - int(a_cells.size),
+      mean_a=float(a_cells.to_numpy().mean()), mean_b=float(b_cells.to_numpy().mean()),
       mean_diff=est.mean, diff_ci95=est.ci(), se=est.se, df=est.df,
       p=est.p_value() if est.runs_known else float('nan'),
       p_images=stats.wilcoxon(per_image), rank_biserial=stats.rank_biserial(per_image),
-      wins=int((per_image_a > per_image_b).sum()), losses=int((per_image_a < per_image_b).sum()),
+      wins=int((per_image > 0).sum()), losses=int((per_image < 0).sum()),
       higher_is_better=higher_is_better)
+
+
+def _fold(fold):
+  """A fold as a dictionary key: None and NaN (no folds) alike."""
+  return None if fold is None or (isinstance(fold, float) and np.isnan(fold)) else int(fold)
+
+
+def crossing_step(steps: np.ndarray, values: np.ndarray, target: float) -> float:
+  """The step where a logged curve first reaches ``target``, interpolated; NaN if never."""
+  above = np.flatnonzero(values >= target)
+  if not above.size:
+    return float('nan')
+  i = int(above[0])
+  if i == 0:
+    return float(steps[0])
+  t0, t1, v0, v1 = steps[i - 1], steps[i], values[i - 1], values[i]
+  return float(t0 + (target - v0) / (v1 - v0) * (t1 - t0))
 
 
 def _run_label(column) -> str:
@@ -397,14 +421,21 @@ def _read_json(path: str) -> dict | None:
     return json.load(f)
 
 
-def _finished_rows(workdir: str, listed: Sequence[str], bases: Sequence[str]) -> list[dict]:
-  """Rows of finished experiments (summary.json written) of the configured bases."""
+def _finished_rows(workdir: str, listed: Sequence[str], runs: Sequence[str] | None,
+                   bases: Sequence[str]) -> list[dict]:
+  """Rows of finished experiments (summary.json written) of this sweep's runs.
+
+  ``runs`` are the run names the sweep wrote into config.json; folders of
+  other runs (an earlier sweep with other seeds, say) are left out. Work
+  directories of older versions, without that list, fall back to the bases.
+  """
   out = []
   for name in listed:
     folder = os.path.join(workdir, 'experiments', name)
     summary = _read_json(os.path.join(folder, 'summary.json'))
     path = os.path.join(folder, 'results.jsonl')
-    if summary is not None and summary.get('base') in bases and os.path.exists(path):
+    ours = name in runs if runs is not None else (summary or {}).get('base') in bases
+    if summary is not None and ours and os.path.exists(path):
       out += _read_jsonl(path)
   return out
 
@@ -421,7 +452,8 @@ def _load_one(workdir: str, notes: list[str]) -> tuple[pd.DataFrame, list[dict],
   have = {r['experiment'] for r in records}
   # The sweep rewrites results.jsonl after each bundle, but marks each
   # experiment finished (summary.json after its own results.jsonl) as it goes.
-  extra = _finished_rows(workdir, [n for n in listed if n not in have], wanted)
+  runs = config.get('runs')
+  extra = _finished_rows(workdir, [n for n in listed if n not in have], runs, wanted)
   if extra:
     added = sorted({r['experiment'] for r in extra})
     notes.append(f'{workdir}: {", ".join(added)} read from experiments/<name>/results.jsonl '
@@ -442,10 +474,15 @@ def _load_one(workdir: str, notes: list[str]) -> tuple[pd.DataFrame, list[dict],
                  'variant': ''}
     summaries.append({**summary, 'domain': summary.get('domain', domain),
                       'workdir': workdir})
-  pending = [n for n in listed if n not in set(rows['experiment'])]
+  pending = [n for n in listed if n not in set(rows['experiment'])
+             and (runs is None or n in runs)]
   if pending:
     notes.append(f'{workdir}: no results yet for {", ".join(pending)} (sweep running or '
                  'interrupted, or left from another sweep)')
+  others = [n for n in listed if runs is not None and n not in runs]
+  if others:
+    notes.append(f'{workdir}: left out {len(others)} experiment folder(s) of another sweep '
+                 f'({", ".join(others[:4])}{" ..." if len(others) > 4 else ""})')
   bases = {s.get('base') for s in summaries}
   missing = [n for n in wanted if n not in bases]
   if missing:
@@ -550,8 +587,13 @@ def from_frame(frame: pd.DataFrame, *, higher_is_better: dict[str, bool] | None 
                     f'first {first["base"]!r}, seed {first["seed"]}, image '
                     f'{str(first["image_id"])!r}: give one row per trained run and image')
   df['experiment'] = df['base'] + '-seed' + df['seed'].astype(str)
+  folds = 'fold' in df and df['fold'].notna().any()
+  if folds:  # a run is one fold of one seed
+    df['experiment'] += '-fold' + df['fold'].astype(str)
+  else:
+    df['fold'] = None
   runs = (df.drop_duplicates(['domain', 'experiment'])
-          [['domain', 'experiment', 'base', 'seed']].reset_index(drop=True))
+          [['domain', 'experiment', 'base', 'seed', 'fold']].reset_index(drop=True))
   runs = runs.assign(variant='', condition=runs['base'], init='unknown', stages=1,
                      order=None, direction=None, stage_steps=None, steps=np.nan,
                      trainable_fraction=np.nan, frozen_norm=None, trained=None,

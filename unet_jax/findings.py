@@ -33,11 +33,15 @@ names counts once, and the cumulative subsets of F2 are found by content.
   run-aware estimates), does not hold when the F1 pattern holds on X-ray and
   is not significantly smaller there.
 - F5: ``shallow`` and ``full`` with ``history.jsonl`` validation curves:
-  steps to 90% of ``full``'s best validation Dice, paired over seeds, a
-  t-test on the per-seed differences (a run that never gets there counts as
-  its last logged step + 1).
+  steps to 90% of ``full``'s best validation Dice (interpolated between
+  logged steps, ``Results.convergence``), paired over seeds (folds averaged
+  within a seed), a t-test on the per-seed differences; when every seed
+  differs by the same number of steps there is no spread for a t-test and
+  the exact sign test decides (p = 2^(1-R): at least 6 seeds to reach 0.05).
+  A run that never gets there counts as its last logged step + 1.
 - F6: F2 under each of the two orders (flow, depth): holds when it holds
-  under both, does not hold when it does not hold under either.
+  under both; does not hold when it does not hold under one of them (or
+  both); otherwise inconclusive.
 """
 
 from __future__ import annotations
@@ -373,10 +377,11 @@ def _f5(res: Results, domain: str, alpha: float, fraction: float = 0.9) -> Findi
   if d.size < 2:
     return _finding('F5', INCONCLUSIVE, f'{evidence}; {ONE_SEED}')
   p = _paired_t(d)
-  evidence += f', paired t-test over seeds p={p:.2g}'
-  if np.all(d == d[0]) and d[0] != 0:
-    evidence += (f' (every seed differs by {d[0]:g} steps: no spread; sign test '
-                 f'p={2 * 0.5 ** d.size:.2g})')
+  if np.all(d == d[0]):
+    evidence += (f', exact sign test over seeds p={p:.2g} (every seed differs by {d[0]:g} '
+                 'steps: no spread for a t-test)')
+  else:
+    evidence += f', paired t-test over seeds p={p:.2g}'
   if p < alpha:
     return _finding('F5', HOLDS if d.mean() > 0 else DOES_NOT_HOLD, evidence)
   return _finding('F5', INCONCLUSIVE, evidence)

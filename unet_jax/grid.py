@@ -48,7 +48,7 @@ class Experiment:
   weight_decay: float
   steps: int
   batch_size: int
-  frozen_norm: str = 'inference'  # freeze.FROZEN_NORM
+  frozen_norm: str  # freeze.FROZEN_NORM
   fold: int | None = None  # cross-validation fold; None: the hold-out split
   variant: str = ''  # name suffix of the non-replicate grid axes (module docstring)
 

@@ -38,28 +38,33 @@ def _batch_stats(graphdef, params, stats, running, images):
 
 
 def reestimate_stats(spec: UNetSpec, params: PyTree, stats: PyTree, images: np.ndarray, *,
-                     update: PyTree, running: PyTree, batch_size: int) -> PyTree:
+                     update: PyTree, running: PyTree, batch_size: int, seed: int = 0
+                     ) -> PyTree:
   """Running statistics recomputed on ``images`` where ``update`` is True.
 
   ``update`` and ``running`` are the masks of ``freeze.norm_masks`` (which
   statistics follow the target data; which layers normalise with running
-  statistics in training). Batches are consecutive slices of ``batch_size``
-  images (a last, smaller one is used when it has at least 2 images); the
-  new mean and variance are the averages over batches of each batch's mean
-  and (biased) variance, the quantities the running average tracks.
+  statistics in training). The images are shuffled (fixed ``seed``: a real
+  set's files come grouped by class, and a batch of one class would bias
+  the variances) and cut into batches of ``batch_size`` (a last, smaller one
+  is used when it has at least 2 images); the new mean and variance are the
+  averages of each batch's mean and (biased) variance, weighted by batch
+  size: the quantities the running average tracks.
   """
   if not jax.tree.leaves(stats):
     return stats
   graphdef = init_model(dataclasses.replace(spec, bn_momentum=0.0), 0)[0]
   flags = jax.tree.map(jnp.float32, running)
+  order = np.random.default_rng(seed).permutation(len(images))
   sums, count = None, 0
   for start in range(0, len(images), batch_size):
-    batch = images[start:start + batch_size]
+    batch = images[order[start:start + batch_size]]
     if len(batch) < 2:
       break
-    got = jax.tree.map(np.asarray, _batch_stats(graphdef, params, stats, flags, batch))
+    got = jax.tree.map(lambda x, n=len(batch): np.asarray(x) * n,
+                       _batch_stats(graphdef, params, stats, flags, batch))
     sums = got if sums is None else jax.tree.map(np.add, sums, got)
-    count += 1
+    count += len(batch)
   if not count:
     raise ValueError('re-estimating BatchNorm statistics needs at least 2 images')
   return jax.tree.map(lambda keep, total, old: total / count if keep else old,

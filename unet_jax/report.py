@@ -2,9 +2,10 @@
 
 ``write_report(workdir)`` reads only saved results (``unet_jax.compare.load``),
 so it can be rerun at any time, also on an interrupted sweep; figures go to
-``<workdir>/report/``. Overlays of predictions need the test images, which
-the work directory does not store: the sweep (or a notebook) passes them as
-:class:`Overlays`, for instance built with :func:`predictions_from_weights`.
+``<workdir>/report/``. Overlays of predictions come from the sweep's
+``test_set.npz`` and saved weights (:func:`saved_overlays`), or from
+:class:`Overlays` a notebook passes, for instance built with
+:func:`predictions_from_weights`.
 
 Example::
 
@@ -101,18 +102,20 @@ def _hd95_conventions(res: compare.Results) -> str:
 
 
 def _summary_section(res: compare.Results, domain: str) -> list[str]:
-  out = []
+  """One table per metric, one row per experiment and variant (seeds pooled, not variants)."""
+  out, one_seed = [], False
   for metric in res.metrics():
-    table = res.summary('base', metric, domain=domain)
+    table = res.summary('condition', metric, domain=domain)
     if table['mean'].isna().all():
       continue
+    one_seed |= bool((table['n_runs'] < 2).any())
     out += [f'### {metric}', '', markdown_table(
         ('experiment', 'mean', 'median', '95% CI', 'seed SD', 'seeds', 'images',
          'undefined', 'trained'),
-        [(r.base, r.mean, r.median, f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]', r.seed_sd,
+        [(r.condition, r.mean, r.median, f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]', r.seed_sd,
           r.n_runs, r.n_images, r.n_nan, _percent(r.trainable_fraction))
          for r in table.itertuples()]), '']
-  if len(table) and (table['n_runs'] < 2).any():
+  if one_seed:
     out += ['With one seed the CI is over test images only: it says nothing of how '
             'another training run would score.', '']
   return out
@@ -198,7 +201,7 @@ def _figures(res: compare.Results, domain: str, folder: str, tag: str,
   def link(title, path):
     out.extend([f'![{title}]({os.path.relpath(path, os.path.dirname(folder))})', ''])
   link('Dice per experiment', plots.plot_scores(
-      res, os.path.join(folder, f'dice{tag}.png'), domain=domain))
+      res, os.path.join(folder, f'dice{tag}.png'), by='condition', domain=domain))
   curves = plots.plot_curves(res, os.path.join(folder, f'curves{tag}.png'), domain=domain)
   if curves:
     link('validation Dice against step', curves)

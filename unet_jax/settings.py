@@ -78,9 +78,6 @@ class SweepSettings:
     """Every experiment of the sweep: config.experiments x config.grid."""
     return expand([(e.name, e.schedule, e.init) for e in self.experiments], self.grid)
 
-  @property
-  def cross_validated(self) -> bool:
-    return self.folds > 1
 
   @classmethod
   def from_config(cls, config) -> 'SweepSettings':
@@ -262,7 +259,7 @@ def _grid(config, folds: int) -> dict:
       continue
     values = tuple(values) or (_get(config, _GRID_DEFAULTS[axis]),)
     if axis == 'frozen_norm':
-      bad = [v for v in values if v not in FROZEN_NORM]
+      bad = [v for v in values if not isinstance(v, str) or v not in FROZEN_NORM]
       if bad:
         raise UserError(f'config field {field!r} has a bad value {bad[0]!r}; valid: '
                         f'{", ".join(FROZEN_NORM)}')

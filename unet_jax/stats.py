@@ -91,7 +91,7 @@ def crossed_mean(matrix) -> Estimate:
   that sum by Satterthwaite (1946), the quasi-F treatment of crossed random
   effects (Clark 1973). Why this and not another (simulation in
   docs/DESIGN.md and tests/stats_test.py): averaging over seeds and testing
-  over images ignores the runs (79% false positives for identical
+  over images ignores the runs (80% false positives for identical
   procedures); testing run means alone ignores the images (10-19% when
   procedures differ image by image but not on average); the run-to-run
   component is not truncated at zero, because with 2-3 seeds a zero

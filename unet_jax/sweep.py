@@ -259,7 +259,6 @@ def summarise(s: SweepSettings, exp: grid.Experiment, weights: Weights, rows: li
   last = exp.schedule.stages[-1]
   mask = jax.tree.leaves(freeze.trainable_mask(weights.params, last))
   trainable = sum(int(x.size) for x, m in zip(jax.tree.leaves(weights.params), mask) if m)
-  dice = [r['dice'] for r in rows]
   report = result.report
   return {
       'name': exp.name, 'base': exp.base, 'variant': exp.variant, 'init': exp.init,
@@ -280,18 +279,35 @@ def summarise(s: SweepSettings, exp: grid.Experiment, weights: Weights, rows: li
       'resumed_from_step': result.resumed_from,
       # Diverged: the weights are those of the last step with finite values.
       'diverged_at_step': result.diverged_at[index],
+      'chunk_losses': result.losses[index],
+      'final_val_dice': result.history[index][-1]['val_dice'],
+      'fingerprint': fingerprint,
+      **evaluation_fields(s, rows, norm),
+  }
+
+
+def evaluation_settings(s: SweepSettings) -> dict:
+  """What scoring a trained network depends on, apart from the network and the data.
+
+  A finished experiment whose summary records other values is scored again
+  from its saved weights, without training again.
+  """
+  return {'hd95_convention': s.hd95_convention, 'norm_check': s.norm_check}
+
+
+def evaluation_fields(s: SweepSettings, rows: list[dict], norm: dict | None) -> dict:
+  """The summary's fields that come from scoring the test images."""
+  dice = [r['dice'] for r in rows]
+  return {
       'mean_dice': float(np.mean(dice)),
       'dice_ci95': list(stats.bootstrap_ci(dice, s.bootstrap_samples, seed=s.seed)),
       'mean_iou': float(np.mean([r['iou'] for r in rows])),
       'mean_hd95_px': _nanmean([r['hd95'] for r in rows]),
       'mean_assd_px': _nanmean([r['assd'] for r in rows]),
       'undefined_distances': int(np.sum(np.isnan([r['hd95'] for r in rows]))),
-      'test_images': len(rows), 'chunk_losses': result.losses[index],
-      'final_val_dice': result.history[index][-1]['val_dice'],
-      'norm_check': norm,
+      'test_images': len(rows), 'norm_check': norm,
       'empty_mask_convention': metrics.EMPTY_MASK_CONVENTION,
-      'hd95_convention': s.hd95_convention,
-      'fingerprint': fingerprint,
+      'hd95_convention': s.hd95_convention, 'evaluation': evaluation_settings(s),
   }
 
 
@@ -301,14 +317,12 @@ def _nanmean(values) -> float | None:
 
 
 def experiment_fingerprint(s: SweepSettings, exp: grid.Experiment) -> str:
-  """Everything a finished experiment's results depend on."""
+  """Everything a finished experiment's weights depend on (scoring: evaluation_settings)."""
   return _hash({'pretrain': _pretrain_fingerprint(s) if exp.init == 'pretrained' else None,
                 'data': [s.target_source, s.target_root, s.on_bad, s.target_images,
                          s.test_fraction, s.val_fraction, s.folds, s.image_size, s.seed],
                 'model': dataclasses.asdict(s.model), 'engine': _ENGINE_VERSION,
-                'finetune': [s.rewarmup_steps],
-                'evaluation': [s.hd95_convention, s.norm_check],
-                'experiment': dataclasses.asdict(exp)})
+                'finetune': [s.rewarmup_steps], 'experiment': dataclasses.asdict(exp)})
 
 
 def _finished(workdir: str, exp: grid.Experiment, fingerprint: str
@@ -391,7 +405,10 @@ class _Sweep:
   def run(self, progress: bool) -> list[dict]:
     s, workdir = self.s, self.workdir
     if self.writer:
-      results.write_json(os.path.join(workdir, 'config.json'), self.config.to_dict())
+      # The config as given, and the names of the runs it expands to (readers
+      # take this sweep's runs and no folder left by another).
+      results.write_json(os.path.join(workdir, 'config.json'),
+                         {**self.config.to_dict(), 'runs': [r.name for r in self.runs]})
     target = load_target(s, workdir)
     if self.writer:  # for report figures and for looking at what was tested
       tested = np.unique(np.concatenate([target.split(r).test for r in self.runs]))
@@ -413,6 +430,7 @@ class _Sweep:
         pretrained = pretrain(s, Weights(params, batch_stats), workdir, bar, self.stop)
       else:
         bar.update(s.pretrain.steps)
+      self._score_again(target, graphdef, bar)
       for b, members in enumerate(self.bundles):
         self._run_bundle(b, members, pretrained, target, graphdef, bar)
       if self.writer:
@@ -448,13 +466,7 @@ class _Sweep:
       if result.diverged_at[i] is not None:
         bar.write(f'{exp.name} diverged at step {result.diverged_at[i]}: its weights '
                   'are those of the step before', file=sys.stderr)
-      test = target.part(split.test)
-      exp_rows = [dict(experiment=exp.name, seed=exp.seed, fold=exp.fold, **r)
-                  for r in evaluate(graphdef, weights, test,
-                                    hd95_convention=s.hd95_convention)]
-      norm = (check_norm(s, graphdef, exp, weights, target.part(split.fit), test,
-                         float(np.mean([r['dice'] for r in exp_rows])))
-              if s.norm_check else None)
+      exp_rows, norm = self._score(exp, weights, target, graphdef)
       summary = summarise(s, exp, weights, exp_rows, result, i, b,
                           self.fingerprints[exp.name], split, norm)
       self.summaries[exp.name], self.rows[exp.name] = summary, exp_rows
@@ -466,6 +478,39 @@ class _Sweep:
                          {'split_by': self.split_by, 'bundles': self.reports})
       results.write_json(os.path.join(workdir, 'autotune.json'), self.tuning)
     checkpoints.remove()
+
+  def _score(self, exp: grid.Experiment, weights: Weights, target: Target, graphdef
+             ) -> tuple[list[dict], dict | None]:
+    """(rows, norm check) of one trained network on its split's test images."""
+    s, split = self.s, target.split(exp)
+    test = target.part(split.test)
+    rows = [dict(experiment=exp.name, seed=exp.seed, fold=exp.fold, **r)
+            for r in evaluate(graphdef, weights, test, hd95_convention=s.hd95_convention)]
+    norm = (check_norm(s, graphdef, exp, weights, target.part(split.fit), test,
+                       float(np.mean([r['dice'] for r in rows])))
+            if s.norm_check else None)
+    return rows, norm
+
+  def _score_again(self, target: Target, graphdef, bar: tqdm.tqdm) -> None:
+    """Finished experiments scored under other evaluation settings: score them again."""
+    wanted = evaluation_settings(self.s)
+    again = [r for r in self.runs if r.name in self.summaries
+             and self.summaries[r.name].get('evaluation') != wanted]
+    if not again:
+      return
+    bar.write(f'scoring {len(again)} finished experiment(s) again under the new evaluation '
+              f'settings {wanted} (no training)', file=sys.stderr)
+    for exp in again:
+      folder = os.path.join(self.workdir, 'experiments', exp.name)
+      weights = Weights(*checkpoint.load_weights(os.path.join(folder, 'weights')))
+      rows, norm = self._score(exp, weights, target, graphdef)
+      summary = {**self.summaries[exp.name], **evaluation_fields(self.s, rows, norm)}
+      self.summaries[exp.name], self.rows[exp.name] = summary, rows
+      if self.writer:
+        results.write_jsonl(os.path.join(folder, 'results.jsonl'), rows)
+        results.write_json(os.path.join(folder, 'summary.json'), summary)
+    if self.writer:
+      self._write_results()
 
   def _write_results(self) -> None:
     ordered = [r for run in self.runs if run.name in self.rows for r in self.rows[run.name]]

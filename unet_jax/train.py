@@ -129,13 +129,15 @@ def host_loop(step, state, *args, num_steps: int):
   return state, jnp.stack(losses)
 
 
-def make_train_chunk(graphdef, optimizer, stats_mask, batch_size: int, *,
-                     running=None, loop: str = 'auto'):
+def make_train_chunk(graphdef, optimizer, stats_mask, batch_size: int, *, running,
+                     loop: str = 'auto'):
   """A ``train_chunk(state, images, masks, key, num_steps)`` function.
 
   ``stats_mask`` and ``running`` are the Python-bool trees of
   ``freeze.norm_masks`` (which statistics are updated; which layers
-  normalise with running statistics in training).
+  normalise with running statistics in training). ``running`` has no
+  default: batch statistics everywhere with some statistics kept would be
+  the mix of training and evaluation modes the policies replaced.
 
   Returns (state, losses) after ``num_steps`` steps. With ``loop='scan'`` the
   chunk is one compiled ``lax.scan`` (each distinct length compiles once);

@@ -108,6 +108,9 @@ def plan_splits(labels: list[str], *, test_fraction: float, val_fraction: float,
     splits = plan_splits(ds.labels, test_fraction=0.4, val_fraction=0.2, folds=0, seed=0)
     train = ds.take(splits[0].fit)
   """
+  if folds > len(labels):
+    raise UserError(f'data.folds={folds} needs at least {folds} images; the set has '
+                    f'{len(labels)}')
   if folds > 1:
     outer = kfold_split(labels, folds, seed)
   else:
