@@ -23,24 +23,26 @@ import jax
 import jax.numpy as jnp
 
 from unet_jax import data
-from unet_jax.data import chest_xray, dead_leaves, ultrasound
+from unet_jax.data import chest_xray, dead_leaves, fields, ultrasound
 
-# source -> (module with _batch_fn, spec for a size)
+# source -> (its one-image function, its spec for a size)
 GENERATORS = {
-    'ultrasound': (ultrasound, lambda size: ultrasound.BreastScan(size=size)),
-    'dead_leaves': (dead_leaves, lambda size: dead_leaves.DeadLeaves(size=size)),
-    'chest_xray': (chest_xray, lambda size: chest_xray.ChestXray(size=size)),
+    'ultrasound': (ultrasound.breast_image, lambda size: ultrasound.BreastScan(size=size)),
+    'dead_leaves': (dead_leaves.dead_leaves_image,
+                    lambda size: dead_leaves.DeadLeaves(size=size)),
+    'chest_xray': (chest_xray.chest_image, lambda size: chest_xray.ChestXray(size=size)),
 }
 
 
 def measure(source, size, batch, repeats, num):
   """Figures for one source and size: compile s, images/s (best, median), API images/s."""
-  module, make_spec = GENERATORS[source]
+  image_fn, make_spec = GENERATORS[source]
   jax.clear_caches()
-  module._batch_fn.cache_clear()
+  fields.batch_program.cache_clear()
   key = jax.random.key(0)
   start = time.perf_counter()
-  program = module._batch_fn(make_spec(size)).lower(key, jnp.arange(batch)).compile()
+  program = fields.batch_program(image_fn, make_spec(size)).lower(
+      key, jnp.arange(batch)).compile()
   compile_s = time.perf_counter() - start
   jax.block_until_ready(program(key, jnp.arange(batch)))
   seconds = []

@@ -4,9 +4,9 @@ Runs a sweep of N layer-subset experiments x S steps at the default model
 size (U-Net base 16, depth 4, BatchNorm, 64x64, batch 8) and measures:
 
 - baseline: what a user would write, one experiment at a time, each with its
-  own jit and a static ``optax.partition`` freeze (``unet_jax.train``), timed
+  own jit and a static ``optax.partition`` freeze (``tests/reference_trainer.py``), timed
   first and again last, the faster run counting;
-- each bundle strategy forced (``unet_jax.bundle.STRATEGIES``);
+- each bundle strategy forced (``unet_jax.engine.choices.STRATEGIES``);
 - auto: the autotuner's timing plus the run with its choice;
 - optionally (``--torch``) the same U-Net in a plain PyTorch loop, one
   experiment at a time, for the gap to the peer a user would reach for.
@@ -23,22 +23,27 @@ Prints a table and ends with one JSON line holding every figure.
 
 import argparse
 import json
+import os
 import platform
+import sys
 import time
 
 import jax
 import numpy as np
 import tqdm
 
-from unet_jax import autotune, data
-from unet_jax.bundle import BundleContext
-from unet_jax.engine import Weights, run_bundle
+from unet_jax import data
+from unet_jax.engine import autotune
+from unet_jax.engine.experiment import Experiment
+from unet_jax.engine.run import BundleData, RunOptions, Weights, run_bundle
+from unet_jax.engine.step import BundleContext
 from unet_jax.freeze import PRESETS, freeze_labels, norm_masks, preset_rules
-from unet_jax.grid import Experiment
 from unet_jax.model import UNetSpec, init_model
-from unet_jax.optim import make_optimizer
 from unet_jax.schedules import Schedule
-from unet_jax.train import init_state, make_train_chunk
+
+# The baseline a user would write lives with the tests that hold the engine to it.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
+from reference_trainer import init_state, make_optimizer, make_train_chunk  # noqa: E402
 
 SUBSETS = [p for p in PRESETS if p != 'none']
 
@@ -72,9 +77,9 @@ def run_strategy(strategy, exps, spec, weights, images, masks, chunk):
   ctx = BundleContext(spec, exps[0].batch_size)
   bar = tqdm.tqdm(disable=True)
   start = time.perf_counter()
-  result = run_bundle(ctx, exps, [weights] * len(exps), images, masks,
-                      train_index=[np.arange(len(images))] * len(exps),
-                      strategy=strategy, loop='auto', chunk_steps=chunk, bar=bar)
+  result = run_bundle(ctx, exps, [weights] * len(exps),
+                      BundleData(images, masks, [np.arange(len(images))] * len(exps)),
+                      RunOptions(strategy, 'auto', chunk), bar=bar)
   return time.perf_counter() - start, result.report
 
 

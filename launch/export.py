@@ -11,7 +11,7 @@ import sys
 from absl import flags
 
 from unet_jax.errors import UserError
-from unet_jax.export import export_experiment
+from unet_jax.sweep.export import export_experiment
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The sweep work directory.')
 _EXPERIMENT = flags.DEFINE_string('experiment', None, 'The experiment to export.')

@@ -11,8 +11,8 @@ import sys
 
 from absl import flags
 
+from unet_jax.analysis.report import write_report
 from unet_jax.errors import UserError
-from unet_jax.report import write_report
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Work directory of a sweep.')
 _ALSO = flags.DEFINE_list('also', [], 'Work directories of other domains (for F4).')

@@ -17,10 +17,11 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from unet_jax import distributed
+from unet_jax.engine import distributed
+from unet_jax.engine.resume import Interrupted
 from unet_jax.errors import UserError
-from unet_jax.resume import Interrupted
-from unet_jax.sweep import run_sweep
+from unet_jax.sweep.run import run_sweep
+from unet_jax.sweep.workdir import WorkdirPaths
 
 _DEFAULT_CONFIG = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), '..', 'configs', 'default.py'))
@@ -88,17 +89,18 @@ def main(argv) -> int:
           'checkpoint', file=sys.stderr)
     return 130
   if distributed.is_writer():
-    from unet_jax import compare, report  # pandas and scipy, once results exist
+    from unet_jax import analysis  # pandas and scipy, once results exist
+    from unet_jax.analysis import report
     try:
-      print(report.console_summary(compare.load(workdir)))
+      print(report.console_summary(analysis.load(workdir)))
     except Exception as e:  # noqa: BLE001 - the results are written; say how to look
       print(f'warning: the summary table could not be made ({type(e).__name__}: {e}); '
             f'the results are safe; retry with: python launch/report.py --workdir={workdir}',
             file=sys.stderr)
     print(f'\nresults in {os.path.abspath(workdir)}')
-    report = os.path.join(os.path.abspath(workdir), 'report.md')
-    if os.path.exists(report):
-      print(f'report (findings F1-F6, paired tests, figures): {report}')
+    written = WorkdirPaths(os.path.abspath(workdir)).report
+    if os.path.exists(written):
+      print(f'report (findings F1-F6, paired tests, figures): {written}')
   return 0
 
 

@@ -15,7 +15,11 @@ Subprocesses inherit both through the environment.
 
 import os
 import shutil
+import sys
 import tempfile
+
+# Test helpers (fake_workdir, reference_trainer, repo) for tests in subfolders.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 

@@ -1,18 +1,19 @@
 """A sweep work directory with made-up scores whose comparisons are known.
 
-Summaries are written as the sweep writes them (``unet_jax.sweep.summarise``):
-the variant, the schedule with the blocks each stage trains, the schedule's
-kind, the training-set size.
+Written through the records and paths the sweep writes with
+(``unet_jax.sweep.records``, ``unet_jax.sweep.workdir``): summaries with the
+blocks each stage trains and the schedule's kind, config.json with the runs.
 """
 
-import json
 import os
 
 import numpy as np
 
-from unet_jax import freeze, results
+from unet_jax import files, freeze
 from unet_jax.block_order import ORDERS, block_groups, cumulative
 from unet_jax.schedules import Schedule, gradual
+from unet_jax.sweep.records import ExperimentSummary, StageRecord
+from unet_jax.sweep.workdir import WorkdirPaths
 
 DEPTH = 2
 TOTAL_PARAMS = 1000
@@ -89,8 +90,7 @@ def write(workdir, means: dict[str, float], *, seeds=(1, 2, 3, 4, 5), images=20,
       fold_of = [None if folds <= 1 else i % folds for i in range(images)]
       dice = np.clip(mean + image_effect + np.asarray([run[f] for f in fold_of]) + eps, 0, 1)
       for fold in fold_list:
-        name = base + (f'-seed{s}' if len(seeds) > 1 else '') + (
-            f'-fold{fold}' if fold is not None else '')
+        name = _name(base, s, seeds, fold)
         exp_rows = []
         for i in range(images):
           if fold_of[i] != fold:
@@ -106,41 +106,51 @@ def write(workdir, means: dict[str, float], *, seeds=(1, 2, 3, 4, 5), images=20,
         rows += exp_rows
         _write_run(workdir, name, base, s, fold, folds, schedule, init, exp_rows,
                    histories, images)
-  results.write_jsonl(os.path.join(workdir, 'results.jsonl'), rows)
-  config = {'data': {'source': source, 'num_images': 5 * images, 'test_fraction': 0.2,
-                     'folds': folds},
-            'model': {'depth': DEPTH, 'base_width': 4, 'norm': 'batch', 'in_channels': 1,
-                      'group_size': 8, 'bn_momentum': 0.9},
-            'experiments': {b: {} for b in means}, 'only': ''}
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump(config, f)
+  paths = WorkdirPaths(workdir)
+  files.write_jsonl(paths.results, rows)
+  runs = [name for name in _names(means, seeds, fold_list)]
+  files.write_json(paths.config, {
+      'target_source': source, 'runs': runs,
+      'experiments': [{'name': b} for b in means],
+      'model': {'depth': DEPTH, 'base_width': 4, 'norm': 'batch', 'in_channels': 1,
+                'group_size': 8, 'bn_momentum': 0.9},
+      'image_size': 16, 'folds': folds})
   return workdir
+
+
+def _name(base, seed, seeds, fold) -> str:
+  return base + (f'-seed{seed}' if len(seeds) > 1 else '') + (
+      f'-fold{fold}' if fold is not None else '')
+
+
+def _names(means, seeds, folds) -> list[str]:
+  return [_name(b, s, seeds, f) for b in means for s in seeds for f in folds]
 
 
 def _write_run(workdir, name, base, seed, fold, folds, schedule, init, rows, histories,
                images):
-  folder = os.path.join(workdir, 'experiments', name)
-  os.makedirs(folder, exist_ok=True)
-  stages = [{'start': s, 'rules': [[r.pattern, r.action] for r in rules],
-             'trained': _stage_blocks(rules), 'partly': []}
-            for s, rules in zip(schedule.starts, schedule.stages)]
-  trained = stages[-1]['trained']
-  frozen = [f'{b}/kernel' for b in BLOCKS if b not in stages[0]['trained']]
+  where = WorkdirPaths(workdir).experiment(name)
+  os.makedirs(where.folder, exist_ok=True)
+  stages = []
+  for start, rules in zip(schedule.starts, schedule.stages):
+    trained = _stage_blocks(rules)
+    stages.append(StageRecord(start, [[r.pattern, r.action] for r in rules], trained, [],
+                              {b: float(b in trained) for b in BLOCKS}))
+  trained = stages[-1].trained
   dice = [r['dice'] for r in rows]
-  results.write_json(os.path.join(folder, 'summary.json'), {
-      'name': name, 'base': base, 'variant': '', 'init': init, 'seed': seed, 'fold': fold,
-      'folds': folds, 'learning_rate': 1e-3, 'weight_decay': 0.0,
-      'frozen_norm': 'inference', 'schedule': stages,
-      'schedule_kind': schedule.describe_kind(), 'rules': stages[0]['rules'],
-      'frozen': frozen,
-      'trainable_params': int(TOTAL_PARAMS * len(trained) / len(BLOCKS)),
-      'total_params': TOTAL_PARAMS, 'steps': 40, 'train_images': 4 * images,
-      'mean_dice': float(np.mean(dice)), 'dice_ci95': [0.0, 1.0]})
-  results.write_jsonl(os.path.join(folder, 'results.jsonl'), rows)
+  summary = ExperimentSummary(
+      name=name, base=base, seed=seed, init=init, fold=fold, folds=folds,
+      learning_rate=1e-3, weight_decay=0.0, frozen_norm='inference', steps=40,
+      schedule=stages, schedule_kind=schedule.describe_kind(),
+      frozen=[f'{b}/kernel' for b in BLOCKS if b not in stages[0].trained],
+      trainable_params=int(TOTAL_PARAMS * len(trained) / len(BLOCKS)),
+      total_params=TOTAL_PARAMS, train_images=4 * images, test_images=len(rows),
+      mean_dice=float(np.mean(dice)), dice_ci95=[0.0, 1.0])
+  files.write_json(where.summary, summary.to_json())
+  files.write_jsonl(where.results, rows)
   if histories and base in histories:
     history = histories[base]
-    results.write_jsonl(os.path.join(folder, 'history.jsonl'),
-                        history(seed) if callable(history) else history)
+    files.write_jsonl(where.history, history(seed) if callable(history) else history)
 
 
 def curve(rise_steps: int, best: float, steps=40, every=5) -> list[dict]:

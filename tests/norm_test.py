@@ -7,24 +7,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from unet_jax import checkpoint, norm_check
-from unet_jax.bundle import (
-  BundleContext,
-  init_experiment_state,
-  make_bundle_chunk,
-  make_setup,
-  stack,
-  unstack,
-)
-from unet_jax.engine import Weights
+from unet_jax.engine.experiment import Experiment
+from unet_jax.engine.run import Weights
+from unet_jax.engine.step import BundleContext, init_experiment_state, make_setup, stack, unstack
+from unet_jax.engine.strategies import make_bundle_chunk
 from unet_jax.errors import UserError
+from unet_jax.files import read_jsonl
 from unet_jax.freeze import FROZEN_NORM, norm_masks, preset_rules
-from unet_jax.grid import Experiment
 from unet_jax.model import UNetSpec, apply_model, init_model
-from unet_jax.results import read_jsonl
 from unet_jax.schedules import Schedule
-from unet_jax.settings import SweepSettings, load_config
-from unet_jax.sweep import check_norm, evaluate, load_target, run_sweep
+from unet_jax.sweep import checkpoint, evaluate
+from unet_jax.sweep.run import load_target, run_sweep
+from unet_jax.sweep.settings import SweepSettings, load_config
+from unet_jax.sweep.workdir import WorkdirPaths
 
 SPEC = UNetSpec(base_width=4, depth=2, norm='batch')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,7 +109,7 @@ def test_adapt_normalises_frozen_blocks_with_batch_statistics(pretrained):
 def test_reestimated_statistics_make_evaluation_match_training_on_that_batch(pretrained):
   graphdef, params, stats, images = pretrained
   masks = norm_masks(stats, params, preset_rules('full', 2), 'adapt')
-  fresh = norm_check.reestimate_stats(SPEC, params, stats, images, update=masks.update,
+  fresh = evaluate.reestimate_stats(SPEC, params, stats, images, update=masks.update,
                                       running=masks.running, batch_size=len(images))
   train_logits, _ = apply_model(graphdef, params, stats, images, train=True)
   eval_logits, _ = apply_model(graphdef, params, fresh, images, train=False)
@@ -122,7 +117,7 @@ def test_reestimated_statistics_make_evaluation_match_training_on_that_batch(pre
   # to float rounding.
   np.testing.assert_allclose(eval_logits, train_logits, rtol=1e-4, atol=1e-4)
   frozen = norm_masks(stats, params, preset_rules('contracting', 2), 'inference')
-  partly = norm_check.reestimate_stats(SPEC, params, stats, images, update=frozen.update,
+  partly = evaluate.reestimate_stats(SPEC, params, stats, images, update=frozen.update,
                                        running=frozen.running, batch_size=3)
   for keep, new, old in zip(jax.tree.leaves(frozen.update), jax.tree.leaves(partly),
                             jax.tree.leaves(stats)):
@@ -166,11 +161,11 @@ def both_policies(tmp_path_factory):
 
 def test_scores_do_not_hang_on_running_averages_under_either_policy(both_policies):
   workdir, summaries = both_policies
-  assert {s['frozen_norm'] for s in summaries} == set(FROZEN_NORM)
+  assert {s.frozen_norm for s in summaries} == set(FROZEN_NORM)
   assert len(summaries) == 2 * len(PRESETS)
-  changes = {s['name']: s['norm_check']['change'] for s in summaries}
+  changes = {s.name: s.norm_check['change'] for s in summaries}
   assert max(abs(c) for c in changes.values()) <= CONSISTENT, changes
-  full = [s['mean_dice'] for s in summaries if s['base'] == 'full']
+  full = [s.mean_dice for s in summaries if s.base == 'full']
   assert min(full) > 0.5  # the network learned something: the check is not vacuous
   rows = read_jsonl(os.path.join(workdir, 'results.jsonl'))
   assert {r['experiment'] for r in rows} == set(changes)
@@ -182,9 +177,10 @@ def test_the_old_mix_is_what_the_check_catches(both_policies):
   # policies, rebuilt from an 'adapt' setup whose frozen statistics do not move.
   workdir, _ = both_policies
   s = SweepSettings.from_config(_small_config())
-  target = load_target(s, workdir)
+  paths = WorkdirPaths(workdir)
+  target = load_target(s, paths)
   split = target.splits[0]
-  params, stats = checkpoint.load_weights(os.path.join(workdir, 'pretrain', 'weights'))
+  params, stats = checkpoint.load_weights(paths.pretrain_weights)
   rules = preset_rules('last', SPEC.depth)
   inference = norm_masks(stats, params, rules, 'inference')
   setup = make_setup(params, stats, Schedule.constant(rules), num_stages=1,
@@ -199,10 +195,11 @@ def test_the_old_mix_is_what_the_check_catches(both_policies):
   weights = Weights(*unstack((state.params, state.stats), 0))
   graphdef = init_model(spec, 0)[0]
   test = target.part(split.test)
-  dice = np.mean([r['dice'] for r in evaluate(graphdef, weights, test)])
+  dice = np.mean([r['dice'] for r in evaluate.evaluate(graphdef, weights, test)])
   exp = Experiment('mixed', 'last', Schedule.constant(rules), 'pretrained', 0, 1e-3, 0.0,
                    100, 8, frozen_norm='adapt')
-  found = check_norm(s, graphdef, exp, weights, target.part(split.fit), test, float(dice))
+  found = evaluate.check_norm(spec, graphdef, exp, weights, target.part(split.fit), test,
+                              float(dice))
   assert found["change"] > 2 * CONSISTENT, found
 
 
@@ -212,11 +209,12 @@ def test_the_old_mix_is_what_the_check_catches(both_policies):
 def test_the_default_sweep_scores_its_trained_networks():
   # The bound docs/DESIGN.md quotes for the default sweep under 'adapt':
   # re-estimated statistics move no subset's mean test Dice by more than 0.02.
-  from unet_jax import compare
-  res = compare.load(os.environ['UNET_JAX_DEFAULT_SWEEP'])
+  from unet_jax import analysis
+  res = analysis.load(os.environ['UNET_JAX_DEFAULT_SWEEP'])
   changes = {}
-  for s in res.summaries:
-    if s.get('frozen_norm') == 'adapt' and s.get('norm_check'):
-      changes.setdefault(s['base'], []).append(s['norm_check']['change'])
+  for run in res.loaded:
+    s = run.summary
+    if s.frozen_norm == 'adapt' and s.norm_check:
+      changes.setdefault(s.base, []).append(s.norm_check['change'])
   assert len(changes) == 8, sorted(changes)
   assert max(abs(np.mean(c)) for c in changes.values()) <= 0.02, changes

@@ -148,17 +148,24 @@ def frozen_paths(tree: PyTree, rules: Sequence[FreezeRule]) -> list[str]:
   return [p for p, i in zip(leaf_paths(tree), idx) if rules[i].action == FREEZE]
 
 
-def trained_blocks(tree: PyTree, rules: Sequence[FreezeRule]) -> dict[str, list[str]]:
-  """Blocks (top-level names) by how much of them ``rules`` train.
+def trained_blocks(tree: PyTree, rules: Sequence[FreezeRule]) -> dict:
+  """Blocks (top-level names, in the tree's order) by how much of them ``rules`` train.
 
-  ``{'trained': [...], 'partly': [...]}``: every parameter of the block
-  trained, or some of them; the other blocks are frozen.
+  ``{'trained': [...], 'partly': [...], 'block_fractions': {block: share}}``:
+  blocks with every parameter trained, with some of them, and each block's
+  share of parameters (by count) trained; the other blocks are frozen.
   """
-  by_block: dict[str, list[bool]] = {}
-  for path, trained in zip(leaf_paths(tree), jax.tree.leaves(trainable_mask(tree, rules))):
-    by_block.setdefault(path.split('/')[0], []).append(trained)
-  return {'trained': [b for b, t in by_block.items() if all(t)],
-          'partly': [b for b, t in by_block.items() if any(t) and not all(t)]}
+  counts: dict[str, list[int]] = {}
+  for path, leaf, trained in zip(leaf_paths(tree), jax.tree.leaves(tree),
+                                 jax.tree.leaves(trainable_mask(tree, rules))):
+    entry = counts.setdefault(path.split('/')[0], [0, 0])
+    size = int(getattr(leaf, 'size', 1))
+    entry[0] += size if trained else 0
+    entry[1] += size
+  fractions = {b: t / n if n else 0.0 for b, (t, n) in counts.items()}
+  return {'trained': [b for b, f in fractions.items() if f == 1.0],
+          'partly': [b for b, f in fractions.items() if 0.0 < f < 1.0],
+          'block_fractions': fractions}
 
 
 def describe_labels(tree: PyTree, rules: Sequence[FreezeRule]) -> str:

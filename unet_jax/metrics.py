@@ -53,13 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-EMPTY_MASK_CONVENTION = ('dice/iou: both empty -> 1.0, one empty -> 0.0; '
-                         'hd95/assd: either empty -> NaN (excluded from means, counted)')
-
-HD95_CONVENTIONS = {
-    'max': 'max of the two directed 95th percentiles (MONAI, the default)',
-    'pooled': '95th percentile of both directions pooled (medpy)',
-}
+# Defined without JAX, so that readers of results can state them.
+from unet_jax.conventions import EMPTY_MASK_CONVENTION, HD95_CONVENTIONS  # noqa: F401
 
 
 def _as_batch(x) -> tuple[jax.Array, bool]:
@@ -234,11 +229,3 @@ def score_masks(pred, target, spacing=(1.0, 1.0), *, hd95_convention: str = 'max
   return {'dice': np.atleast_1d(np.asarray(dice(pred, target))),
           'iou': np.atleast_1d(np.asarray(iou(pred, target))),
           'hd95': np.asarray(hd), 'assd': np.asarray(out)}
-
-
-def soft_dice_loss(probs: jax.Array, target: jax.Array, eps: float = 1.0
-                   ) -> jax.Array:
-  """1 - smoothed soft Dice over a batch, differentiable."""
-  inter = jnp.sum(probs * target, axis=(1, 2, 3))
-  total = jnp.sum(probs, axis=(1, 2, 3)) + jnp.sum(target, axis=(1, 2, 3))
-  return 1.0 - jnp.mean((2 * inter + eps) / (total + eps))

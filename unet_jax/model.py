@@ -25,6 +25,7 @@ so experiments with different flags share one program).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -33,7 +34,6 @@ import numpy as np
 from flax import nnx
 
 NORMS = ('batch', 'group', 'none')
-CONVS = ('xla', 'matmul')
 
 PyTree = Any
 
@@ -249,3 +249,26 @@ def norm_layer_tree(stats_like: PyTree) -> PyTree:
 
 def count_params(tree: PyTree) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predict_batch(graphdef, params, stats, images):
+  logits, _ = apply_model(graphdef, params, stats, images, train=False)
+  return jax.nn.sigmoid(logits)
+
+
+def predict(graphdef, params, stats, images: np.ndarray, batch_size: int = 32
+            ) -> np.ndarray:
+  """Foreground probabilities (N, H, W, 1) in evaluation mode.
+
+  The last batch is padded to ``batch_size`` so one shape compiles once.
+  """
+  out = []
+  for i in range(0, len(images), batch_size):
+    chunk = images[i:i + batch_size]
+    pad = batch_size - len(chunk)
+    padded = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
+                                             chunk.dtype)]) if pad else chunk
+    out.append(np.asarray(_predict_batch(graphdef, params, stats, padded))
+               [:len(chunk)])
+  return np.concatenate(out)

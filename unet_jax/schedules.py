@@ -129,6 +129,13 @@ def parse_schedule(spec, depth: int) -> Schedule:
                   "list, or a dict with 'gradual', 'unfreeze_at' or 'stages'")
 
 
+def stack_stages(trees: Sequence[PyTree]) -> PyTree:
+  """S trees of Python bools (one per stage) -> one tree of [S] float32 arrays."""
+  columns = [jax.tree.leaves(t) for t in trees]
+  return jax.tree.unflatten(jax.tree.structure(trees[0]),
+                            [np.asarray(stage, np.float32) for stage in zip(*columns)])
+
+
 def stage_table(params: PyTree, schedule: Schedule, num_stages: int) -> dict:
   """``{'starts': [S] int32, 'masks': tree of [S] float32 (1 = train)}``.
 
@@ -137,11 +144,7 @@ def stage_table(params: PyTree, schedule: Schedule, num_stages: int) -> dict:
   """
   if num_stages < len(schedule.stages):
     raise ValueError('num_stages is smaller than the schedule')
-  masks = [jax.tree.leaves(trainable_mask(params, rules)) for rules in schedule.stages]
+  masks = [trainable_mask(params, rules) for rules in schedule.stages]
   masks += [masks[-1]] * (num_stages - len(masks))
   starts = list(schedule.starts) + [NEVER] * (num_stages - len(schedule.starts))
-  treedef = jax.tree.structure(params)
-  per_leaf = [np.asarray([m[i] for m in masks], np.float32)
-              for i in range(treedef.num_leaves)]
-  return {'starts': np.asarray(starts, np.int32),
-          'masks': jax.tree.unflatten(treedef, per_leaf)}
+  return {'starts': np.asarray(starts, np.int32), 'masks': stack_stages(masks)}

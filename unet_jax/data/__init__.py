@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from unet_jax.data import chest_xray, dead_leaves, ultrasound
+from unet_jax.data import pets as pets_module
 from unet_jax.data.real import LOADERS, load
 from unet_jax.data.splits import Split, holdout_split, kfold_split, plan_splits
 from unet_jax.errors import UserError
@@ -81,6 +82,31 @@ SOURCES: dict[str, Callable[[int, int, int], Dataset]] = {
 }
 
 
+def source_names(*, pets: bool = False) -> tuple[str, ...]:
+  """Every data source a config may name: built-in, real sets (and TFDS pets)."""
+  return tuple(SOURCES) + tuple(LOADERS) + ((pets_module.NAME,) if pets else ())
+
+
+def is_real(name: str) -> bool:
+  """Whether ``name`` is a real set read from a folder (it needs a root)."""
+  return name in LOADERS
+
+
+def open_source(name: str, *, num: int, size: int, seed: int, root: str = '',
+                cache_dir: str | None = None, on_bad: str = 'error') -> Dataset:
+  """The one dispatch from a source name to its images.
+
+  A built-in generator makes ``num`` images from ``seed``; a real set
+  (``LOADERS``) is read whole from ``root`` (cached in ``cache_dir``);
+  Oxford-IIIT Pet comes from TFDS (``root`` = its data_dir).
+  """
+  if name in LOADERS:
+    return load(name, root, size, cache_dir=cache_dir, on_bad=on_bad)
+  if name == pets_module.NAME:  # TFDS is imported only then
+    return pets_module.load(num, size, root)
+  return make_dataset(name, num, size, seed)
+
+
 def make_dataset(name: str, num: int, size: int, seed: int) -> Dataset:
   """Generates ``num`` images of a built-in source, deterministic in ``seed``."""
   if name not in SOURCES:
@@ -90,6 +116,6 @@ def make_dataset(name: str, num: int, size: int, seed: int) -> Dataset:
 
 
 __all__ = [
-    'LOADERS', 'SOURCES', 'Dataset', 'Split', 'holdout_split', 'kfold_split', 'load',
-    'make_dataset', 'plan_splits',
+    'LOADERS', 'SOURCES', 'Dataset', 'Split', 'holdout_split', 'is_real', 'kfold_split',
+    'load', 'make_dataset', 'open_source', 'plan_splits', 'source_names',
 ]

@@ -114,8 +114,11 @@ def smooth_noise(key: jax.Array, shape, sigma_px: float) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=32)
-def _batch_fn(image_fn, spec):
-  """Jitted (key, indices) -> batch; one compile per (generator, spec, batch size)."""
+def batch_program(image_fn, spec):
+  """Jitted (key, indices) -> batch; one compile per (generator, spec, batch size).
+
+  What :func:`generate` calls for each batch (benchmarks/data_speed.py times it).
+  """
   def one(key, index):
     return image_fn(jax.random.fold_in(key, index), spec)
   return jax.jit(jax.vmap(one, in_axes=(None, 0)))
@@ -127,7 +130,7 @@ def generate(image_fn, spec, key: jax.Array, num: int, batch: int) -> tuple[np.n
   Image ``i`` does not depend on ``num`` or ``batch``; batches have a fixed
   size (the last one padded), so one compile serves any ``num``.
   """
-  gen = _batch_fn(image_fn, spec)
+  gen = batch_program(image_fn, spec)
   batch = max(1, min(batch, num))
   parts = [jax.device_get(gen(key, jnp.arange(start, start + batch)))
            for start in range(0, num, batch)]

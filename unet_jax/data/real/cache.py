@@ -11,16 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from unet_jax import files
 from unet_jax.errors import UserError
-
-FIELDS = ('images', 'masks', 'ids', 'labels', 'meta', 'skipped')
 
 
 def cache_path(cache_dir: str | os.PathLike, name: str, roots: list[Path], size: int,
@@ -52,21 +50,11 @@ def read(path: Path) -> dict | None:
 
 def write(path: Path, images: np.ndarray, masks: np.ndarray, ids: list[str],
           labels: list[str], meta: list[dict], skipped: list[str]) -> None:
-  """Writes the set to ``path`` atomically (temporary file, then rename)."""
+  """Writes the set to ``path`` atomically (``unet_jax.files.write_npz``)."""
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.stem}-', suffix='.tmp')
+    files.write_npz(path, images=images, masks=masks.astype(np.uint8),
+                    ids=np.array(ids, dtype=str), labels=np.array(labels, dtype=str),
+                    meta=np.array(json.dumps(meta)), skipped=np.array(json.dumps(skipped)))
   except OSError as e:
-    raise UserError(f'cannot write the data cache in {path.parent}: {e}') from e
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, images=images, masks=masks.astype(np.uint8),
-               ids=np.array(ids, dtype=str), labels=np.array(labels, dtype=str),
-               meta=np.array(json.dumps(meta)), skipped=np.array(json.dumps(skipped)))
-    os.replace(tmp, path)
-  except BaseException as e:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    if isinstance(e, OSError):
-      raise UserError(f'cannot write the data cache {path}: {e}') from e
-    raise
+    raise UserError(f'cannot write the data cache {path}: {e}') from e

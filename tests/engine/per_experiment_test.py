@@ -1,0 +1,27 @@
+"""The static and per_experiment strategies: worker threads, stage segments."""
+
+import jax
+import numpy as np
+from bundles import SPEC, make_bundle
+
+from unet_jax.engine.step import BundleContext
+from unet_jax.engine.strategies import make_bundle_chunk
+from unet_jax.freeze import preset_rules
+from unet_jax.schedules import Schedule, unfreeze_at
+
+SUBSETS = ['contracting', 'head', 'full']
+STEPS = 4
+
+
+def test_workers_give_the_same_bundle_as_one_at_a_time(problem, monkeypatch):
+  _, params, stats, images, masks = problem
+  schedules = [Schedule.constant(preset_rules(s, SPEC.depth)) for s in SUBSETS]
+  schedules.append(unfreeze_at(preset_rules('head', SPEC.depth), 2))
+  state, setup = make_bundle(params, stats, schedules)
+  out = {}
+  for workers in ('1', '2'):
+    monkeypatch.setenv('UNET_JAX_CPU_WORKERS', workers)
+    chunk = make_bundle_chunk(BundleContext(SPEC, 4), 'static', loop='host')
+    out[workers] = chunk(state, setup, images, masks, num_steps=STEPS)
+  for a, b in zip(jax.tree.leaves(out['1']), jax.tree.leaves(out['2'])):
+    np.testing.assert_array_equal(a, b)

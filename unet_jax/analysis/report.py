@@ -1,0 +1,353 @@
+"""A sweep's report: ``report.md`` with tables, findings and figures.
+
+``write_report(workdir)`` reads only saved results (``unet_jax.analysis.load``),
+so it can be rerun at any time, also on an interrupted sweep; figures go to
+``<workdir>/report/``. Overlays of predictions come from the sweep's
+``test_set.npz`` and saved weights (:func:`saved_overlays`), or from
+:class:`Overlays` a notebook passes, for instance built with
+:func:`predictions_from_weights`.
+
+Example::
+
+  path = write_report('runs/default')                    # runs/default/report.md
+  path = write_report('runs/us', also=['runs/xray'])     # F4 needs two domains
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from unet_jax import files
+from unet_jax.analysis import plots
+from unet_jax.analysis.loading import load
+from unet_jax.analysis.results import Results
+from unet_jax.conventions import EMPTY_MASK_CONVENTION, HD95_CONVENTIONS
+from unet_jax.errors import UserError
+from unet_jax.sweep.records import SweepRecord
+from unet_jax.sweep.workdir import WorkdirPaths
+
+
+@dataclasses.dataclass(frozen=True)
+class Overlays:
+  """Test images with their masks and each experiment's binary predictions."""
+
+  images: np.ndarray  # (N, H, W, C)
+  masks: np.ndarray  # (N, H, W, 1)
+  ids: Sequence[str]  # image ids as in results.jsonl
+  predictions: Mapping[str, np.ndarray]  # experiment name -> (N, H, W, 1)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+  """A GitHub-flavoured markdown table; floats with 3 decimals."""
+  def cell(v) -> str:
+    if isinstance(v, (float, np.floating)):
+      return 'nan' if np.isnan(v) else f'{v:.3f}'
+    return str(v).replace('|', '\\|').replace('\n', ' ')
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def _percent(fraction: float) -> str:
+  return '<1%' if 0 < fraction < 0.01 else f'{fraction:.0%}'
+
+
+def _span(lo: int, hi: int) -> str:
+  return f'{lo}' if lo == hi else f'{lo}-{hi}'
+
+
+def _p(value: float) -> str:
+  return 'nan' if np.isnan(value) else f'{value:.2g}'
+
+
+def predictions_from_weights(workdir: str, images: np.ndarray,
+                             experiments: Sequence[str]) -> dict[str, np.ndarray]:
+  """Binary predictions (N, H, W, 1) of saved experiments on ``images``.
+
+  The one place the analysis runs the network: JAX is imported only here.
+  """
+  from unet_jax.model import UNetSpec, init_model, predict  # noqa: PLC0415 - JAX
+  from unet_jax.sweep import checkpoint  # noqa: PLC0415 - orbax
+  paths = WorkdirPaths(workdir)
+  sweep = SweepRecord.from_json(files.read_json(paths.config))
+  graphdef = init_model(UNetSpec(**sweep.model), 0)[0]
+  out = {}
+  for name in experiments:
+    path = paths.experiment(name).weights
+    if not os.path.isdir(path):
+      raise UserError(f'no weights for experiment {name!r} at {path}')
+    params, stats = checkpoint.load_weights(path)
+    out[name] = (predict(graphdef, params, stats, images) > 0.5).astype(np.float32)
+  return out
+
+
+def _hd95_conventions(res: Results) -> str:
+  names = sorted({run.summary.hd95_convention for run in res.loaded})
+  return '; '.join(f'{n}, {HD95_CONVENTIONS[n]}' for n in names
+                   if n in HD95_CONVENTIONS)
+
+
+def _summary_section(res: Results, domain: str) -> list[str]:
+  """One table per metric, one row per experiment and variant (seeds pooled, not variants)."""
+  out, one_seed = [], False
+  for metric in res.metrics():
+    table = res.summary('condition', metric, domain=domain)
+    if table['mean'].isna().all():
+      continue
+    one_seed |= bool((table['n_runs'] < 2).any())
+    out += [f'### {metric}', '', markdown_table(
+        ('experiment', 'mean', 'median', '95% CI', 'seed SD', 'seeds', 'images',
+         'undefined', 'trained'),
+        [(r.condition, r.mean, r.median, f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]', r.seed_sd,
+          r.n_runs, r.n_images, r.n_nan, _percent(r.trainable_fraction))
+         for r in table.itertuples()]), '']
+  if one_seed:
+    out += ['With one seed the CI is over test images only: it says nothing of how '
+            'another training run would score.', '']
+  return out
+
+
+def _norm_section(res: Results, domain: str) -> list[str]:
+  """How far re-estimated BatchNorm statistics move each experiment's Dice."""
+  rows = [(run.summary.base, run.summary.norm_check['change']) for run in res.loaded
+          if run.domain == domain and run.summary.norm_check]
+  if not rows:
+    return []
+  changes = pd.DataFrame(rows, columns=['base', 'change']).groupby('base')['change']
+  table = changes.agg(['mean', 'min', 'max']).sort_values('mean')
+  policies = sorted({str(run.summary.frozen_norm) for run in res.loaded
+                     if run.domain == domain})
+  worst = float(table[['min', 'max']].abs().to_numpy().max())
+  verdict = ('within 0.02 for every run: the scores are those of the trained weights'
+             if worst <= 0.02 else
+             f'up to {worst:.3f}: these scores depend on the BatchNorm running averages, '
+             'not only on the weights (docs/DESIGN.md, "Normalisation under freezing")')
+  return [f'Test Dice with BatchNorm statistics re-estimated on the training images '
+          f'(those the policy lets follow the target data: frozen_norm = '
+          f'{", ".join(policies)}), minus the reported Dice; {verdict}.', '',
+          markdown_table(('experiment', 'mean change', 'min', 'max'),
+                         [(name, r['mean'], r['min'], r['max'])
+                          for name, r in table.iterrows()]), '']
+
+
+def _paired_section(res: Results, domain: str) -> list[str]:
+  if 'full' not in res.groups('base', domain):
+    return ['No experiment named `full`: no comparisons against it.', '']
+  table = res.pairwise(metric='dice', reference='full', domain=domain)
+  if table.empty:
+    return []
+  rows = [(r.a, r.mean_a, r.mean_b, f'{r.mean_diff:+.3f}',
+           f'[{r.ci_lo:+.3f}, {r.ci_hi:+.3f}]', f'{r.rank_biserial:+.2f}', _p(r.p),
+           _p(r.p_holm), f'{r.n_runs} x {r.n_images}')
+          for r in table.itertuples()]
+  out = [markdown_table(('experiment', 'Dice', 'full', 'diff', '95% CI', 'rank-biserial',
+                         'p', 'p Holm', 'seeds x images'), rows), '']
+  if (table['n_runs'] < 2).any():
+    return out + ['One seed: differences and CIs over this run\'s test images only; no '
+                  'p-values, since run-to-run variation is unknown.', '']
+  return out + ['Paired on seed and image; p from a t-test with seeds and images as '
+                'crossed random factors (`unet_jax.stats.crossed_mean`), Holm-corrected '
+                'over the rows of this table; rank-biserial over images.', '']
+
+
+def _stability_section(res: Results, domain: str) -> list[str]:
+  runs = res.runs[res.runs['domain'] == domain]
+  if runs.groupby('base')['seed'].nunique().max() < 2:
+    return ['One seed per experiment: no rank stability across seeds.', '']
+  rs = res.rank_stability(domain=domain)
+  ranks = rs.ranks.loc[rs.ranks.mean(axis=1).sort_values().index]
+  return [f"Kendall's W = {rs.kendall_w:.3f} (Friedman p = {_p(rs.p_value)}), mean "
+          f'Spearman between seeds = {rs.mean_spearman:.3f}; ranks by mean Dice, 1 = best.',
+          '', markdown_table(['experiment'] + list(ranks.columns),
+                             [[name] + [f'{v:g}' for v in row]
+                              for name, row in ranks.iterrows()]), '']
+
+
+def _convergence_section(res: Results, domain: str) -> list[str]:
+  conv = res.convergence(0.9)
+  conv = conv[conv['domain'] == domain]
+  if conv['best_val_dice'].isna().all():
+    return ['No validation curves (`experiments/<name>/history.jsonl`): convergence '
+            'speed (F5) cannot be judged.', '']
+  without = sorted(set(conv.loc[conv['best_val_dice'].isna(), 'base']))
+  conv = conv.dropna(subset=['best_val_dice'])
+  table = conv.groupby('base').agg(best=('best_val_dice', 'mean'), steps=('steps', 'median'),
+                                   runs=('experiment', 'count'))
+  out = [markdown_table(('experiment', 'best val Dice', 'median steps to 90% of best', 'runs'),
+                        [(r.Index, r.best, f'{r.steps:g}', r.runs)
+                         for r in table.itertuples()]), '']
+  if without:
+    out += [f'No validation curves for: {", ".join(without)}.', '']
+  return out
+
+
+def _figures(res: Results, domain: str, folder: str, tag: str,
+             overlays: Overlays | None) -> list[str]:
+  out = []
+  def link(title, path):
+    out.extend([f'![{title}]({os.path.relpath(path, os.path.dirname(folder))})', ''])
+  link('Dice per experiment', plots.plot_scores(
+      res, os.path.join(folder, f'dice{tag}.png'), by='condition', domain=domain))
+  curves = plots.plot_curves(res, os.path.join(folder, f'curves{tag}.png'), domain=domain)
+  if curves:
+    link('validation Dice against step', curves)
+  else:
+    out += ['(No validation curves to plot.)', '']
+  firsts = res.runs[res.runs['domain'] == domain].drop_duplicates('base')
+  records = [res.record(e, domain) for e in firsts['experiment']]
+  if all(r.schedule for r in records):
+    schedules = {r.base: plots.block_schedule(r) for r in records}
+    steps = int(np.nanmax(firsts['steps']))
+    link('trained blocks per step', plots.plot_schedules(
+        schedules, steps, os.path.join(folder, f'schedules{tag}.png')))
+  else:
+    out += ['(No schedules recorded: no schedule chart.)', '']
+  if overlays is None:
+    out += ['(No prediction overlays: pass the test images to `write_report(overlays=...)`.)',
+            '']
+  else:
+    out += _overlay_figure(res, domain, folder, tag, overlays, link)
+  return out
+
+
+def _overlay_figure(res, domain, folder, tag, overlays: Overlays, link) -> list[str]:
+  """Best and worst two test images by mean Dice over all runs."""
+  df = res.df[res.df['domain'] == domain]
+  per_image = df.groupby('image_id')['dice'].mean()
+  ids = [str(i) for i in overlays.ids]
+  per_image = per_image[per_image.index.isin(ids)].sort_values(ascending=False)
+  if per_image.empty:
+    return ['(Overlay images match no image id in the results.)', '']
+  chosen = list(dict.fromkeys(list(per_image.index[:2]) + list(per_image.index[-2:])))
+  index = [ids.index(i) for i in chosen]
+  preds = {name: np.asarray(p)[index] for name, p in overlays.predictions.items()}
+  titles = [f'{i}\nmean Dice {per_image[i]:.2f}' for i in chosen]
+  link('best and worst test images', plots.plot_overlays(
+      np.asarray(overlays.images)[index], np.asarray(overlays.masks)[index], preds,
+      os.path.join(folder, f'overlays{tag}.png'), titles))
+  return []
+
+
+def saved_overlays(workdir: str, res: Results) -> Overlays | None:
+  """Overlays from the sweep's ``test_set.npz`` and saved weights, one run per base.
+
+  Only images that every chosen run was tested on are shown (with folds, a
+  run's test images are its fold's). None when the work directory has no
+  test set file or no weights.
+  """
+  paths = WorkdirPaths(workdir)
+  path = paths.test_set
+  if not os.path.exists(path):
+    return None
+  runs = res.runs[res.runs['domain'] == res.df['domain'].iloc[0]]
+  first = runs.drop_duplicates('base')['experiment']
+  names = [n for n in first
+           if os.path.isdir(paths.experiment(n).weights)]
+  if not names:
+    return None
+  tested = set.intersection(*(set(res.df.loc[res.df['experiment'] == n, 'image_id'])
+                              for n in names))
+  with np.load(path) as f:
+    ids = [str(i) for i in f['ids']]
+    keep = [i for i, name in enumerate(ids) if name in tested]
+    if not keep:
+      return None
+    images, masks = f['images'][keep], f['masks'][keep]
+  ids = [ids[i] for i in keep]
+  return Overlays(images, masks, ids, predictions_from_weights(workdir, images, names))
+
+
+def console_summary(res: Results, alpha: float = 0.05) -> str:
+  """The table a sweep prints: one row per experiment and variant, best first, then verdicts.
+
+  ``dice`` is the mean over seeds and test images with its run-aware 95%
+  CI; ``seed SD`` and ``seeds`` show how much single runs differ.
+  """
+  blocks = []
+  for domain in res.domains:
+    table = res.summary('condition', domain=domain)
+    runs = res.runs[res.runs['domain'] == domain]
+    rows = []
+    for r in table.itertuples():
+      mine = runs[runs['condition'] == r.condition]
+      run_means = res.df[(res.df['domain'] == domain) & (res.df['condition'] == r.condition)
+                         ].groupby(['seed'])['dice'].mean()
+      seconds = [res.record(e, domain).seconds or np.nan for e in mine['experiment']]
+      steps = sorted({int(x) for x in mine['steps'].dropna()})
+      rows.append((r.condition, _percent(r.trainable_fraction), f'{r.mean:.3f}',
+                   '-' if np.isnan(r.seed_sd) else f'{r.seed_sd:.3f}',
+                   f'{run_means.min():.3f}-{run_means.max():.3f} ({len(run_means)})',
+                   f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]', '/'.join(map(str, steps)),
+                   f'{np.nanmean(seconds):.1f}'))
+    header = ('experiment', 'trained', 'dice', 'seed SD', 'seed means (n)', '95% CI',
+              'steps', 's/run')
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
+    line = lambda cells: '  '.join(c.ljust(w) if i == 0 else c.rjust(w)
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    title = [f'{domain}:'] if len(res.domains) > 1 else []
+    blocks.append('\n'.join(title + [line(header), line(['-' * w for w in widths])]
+                            + [line(row) for row in rows]))
+  found = res.findings(alpha)
+  verdicts = '\n'.join(f'{f.id} {f.verdict:<13} {f.claim}' for f in found)
+  return '\n\n'.join(blocks + [verdicts])
+
+
+def write_report(workdir: str, *, overlays: Overlays | None = None,
+                 also: Sequence[str] = (), alpha: float = 0.05) -> str:
+  """Writes ``<workdir>/report.md`` and its figures; returns the report's path.
+
+  ``also`` adds work directories of other domains (F4 compares ultrasound
+  with chest X-ray); ``overlays`` adds a figure of predictions on the best and
+  worst test images (of ``workdir``'s domain); by default they come from the
+  sweep's ``test_set.npz`` and saved weights.
+  """
+  workdir = os.path.abspath(workdir)
+  res = load([workdir, *also])
+  paths = WorkdirPaths(workdir)
+  if overlays is None:
+    overlays = saved_overlays(workdir, res)
+  folder = paths.report_dir
+  os.makedirs(folder, exist_ok=True)
+  main_domain = res.df['domain'].iloc[0]  # workdir's rows come first
+  seeds = res.runs.groupby(['domain', 'base'])['seed'].nunique()
+  lines = [f'# Sweep report: {os.path.basename(workdir)}', '',
+           f'Work directory `{workdir}`; generated '
+           f'{datetime.datetime.now().isoformat(timespec="seconds")}.',
+           f'{len(res.runs)} runs of {res.runs["base"].nunique()} experiments, '
+           f'{_span(seeds.min(), seeds.max())} seed(s) each, '
+           f'{res.df["image_id"].nunique()} test images; domains: {", ".join(res.domains)}.',
+           f'Empty masks: {EMPTY_MASK_CONVENTION}. HD95: '
+           f'{_hd95_conventions(res)}.', '']
+  if res.notes:
+    lines += ['**Incomplete results:**', ''] + [f'- {n}' for n in res.notes] + ['']
+  found = res.findings(alpha)
+  lines += ['## Findings (DESIGN.md F1-F6)', '',
+            markdown_table(('id', 'verdict', 'claim', 'evidence'),
+                           [(f.id, f'**{f.verdict}**', f.claim, f.evidence) for f in found]),
+            '', f'Two-sided tests at alpha = {alpha}; see `unet_jax/findings.py` for the '
+            'rule behind each verdict.', '']
+  for domain in res.domains:
+    tag = '' if domain == main_domain else f'-{domain}'
+    head = f' ({domain})' if len(res.domains) > 1 else ''
+    lines += [f'## Scores{head}', '', 'Means over seeds and test images; 95% CI with '
+              'seeds and images as crossed random factors (`unet_jax.stats.crossed_mean`).',
+              '']
+    lines += _summary_section(res, domain)
+    lines += [f'## Against full fine-tuning{head}', ''] + _paired_section(res, domain)
+    norm = _norm_section(res, domain)
+    if norm:
+      lines += [f'## BatchNorm check{head}', ''] + norm
+    lines += [f'## Rank stability across seeds{head}', ''] + _stability_section(res, domain)
+    lines += [f'## Convergence{head}', ''] + _convergence_section(res, domain)
+    lines += [f'## Figures{head}', '']
+    lines += _figures(res, domain, folder, tag,
+                      overlays if domain == main_domain else None)
+  files.write_atomic(paths.report, '\n'.join(lines).rstrip() + '\n')
+  return paths.report
+

@@ -1,0 +1,8 @@
+"""Names of the engine's choices, without JAX, for settings and readers."""
+
+# How a bundle runs (unet_jax.engine.strategies, .per_experiment).
+STRATEGIES = ('static', 'per_experiment', 'sequential', 'vmap', 'vmap_matmul',
+              'sharded_sequential', 'sharded_vmap')
+SHARDED = ('sharded_sequential', 'sharded_vmap')
+# How a chunk of steps runs (unet_jax.engine.strategies.resolve_loop).
+LOOPS = ('auto', 'scan', 'host')

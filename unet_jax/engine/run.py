@@ -1,0 +1,417 @@
+"""Runs one bundle: stacks its experiments, picks a strategy, trains in chunks.
+
+``run_bundle`` is four steps: restore the newest checkpoint (if any),
+choose a strategy (``choose_strategy`` returns a :class:`StrategyChoice`
+and changes nothing), the chunk loop (:class:`_ChunkLoop`: after every
+chunk each experiment's loss and validation Dice go to its history and
+TensorBoard, the state is checkpointed every ``checkpoint_every`` steps or
+when a stop is asked for), and collecting the per-experiment results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from jax.sharding import PartitionSpec as P
+
+from unet_jax import metrics
+from unet_jax.engine import autotune
+from unet_jax.engine.choices import SHARDED
+from unet_jax.engine.distributed import is_writer, to_host
+from unet_jax.engine.execution import place, split_experiments
+from unet_jax.engine.experiment import Experiment
+from unet_jax.engine.resume import BundleCheckpoints, Interrupted, StopRequest
+from unet_jax.engine.step import (
+  BundleContext,
+  ExperimentSetup,
+  ExperimentState,
+  init_experiment_state,
+  make_setup,
+  stack,
+  unstack,
+)
+from unet_jax.engine.strategies import experiment_mesh, make_bundle_chunk, resolve_loop
+from unet_jax.model import apply_model
+from unet_jax.schedules import stage_index
+
+PyTree = Any
+
+
+@dataclasses.dataclass
+class Weights:
+  params: PyTree
+  stats: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleData:
+  """What a bundle trains on: one image array and each experiment's indices into it."""
+
+  images: np.ndarray
+  masks: np.ndarray
+  train_index: Sequence[np.ndarray]  # per experiment (cross-validation folds differ)
+  val: Sequence[tuple[np.ndarray, np.ndarray]] | None = None  # per experiment
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  strategy: str = 'auto'  # one of engine.choices.STRATEGIES, or 'auto' (timed)
+  loop: str = 'auto'  # engine.choices.LOOPS
+  chunk_steps: int = 50  # steps between host updates
+  checkpoint_every: int = 0  # steps between checkpoints; 0 = only on a stop request
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyChoice:
+  """How a bundle runs, and why: forced, cached, restored or timed."""
+
+  strategy: str
+  trials: list[dict]  # the timed candidates (autotune.Trial as dicts); [] if untimed
+  how: str  # 'forced', 'only candidate', 'cached', 'restored' or 'timed'
+  chunk: Callable | None = None  # the timed winner's chunk, already compiled
+
+
+@dataclasses.dataclass
+class BundleReport:
+  """What the engine decided for a bundle and what it measured."""
+
+  experiments: list[str]
+  strategy: str
+  loop: str
+  padded: int  # extra copies added to fill the devices
+  trials: list[dict]
+  seconds: float
+  exp_steps_per_s: float
+  # The autotuning cache's key for bundles like this one, and the choice.
+  signature: str = ''
+  how: str = ''
+
+
+# Folded into a seed's key for the training stream (batches, flips), so the
+# stream is not the one nnx.Rngs(seed) uses to initialise weights.
+_TRAIN_STREAM = 0x7472
+
+def training_key(exp: Experiment) -> jax.Array:
+  """The key of the batches and augmentations: a function of the seed alone.
+
+  Common random numbers: experiments that share a seed see the same batches
+  whatever their names, subsets or folds, so paired comparisons see the
+  procedures' differences and not the draws', and adding, removing or
+  renaming experiments changes no result.
+  """
+  return jax.random.fold_in(jax.random.key(exp.seed), _TRAIN_STREAM)
+
+
+def chunk_length(steps: int, chunk_steps: int) -> int:
+  """The largest divisor of ``steps`` up to ``chunk_steps``: one chunk shape."""
+  return max(d for d in range(1, min(steps, chunk_steps) + 1) if steps % d == 0)
+
+
+class _Inputs:
+  """The bundle's arrays, placed for local or sharded strategies on demand."""
+
+  def __init__(self, state, setup, images, masks, mesh):
+    self.host = (state, setup, images, masks)
+    self.mesh = mesh
+    self._placed = {}
+
+  def get(self, strategy: str):
+    kind = 'sharded' if strategy in SHARDED else 'local'
+    if kind not in self._placed:
+      state, setup, images, masks = self.host
+      if kind == 'sharded':
+        self._placed[kind] = (place(state, self.mesh, P('exp')),
+                              place(setup, self.mesh, P('exp')),
+                              place(images, self.mesh, P()), place(masks, self.mesh, P()))
+      else:
+        self._placed[kind] = jax.device_put(self.host)
+    return self._placed[kind]
+
+
+@dataclasses.dataclass
+class BundleResult:
+  """A trained bundle: per experiment weights, logged history and divergence."""
+
+  weights: list[Weights]
+  # Per experiment, one row per chunk: step, loss (chunk mean), val_dice,
+  # learning_rate, trainable_fraction.
+  history: list[list[dict]]
+  diverged_at: list[int | None]  # the step whose update was not finite
+  report: BundleReport
+  resumed_from: int = 0  # the step training resumed at (0: from the start)
+
+  @property
+  def losses(self) -> list[list[float]]:
+    return [[row['loss'] for row in rows] for rows in self.history]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _val_dice(graphdef, params, stats, images, masks):
+  logits, _ = apply_model(graphdef, params, stats, images, train=False)
+  return jnp.mean(metrics.dice((logits > 0).astype(jnp.float32), masks))
+
+
+def validation_dice(ctx: BundleContext, state: ExperimentState,
+                    val: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+  """Mean validation Dice of the first ``len(val)`` experiments of a stacked state.
+
+  ``val[e]`` is experiment e's (images, masks); cross-validation folds have
+  their own. One compiled single-experiment evaluation per set shape,
+  called per experiment: on XLA:CPU a lax.map over convolutions runs many
+  times slower. States spread over several processes are gathered first.
+  """
+  graphdef = ctx.graphdefs['xla']
+  trees = (state.params, state.stats)
+  if all(getattr(x, 'is_fully_addressable', True) for x in jax.tree.leaves(trees)):
+    parts = split_experiments(trees, len(val))
+  else:
+    host = to_host(trees)
+    parts = [unstack(host, e) for e in range(len(val))]
+  return np.asarray([_val_dice(graphdef, params, stats, images, masks)
+                     for (params, stats), (images, masks) in zip(parts, val)])
+
+
+def _trainable_fractions(params: PyTree, setup: ExperimentSetup) -> np.ndarray:
+  """[E, S]: the fraction of parameters trained in each stage of each experiment."""
+  sizes = np.asarray([x.size for x in jax.tree.leaves(params)], np.float64)
+  masks = np.stack([np.asarray(m) for m in jax.tree.leaves(setup.masks)])  # [L, E, S]
+  return np.einsum('l,les->es', sizes, masks) / sizes.sum()
+
+
+def _event_writers(events_dir: str | None, names: Sequence[str], start: int) -> list:
+  """One TensorBoard run folder per experiment (no TensorFlow needed)."""
+  if not events_dir or not is_writer():
+    return []
+  from tensorboardX import SummaryWriter
+  # purge_step hides what an interrupted run logged after its checkpoint.
+  return [SummaryWriter(os.path.join(events_dir, name), purge_step=start or None,
+                        flush_secs=30) for name in names]
+
+
+class Restored(NamedTuple):
+  step: int
+  state: ExperimentState
+  history: list[list[dict]]
+  strategy: str
+  trials: list[dict]
+
+
+def restore(checkpoints: BundleCheckpoints | None, state: ExperimentState, fingerprint: str,
+            warn) -> Restored | None:
+  """The newest sound checkpoint saved for these settings, or None."""
+  found = checkpoints.restore_latest(state, fingerprint, warn) if checkpoints else None
+  if found is None:
+    return None
+  step, state, meta = found
+  return Restored(step, state, meta['history'], meta['strategy'], meta['trials'])
+
+
+def bundle_signature(ctx: BundleContext, num_members: int, image_shape, loop: str) -> str:
+  """What a strategy choice depends on: the autotuning cache's key."""
+  return (f'{jax.default_backend()}|{len(jax.devices())}|{jax.process_count()}|'
+          f'{ctx.spec}|{ctx.batch_size}|E={num_members}|{image_shape}|{loop}')
+
+
+def choose_strategy(ctx: BundleContext, requested: str, candidates: Sequence[str], *,
+                    cached: dict | None, restored: Restored | None, inputs_for, steps: int,
+                    loop: str, mesh, timing_steps: int) -> StrategyChoice:
+  """The strategy a bundle runs with; times the candidates only when it must.
+
+  A restored bundle keeps the strategy it was saved with (results stay
+  bitwise those of an uninterrupted run); a forced one is used as is; with
+  ``'auto'`` a cached choice for this bundle's signature is taken, a single
+  candidate needs no timing, and otherwise the candidates are timed
+  (``autotune.time_strategies``).
+  """
+  if restored is not None:
+    return StrategyChoice(restored.strategy, restored.trials, 'restored')
+  if requested != 'auto':
+    return StrategyChoice(requested, [], 'forced')
+  if cached is not None:
+    return StrategyChoice(cached['strategy'], cached['trials'], 'cached')
+  if len(candidates) == 1:
+    return StrategyChoice(candidates[0], [], 'only candidate')
+  strategy, chunk, trials = autotune.time_strategies(
+      ctx, inputs_for, candidates=candidates, total_steps=steps, loop=loop, mesh=mesh,
+      timing_steps=timing_steps)
+  return StrategyChoice(strategy, [dataclasses.asdict(t) for t in trials], 'timed', chunk)
+
+
+class _ChunkLoop:
+  """Trains a bundle chunk by chunk from ``start`` to the last step, logging each chunk."""
+
+  def __init__(self, ctx: BundleContext, experiments: Sequence[Experiment], chunk,
+               setup: ExperimentSetup, fractions: np.ndarray, *, val, checkpoints,
+               checkpoint_every: int, meta: dict, stop, writers, bar, warn):
+    self.ctx, self.experiments, self.chunk, self.setup = ctx, experiments, chunk, setup
+    self.fractions, self.val, self.checkpoints = fractions, val, checkpoints
+    self.checkpoint_every, self.meta, self.stop = checkpoint_every, meta, stop
+    self.writers, self.bar, self.warn = writers, bar, warn
+    self.starts = np.asarray(setup.starts)
+
+  def run(self, state, inputs, start: int, n: int):
+    """(state, history) after training from step ``start``; ``n`` is the chunk length.
+
+    Chunks end on a grid of ``n`` steps (a resumed run may first finish a
+    shorter chunk if ``chunk_steps`` changed).
+    """
+    steps = self.experiments[0].steps
+    ends = sorted({min(steps, (start // n + k) * n) for k in range(1, steps // n + 2)})
+    step = start
+    for end in (e for e in ends if e > start):
+      state, losses = self.chunk(state, *inputs, num_steps=end - step)
+      previous, step = step, end
+      self._log(state, losses, step)
+      self.bar.update((step - previous) * len(self.experiments))
+      if step == steps:
+        break
+      self._maybe_stop_or_save(state, step, previous)
+    return state
+
+  def _log(self, state, chunk_losses, step: int) -> None:
+    num = len(self.experiments)
+    means = to_host(chunk_losses).mean(axis=0)[:num]
+    dice = (validation_dice(self.ctx, state, self.val) if self.val is not None
+            else np.full(num, np.nan))
+    stage = stage_index(self.starts, np.full(len(self.starts), step - 1))  # the last step
+    for i, exp in enumerate(self.experiments):
+      row = {'step': step, 'loss': float(means[i]), 'val_dice': float(dice[i]),
+             'learning_rate': float(exp.learning_rate),
+             'trainable_fraction': float(self.fractions[i, stage[i]])}
+      self.meta['history'][i].append(row)
+      for key, value in row.items():
+        if self.writers and key != 'step':
+          self.writers[i].add_scalar(key, value, step)
+    self.bar.set_postfix(loss=f'{np.nanmean(means):.3f}', refresh=False)
+
+  def _maybe_stop_or_save(self, state, step: int, previous: int) -> None:
+    names = [e.name for e in self.experiments]
+    if self.stop is not None and self.stop.requested:
+      saved = self.checkpoints is not None and self.save(step, state, wait=True)
+      raise Interrupted(
+          f'stopped at step {step} of {self.experiments[0].steps} ({", ".join(names)}): '
+          + ('checkpoint saved; run the same command again to resume' if saved else
+             'no checkpoint was saved; rerunning starts this bundle again'),
+          self.stop.signal)
+    every = self.checkpoint_every
+    if self.checkpoints is not None and every and step // every > previous // every:
+      self.save(step, state)
+
+  def save(self, step: int, state, *, wait: bool = False) -> bool:
+    host = jax.tree.map(lambda x: x[:len(self.experiments)], to_host(state))
+    return self.checkpoints.save(step, host, self.meta, wait=wait, warn=self.warn)
+
+
+def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
+               inits: Sequence[Weights], data: BundleData, options: RunOptions = RunOptions(),
+               *, bar: tqdm.tqdm | None = None, tuning: dict | None = None,
+               checkpoints: BundleCheckpoints | None = None, fingerprint: str = '',
+               stop: StopRequest | None = None, events_dir: str | None = None
+               ) -> BundleResult:
+  """Trains a bundle of experiments that share steps and batch size.
+
+  Args:
+    ctx: the static part of the bundle (model, batch size, options).
+    experiments, inits: the experiments and their initial weights.
+    data: the image array every experiment draws from, its indices into it,
+      and optional per-experiment validation sets (scored after every chunk).
+    options: strategy (``'auto'`` times the candidates, ``autotune``),
+      loop, chunk length and checkpoint interval.
+    bar: a progress bar (none shown when None).
+    tuning: the autotuning cache, read only: signature -> {'strategy',
+      'trials'}; the choice made is in ``result.report`` (``signature``).
+    checkpoints: where to save and resume from; ``fingerprint`` must
+      identify the settings the checkpoints belong to.
+    stop: a :class:`unet_jax.engine.resume.StopRequest`; when set, the bundle
+      saves at the next chunk boundary and raises :class:`Interrupted`.
+    events_dir: TensorBoard event files go to ``events_dir/<experiment>``.
+
+  Returns:
+    A :class:`BundleResult`.
+  """
+  bar = tqdm.tqdm(disable=True) if bar is None else bar
+  warn = lambda msg: bar.write(msg, file=sys.stderr)
+  steps, names = experiments[0].steps, [e.name for e in experiments]
+  num_stages = max(len(e.schedule.stages) for e in experiments)
+  index_length = max(len(i) for i in data.train_index)
+  setup = stack([make_setup(w.params, w.stats, e.schedule, num_stages=num_stages,
+                            learning_rate=e.learning_rate, weight_decay=e.weight_decay,
+                            seed_key=training_key(e), frozen_norm=e.frozen_norm,
+                            train_index=index, index_length=index_length)
+                 for e, w, index in zip(experiments, inits, data.train_index)])
+  state = stack([init_experiment_state(w.params, w.stats) for w in inits])
+  restored = restore(checkpoints, state, fingerprint, warn)
+  if restored is not None:
+    state = restored.state
+    warn(f'resuming {names[0] if len(names) == 1 else f"a bundle of {len(names)}"} '
+         f'at step {restored.step} of {steps} from {checkpoints.directory}')
+  start = restored.step if restored is not None else 0
+  candidates = autotune.candidate_strategies(
+      jax.default_backend(), len(jax.devices()), len(experiments), jax.process_count(),
+      num_stages=num_stages)
+  mesh, padded = _mesh_and_padding(experiments, options.strategy, candidates)
+  pad = lambda tree: jax.tree.map(
+      lambda x: np.concatenate([x] + [x[-1:]] * padded) if padded else x, tree)
+  inputs = _Inputs(pad(state), pad(setup), data.images, data.masks, mesh)
+  n = chunk_length(steps, options.chunk_steps)
+  signature = bundle_signature(ctx, len(experiments) + padded, data.images.shape, options.loop)
+  bar.set_description('timing strategies')
+  choice = choose_strategy(
+      ctx, options.strategy, candidates, cached=(tuning or {}).get(signature),
+      restored=restored, inputs_for=inputs.get, steps=steps, loop=options.loop, mesh=mesh,
+      timing_steps=n if resolve_loop(options.loop) == 'scan' else 1)
+  chunk = choice.chunk or make_bundle_chunk(
+      ctx, choice.strategy, loop=options.loop,
+      mesh=mesh if choice.strategy in SHARDED else None)
+  state, *arrays = inputs.get(choice.strategy)
+  meta = {'fingerprint': fingerprint, 'strategy': choice.strategy, 'trials': choice.trials,
+          'history': restored.history if restored is not None else [[] for _ in names]}
+  writers = _event_writers(events_dir, names, start)
+  bar.set_description(names[0] if len(names) == 1 else f'bundle of {len(names)}')
+  bar.update(start * len(experiments))
+  loop = _ChunkLoop(ctx, experiments, chunk, setup, _trainable_fractions(inits[0].params, setup),
+                    val=data.val, checkpoints=checkpoints,
+                    checkpoint_every=options.checkpoint_every, meta=meta, stop=stop,
+                    writers=writers, bar=bar, warn=warn)
+  began = time.perf_counter()
+  try:
+    state = loop.run(state, arrays, start, n)
+  finally:
+    for writer in writers:
+      writer.close()
+  if checkpoints is not None:
+    checkpoints.wait(warn)
+  seconds = time.perf_counter() - began
+  report = BundleReport(names, choice.strategy, chunk.loop, padded, choice.trials, seconds,
+                        (len(experiments) + padded) * (steps - start) / seconds,
+                        signature, choice.how)
+  return _collect(state, len(experiments), meta['history'], report, start)
+
+
+def _mesh_and_padding(experiments: Sequence[Experiment], strategy: str,
+                      candidates: Sequence[str]):
+  """(mesh or None, padding): sharded strategies need the experiment axis to fill
+  the 'exp' devices evenly, so copies of the last experiment pad it (and are
+  dropped after)."""
+  mesh = (experiment_mesh(len(experiments), experiments[0].batch_size)
+          if len(jax.devices()) > 1 else None)
+  may_shard = strategy in SHARDED or (strategy == 'auto' and
+                                      any(c in SHARDED for c in candidates))
+  shards = mesh.shape['exp'] if mesh is not None else 1
+  return mesh, (-len(experiments)) % shards if may_shard else 0
+
+
+def _collect(state, num: int, history, report: BundleReport, start: int) -> BundleResult:
+  host = to_host((state.params, state.stats, state.diverged_at))
+  weights = [Weights(*unstack((host[0], host[1]), i)) for i in range(num)]
+  diverged = [int(d) if d >= 0 else None for d in host[2][:num]]
+  return BundleResult(weights, history, diverged, report, start)

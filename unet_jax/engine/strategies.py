@@ -1,0 +1,129 @@
+"""Strategies: how a bundle's experiment steps are mapped over the experiment axis.
+
+- ``static``: each experiment's current stage masks compiled in as constants,
+  so XLA skips the gradients of frozen leaves (like ``optax.partition``); one
+  program per distinct stage, shared by the experiments that have it;
+- ``per_experiment``: one compiled single-experiment step (or scan chunk),
+  called for each experiment in turn; the masks being data, all experiments
+  share that one program;
+- ``sequential``: ``lax.map``, one experiment after another inside one program;
+- ``vmap``: ``jax.vmap`` with XLA convolutions (they become grouped ones);
+- ``vmap_matmul``: ``jax.vmap`` with convolutions written as im2col matmuls;
+- ``sharded_sequential`` / ``sharded_vmap``: the experiment axis split over
+  devices (and processes) with ``jax.shard_map`` on a mesh axis ``'exp'``,
+  each device running its share sequentially or vmapped.
+
+``static`` and ``per_experiment`` are :class:`unet_jax.engine.per_experiment.
+PerExperimentChunk`; the others are one program for the whole bundle. Whatever
+the strategy, a bundle traces ``experiment_step`` once (``step.TRACES``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from unet_jax.engine.choices import SHARDED, STRATEGIES
+from unet_jax.engine.execution import cpu_workers
+from unet_jax.engine.step import BundleContext, experiment_step
+
+
+def resolve_loop(loop: str) -> str:
+  """'auto' -> 'host' on CPU, 'scan' on accelerators.
+
+  Measured (2-core CPU, JAX 0.10.2): a U-Net step inside ``lax.scan`` ran 14x
+  slower than the same jitted step called from Python, because XLA:CPU
+  compiles convolutions in a while-loop body whose weights are loop-carried
+  to a slow path (fully unrolled it is as fast). On GPU/TPU the scan removes
+  per-step dispatch, so it stays the default there.
+  """
+  if loop == 'auto':
+    return 'host' if jax.default_backend() == 'cpu' else 'scan'
+  return loop
+
+
+def host_loop(step, state, *args, num_steps: int):
+  """Calls ``step(state, *args) -> (state, loss)`` num_steps times from Python.
+
+  Returns (state, losses[num_steps]); dispatch is asynchronous, nothing waits.
+  """
+  losses = []
+  for _ in range(num_steps):
+    state, loss = step(state, *args)
+    losses.append(loss)
+  return state, jnp.stack(losses)
+
+
+def _over_experiments(ctx: BundleContext, strategy: str, data_shards: int = 1):
+  """experiment_step mapped over the (local) experiment axis."""
+  conv = 'matmul' if strategy == 'vmap_matmul' else 'xla'
+  step = functools.partial(experiment_step, ctx, conv, data_shards=data_shards)
+  if strategy in ('vmap', 'vmap_matmul', 'sharded_vmap'):
+    return jax.vmap(step, in_axes=(0, 0, None, None))
+  return lambda state, setup, images, masks: jax.lax.map(
+      lambda pair: step(pair[0], pair[1], images, masks), (state, setup))
+
+
+def experiment_mesh(num_experiments: int | None = None, batch_size: int | None = None,
+                    devices=None) -> jax.sharding.Mesh:
+  """A mesh ``('exp', 'data')`` over all devices of all processes.
+
+  With at least twice as many devices as experiments (and a batch that
+  divides), the extra devices go to a ``'data'`` axis: each experiment is
+  trained data-parallel on ``devices / experiments`` devices. Otherwise
+  ``'data'`` has size 1 and the experiments are spread over the devices
+  (padded to a multiple of their number by the engine).
+  """
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  data = 1
+  if num_experiments and len(devices) >= 2 * num_experiments:
+    data = len(devices) // num_experiments
+    while data > 1 and (len(devices) % data or (batch_size and batch_size % data)):
+      data -= 1
+  return jax.sharding.Mesh(devices.reshape(len(devices) // data, data), ('exp', 'data'))
+
+
+def make_bundle_step(ctx: BundleContext, strategy: str, mesh=None):
+  """``bundle_step(state, setup, images, masks) -> (state, losses[E])``."""
+  if strategy not in STRATEGIES:
+    raise ValueError(f'unknown strategy {strategy!r}; valid: {", ".join(STRATEGIES)}')
+  if strategy not in SHARDED:
+    return _over_experiments(ctx, strategy)
+  mesh = mesh or experiment_mesh()
+  inner = _over_experiments(ctx, strategy, data_shards=mesh.shape.get('data', 1))
+  return jax.shard_map(inner, mesh=mesh, in_specs=(P('exp'), P('exp'), P(), P()),
+                       out_specs=(P('exp'), P('exp')))
+
+
+def _scan_steps(bundle_step, images, masks, setup, state, _):
+  return bundle_step(state, setup, images, masks)
+
+
+def make_bundle_chunk(ctx: BundleContext, strategy: str, *, loop: str = 'auto',
+                      mesh=None):
+  """``chunk(state, setup, images, masks, num_steps) -> (state, losses[T, E])``.
+
+  ``loop='scan'`` compiles the chunk as one ``lax.scan``; ``'host'`` compiles
+  one bundle step and calls it ``num_steps`` times (the CPU default, see
+  ``unet_jax.train.resolve_loop``). ``chunk.step`` is the jitted bundle step.
+  """
+  if strategy in ('per_experiment', 'static'):
+    from unet_jax.engine.per_experiment import PerExperimentChunk  # noqa: PLC0415 - cycle
+    return PerExperimentChunk(ctx, loop, static=strategy == 'static', workers=cpu_workers())
+  bundle_step = make_bundle_step(ctx, strategy, mesh)
+  step = jax.jit(bundle_step)
+  if resolve_loop(loop) == 'scan':
+    @functools.partial(jax.jit, static_argnames='num_steps')
+    def chunk(state, setup, images, masks, num_steps):
+      body = functools.partial(_scan_steps, bundle_step, images, masks, setup)
+      return jax.lax.scan(body, state, length=num_steps)
+  else:
+    def chunk(state, setup, images, masks, num_steps):
+      return host_loop(step, state, setup, images, masks, num_steps=num_steps)
+  chunk.step = step
+  chunk.loop = resolve_loop(loop)
+  return chunk

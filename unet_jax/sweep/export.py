@@ -1,0 +1,95 @@
+"""One experiment as a standalone model: export it, then segment new images.
+
+An exported folder holds ``weights/`` (a plain orbax checkpoint, as in the
+work directory) and ``model.json`` (architecture, input size, the BatchNorm
+policy it was fine-tuned under, and the experiment's summary), which is all
+:func:`predict` needs.
+
+Example::
+
+  export_experiment('runs/default', 'contracting', 'models/contracting')
+  probs = predict('models/contracting', images)   # (N, H, W) or (N, H, W, 1)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from unet_jax import files
+from unet_jax.errors import UserError
+from unet_jax.model import UNetSpec, init_model
+from unet_jax.model import predict as predict_batches
+from unet_jax.sweep import checkpoint
+from unet_jax.sweep.records import ExperimentSummary, SweepRecord
+from unet_jax.sweep.workdir import WorkdirPaths
+
+
+def export_experiment(workdir: str, experiment: str, out: str) -> str:
+  """Writes ``out/weights`` and ``out/model.json`` for one experiment."""
+  paths = WorkdirPaths(workdir)
+  if not os.path.isfile(paths.config):
+    raise UserError(f'{workdir} is not a sweep work directory (no config.json)')
+  names = [n for n in paths.listed_experiments()
+           if os.path.isfile(paths.experiment(n).summary)]
+  if experiment not in names:
+    raise UserError(f'no finished experiment {experiment!r} in {workdir}; '
+                    f'finished experiments: {", ".join(names) or "none"}')
+  sweep = SweepRecord.from_json(files.read_json(paths.config))
+  summary = ExperimentSummary.from_json(files.read_json(paths.experiment(experiment).summary))
+  params, stats = checkpoint.load_weights(paths.experiment(experiment).weights)
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'cannot create {out}: {e.strerror or e}') from None
+  checkpoint.save_weights(os.path.join(out, 'weights'), params, stats)
+  # How its frozen blocks' BatchNorm was trained; predict always runs every
+  # layer on its running statistics.
+  files.write_json(os.path.join(out, 'model.json'), {
+      'model': sweep.model, 'image_size': sweep.image_size,
+      'frozen_norm': summary.frozen_norm, 'experiment': summary.to_json()})
+  return out
+
+
+def _load(checkpoint_dir: str):
+  path = os.path.join(checkpoint_dir, 'model.json')
+  if not os.path.isfile(path):
+    raise UserError(f'{checkpoint_dir} is not an exported model (no model.json); '
+                    'make one with launch/export.py')
+  with open(path) as f:
+    meta = json.load(f)
+  spec = UNetSpec(**meta['model'])
+  graphdef = init_model(spec, 0)[0]
+  params, stats = checkpoint.load_weights(os.path.join(checkpoint_dir, 'weights'))
+  return spec, graphdef, params, stats, meta['image_size']
+
+
+def predict(checkpoint_dir: str, images) -> np.ndarray:
+  """Foreground probabilities for new images, at the images' own size.
+
+  Args:
+    checkpoint_dir: a folder written by ``export_experiment``.
+    images: (N, H, W) or (N, H, W, 1) grey values in [0, 1], any H and W.
+
+  Returns:
+    (N, H, W) float32 probabilities (or (N, H, W, 1) for 4-D input). Images
+    are resized (anti-aliased) to the model's input, segmented, and the
+    probabilities resized back.
+  """
+  spec, graphdef, params, stats, size = _load(checkpoint_dir)
+  images = np.asarray(images, np.float32)
+  squeeze = images.ndim == 3
+  if squeeze:
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] != 1:
+    raise UserError(f'images must be (N, H, W) or (N, H, W, 1); got {images.shape}')
+  n, h, w, _ = images.shape
+  small = np.asarray(jax.image.resize(images, (n, size, size, 1), 'linear', antialias=True))
+  small = np.repeat(small, spec.in_channels, axis=-1)
+  probs = predict_batches(graphdef, params, stats, small)
+  full = np.asarray(jax.image.resize(probs, (n, h, w, 1), 'linear'))
+  full = np.clip(full, 0.0, 1.0)
+  return full[..., 0] if squeeze else full

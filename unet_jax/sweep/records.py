@@ -1,0 +1,117 @@
+"""What a sweep writes about itself and each run: typed records shared by writer and readers.
+
+``summary.json`` of an experiment is an :class:`ExperimentSummary`;
+``config.json`` of a work directory is the resolved settings, read back as
+a :class:`SweepRecord`. The sweep writes them and every reader
+(``unet_jax.analysis``, export, the report) reads them through these types,
+so a field added here is written and read in one place, and nothing
+downstream parses names or re-derives settings. No JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRecord:
+  """One stage of a run's schedule, and the blocks it trains."""
+
+  start: int
+  rules: list  # [[pattern, action], ...], first match wins
+  trained: list[str]  # blocks with every parameter trained
+  partly: list[str]  # blocks with some parameters trained
+  block_fractions: dict[str, float]  # block -> share of its parameters trained (flow order)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentSummary:
+  """``experiments/<name>/summary.json``: one trained network; written last ("finished").
+
+  Fields after ``seed`` have defaults so that a reader can describe rows
+  whose summary is missing (an interrupted write).
+  """
+
+  name: str
+  base: str  # the entry of config.experiments it came from
+  seed: int
+  variant: str = ''  # name suffix of its non-replicate grid axes ('' for most)
+  grid: dict = dataclasses.field(default_factory=dict)  # its value on every grid axis
+  init: str = 'unknown'  # 'pretrained' or 'random'
+  fold: int | None = None  # cross-validation fold; None: the hold-out split
+  folds: int = 0
+  learning_rate: float | None = None
+  weight_decay: float | None = None
+  frozen_norm: str | None = None  # freeze.FROZEN_NORM
+  steps: int | None = None
+  batch_size: int | None = None
+  schedule: list[StageRecord] = dataclasses.field(default_factory=list)
+  # {'kind': 'gradual', 'order', 'direction', 'stage_steps'} or
+  # {'kind': 'unfreeze_at', 'step'}, None for one-stage subsets.
+  schedule_kind: dict | None = None
+  frozen: list[str] = dataclasses.field(default_factory=list)  # parameter paths, stage 0
+  trainable_params: int | None = None  # in the last stage
+  total_params: int | None = None
+  train_images: int | None = None
+  val_images: int | None = None
+  test_images: int | None = None
+  seconds: float | None = None  # its share of its bundle's training time
+  bundle: int | None = None
+  strategy: str | None = None
+  resumed_from_step: int = 0
+  diverged_at_step: int | None = None  # weights are those before that step
+  chunk_losses: list[float] = dataclasses.field(default_factory=list)
+  final_val_dice: float | None = None
+  fingerprint: str = ''  # of everything its weights depend on
+  # Scores on its test images, and how they were computed.
+  mean_dice: float | None = None
+  dice_ci95: list[float] = dataclasses.field(default_factory=list)  # over its images
+  mean_iou: float | None = None
+  mean_hd95_px: float | None = None
+  mean_assd_px: float | None = None
+  undefined_distances: int = 0
+  norm_check: dict | None = None  # {'mean_dice_reestimated', 'change'}
+  empty_mask_convention: str = ''
+  hd95_convention: str = 'max'
+  evaluation: dict = dataclasses.field(default_factory=dict)  # sweep.evaluate settings
+
+  @property
+  def trained_blocks(self) -> frozenset[str] | None:
+    """The blocks the first stage trains, when it trains whole blocks only."""
+    if not self.schedule or self.schedule[0].partly:
+      return None
+    return frozenset(self.schedule[0].trained)
+
+  @property
+  def blocks(self) -> tuple[str, ...]:
+    """Every block of the network, in data-flow order (from the first stage)."""
+    return tuple(self.schedule[0].block_fractions) if self.schedule else ()
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, data: dict) -> 'ExperimentSummary':
+    known = {f.name for f in dataclasses.fields(cls)}
+    fields = {k: v for k, v in data.items() if k in known}
+    fields['schedule'] = [StageRecord(**stage) for stage in data.get('schedule') or []]
+    return cls(**fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRecord:
+  """``config.json``: a sweep's resolved settings (``SweepSettings.to_json``), for readers."""
+
+  target_source: str  # the domain of its results
+  runs: list[str]  # every run name of the sweep, in order
+  experiments: list[str]  # the bases (entries of config.experiments)
+  model: dict  # UNetSpec fields
+  image_size: int
+  settings: dict  # everything, as written
+
+  @classmethod
+  def from_json(cls, data: dict[str, Any]) -> 'SweepRecord':
+    return cls(target_source=data['target_source'], runs=list(data['runs']),
+               experiments=[e['name'] for e in data['experiments']], model=data['model'],
+               image_size=data['image_size'], settings=data)

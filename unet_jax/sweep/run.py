@@ -1,0 +1,384 @@
+"""A layer-subset sweep, end to end: plan, pretrain once, train the bundles, write the results.
+
+Experiments (``config.experiments`` x ``config.grid``) are grouped into
+bundles that each run as one compiled program (``unet_jax.engine``). What
+the sweep writes is laid out by ``unet_jax.sweep.workdir`` and typed by
+``unet_jax.sweep.records``.
+
+Resuming: running the same sweep again skips finished experiments (their
+summary's fingerprint matches the settings), scores finished ones again
+when only the evaluation settings changed, and restores unfinished bundles
+from their newest sound checkpoint (``unet_jax.engine.resume``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import tqdm
+
+from unet_jax import data, files, freeze
+from unet_jax.engine.distributed import is_writer
+from unet_jax.engine.experiment import Experiment
+from unet_jax.engine.resume import BundleCheckpoints, StopRequest
+from unet_jax.engine.run import BundleData, BundleResult, RunOptions, Weights, run_bundle
+from unet_jax.engine.step import BundleContext
+from unet_jax.errors import UserError
+from unet_jax.model import count_params, init_model
+from unet_jax.schedules import Schedule
+from unet_jax.sweep import checkpoint, evaluate, grid
+from unet_jax.sweep.records import ExperimentSummary, StageRecord
+from unet_jax.sweep.settings import SweepSettings
+from unet_jax.sweep.workdir import WorkdirLock, WorkdirPaths, prepare_workdir
+
+# Part of every fingerprint: results made by an engine that drew batches or
+# treated BatchNorm differently, or summaries of another shape, are never
+# reused (2: common random numbers and finetune.frozen_norm; 3: the typed
+# summary record).
+_ENGINE_VERSION = 3
+
+
+def _hash(obj) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _pretrain_fingerprint(s: SweepSettings) -> dict:
+  return {'seed': s.seed, 'image_size': s.image_size,
+          'model': dataclasses.asdict(s.model), 'source': s.pretrain_source,
+          'root': s.pretrain_root, 'engine': _ENGINE_VERSION,
+          'num_images': s.pretrain_images, 'train': dataclasses.asdict(s.pretrain)}
+
+
+def experiment_fingerprint(s: SweepSettings, exp: Experiment) -> str:
+  """Everything a finished experiment's weights depend on (its scoring: evaluation)."""
+  return _hash({'pretrain': _pretrain_fingerprint(s) if exp.init == 'pretrained' else None,
+                'data': [s.target_source, s.target_root, s.on_bad, s.target_images,
+                         s.test_fraction, s.val_fraction, s.folds, s.image_size, s.seed],
+                'model': dataclasses.asdict(s.model), 'engine': _ENGINE_VERSION,
+                'finetune': [s.rewarmup_steps], 'experiment': dataclasses.asdict(exp)})
+
+
+def _checkpoints(paths: WorkdirPaths, key: str) -> BundleCheckpoints:
+  return BundleCheckpoints(paths.checkpoints(key), writer=is_writer())
+
+
+def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqdm,
+             stop: StopRequest | None = None) -> Weights:
+  """Pretrains on the natural-image-like source, or reuses a matching run."""
+  fingerprint = _pretrain_fingerprint(s)
+  if os.path.exists(paths.pretrain_meta):
+    if files.read_json(paths.pretrain_meta).get('fingerprint') == fingerprint:
+      bar.write(f'reusing pretrained weights from {paths.pretrain_dir}', file=sys.stderr)
+      bar.update(s.pretrain.steps)
+      return Weights(*checkpoint.load_weights(paths.pretrain_weights))
+    bar.write('pretrain settings changed: pretraining again', file=sys.stderr)
+  dataset = data.open_source(s.pretrain_source, num=s.pretrain_images, size=s.image_size,
+                             seed=s.seed + 1, root=s.pretrain_root, cache_dir=paths.cache,
+                             on_bad=s.on_bad).with_channels(s.model.in_channels)
+  # Everything is trained, so every BatchNorm layer uses batch statistics
+  # and updates its running ones whatever the policy.
+  run = Experiment('pretrain', 'pretrain',
+                   Schedule.constant(freeze.preset_rules('full', s.model.depth)),
+                   'random', s.seed + 2, s.pretrain.learning_rate, s.pretrain.weight_decay,
+                   s.pretrain.steps, s.pretrain.batch_size, frozen_norm='adapt')
+  key = _hash(fingerprint)
+  checkpoints = _checkpoints(paths, f'pretrain-{key}')
+  result = run_bundle(
+      BundleContext(s.model, s.pretrain.batch_size), [run], [init],
+      BundleData(dataset.images, dataset.masks, [np.arange(len(dataset))]),
+      RunOptions('static', s.loop, s.chunk_steps, s.checkpoint_every), bar=bar,
+      checkpoints=checkpoints, fingerprint=key, stop=stop)
+  if result.diverged_at[0] is not None:
+    raise UserError(f'pretraining diverged at step {result.diverged_at[0]} (a loss or '
+                    'weight became NaN or Inf); lower pretrain.learning_rate')
+  weights = result.weights[0]
+  if is_writer():
+    os.makedirs(paths.pretrain_dir, exist_ok=True)
+    checkpoint.save_weights(paths.pretrain_weights, weights.params, weights.stats)
+    files.write_json(paths.pretrain_meta, {'fingerprint': fingerprint,
+                                           'losses': result.losses[0],
+                                           'seconds': result.report.seconds})
+  checkpoints.remove()
+  return weights
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """The target data set and its splits (one hold-out split, or one per fold)."""
+
+  dataset: data.Dataset
+  splits: list[data.Split]
+
+  def split(self, exp: Experiment) -> data.Split:
+    return self.splits[0 if exp.fold is None else exp.fold]
+
+  def part(self, index: np.ndarray) -> data.Dataset:
+    return self.dataset.take(index)
+
+
+def load_target(s: SweepSettings, paths: WorkdirPaths) -> Target:
+  """The target data and its stratified splits, fixed by ``s.seed``.
+
+  Raises UserError, with the sizes, when a split would leave a part empty.
+  """
+  target = data.open_source(s.target_source, num=s.target_images, size=s.image_size,
+                            seed=s.seed + 3, root=s.target_root, cache_dir=paths.cache,
+                            on_bad=s.on_bad).with_channels(s.model.in_channels)
+  splits = data.plan_splits(target.labels, test_fraction=s.test_fraction,
+                            val_fraction=s.val_fraction, folds=s.folds, seed=s.seed)
+  return Target(target, splits)
+
+
+def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[dict],
+              result: BundleResult, index: int, bundle: int, fingerprint: str,
+              split: data.Split, norm: dict | None) -> ExperimentSummary:
+  """The summary.json of one trained experiment."""
+  last = exp.schedule.stages[-1]
+  mask = jax.tree.leaves(freeze.trainable_mask(weights.params, last))
+  trainable = sum(int(x.size) for x, m in zip(jax.tree.leaves(weights.params), mask) if m)
+  report = result.report
+  return ExperimentSummary(
+      name=exp.name, base=exp.base, seed=exp.seed, variant=exp.variant,
+      grid={axis: getattr(exp, axis) for axis in grid.AXES}, init=exp.init, fold=exp.fold,
+      folds=s.folds, learning_rate=exp.learning_rate, weight_decay=exp.weight_decay,
+      frozen_norm=exp.frozen_norm, steps=exp.steps, batch_size=exp.batch_size,
+      schedule=_stage_records(s, weights.params, exp.schedule),
+      schedule_kind=exp.schedule.describe_kind(),
+      frozen=freeze.frozen_paths(weights.params, exp.schedule.stages[0]),
+      trainable_params=trainable, total_params=count_params(weights.params),
+      train_images=len(split.fit), val_images=len(split.val),
+      seconds=report.seconds / len(report.experiments), bundle=bundle,
+      strategy=report.strategy, resumed_from_step=result.resumed_from,
+      diverged_at_step=result.diverged_at[index], chunk_losses=result.losses[index],
+      final_val_dice=result.history[index][-1]['val_dice'], fingerprint=fingerprint,
+      **_score_fields(s, rows, norm))
+
+
+def _stage_records(s: SweepSettings, params, schedule: Schedule) -> list[StageRecord]:
+  out = []
+  for start, rules in zip(schedule.starts, schedule.stages):
+    blocks = freeze.trained_blocks(params, rules)
+    fractions = blocks['block_fractions']
+    out.append(StageRecord(start, [[r.pattern, r.action] for r in rules], blocks['trained'],
+                           blocks['partly'],
+                           {b: fractions[b] for b in s.model.block_names()}))
+  return out
+
+
+def _score_fields(s: SweepSettings, rows: list[dict], norm: dict | None) -> dict:
+  return evaluate.score_fields(rows, norm, hd95_convention=s.hd95_convention,
+                               norm_check=s.norm_check,
+                               bootstrap_samples=s.bootstrap_samples, seed=s.seed)
+
+
+def _describe_schedule(params, schedule: Schedule) -> str:
+  parts = []
+  for start, rules in zip(schedule.starts, schedule.stages):
+    parts.append(f'# stage from step {start}\n' + freeze.describe_labels(params, rules))
+  return '\n\n'.join(parts) + '\n'
+
+
+def _finished(paths: WorkdirPaths, exp: Experiment, fingerprint: str
+              ) -> tuple[ExperimentSummary, list[dict]] | None:
+  """(summary, rows) of an experiment a previous run trained with these settings."""
+  where = paths.experiment(exp.name)
+  try:
+    summary = files.read_json(where.summary)
+    if summary.get('fingerprint') != fingerprint:
+      return None
+    return ExperimentSummary.from_json(summary), files.read_jsonl(where.results)
+  except (OSError, ValueError, TypeError):
+    return None
+
+
+def _write_experiment(paths: WorkdirPaths, exp: Experiment, weights: Weights, rows, history,
+                      summary: ExperimentSummary) -> None:
+  """Writes an experiment's files; summary.json last, as the 'finished' mark."""
+  where = paths.experiment(exp.name)
+  os.makedirs(where.folder, exist_ok=True)
+  if os.path.exists(where.summary):  # stale results of other settings
+    os.unlink(where.summary)
+  checkpoint.save_weights(where.weights, weights.params, weights.stats)
+  files.write_jsonl(where.results, rows)
+  files.write_jsonl(where.history, history)
+  files.write_atomic(where.rules, _describe_schedule(weights.params, exp.schedule))
+  files.write_json(where.summary, summary.to_json())
+
+
+def run_sweep(config, workdir: str, *, progress: bool = True) -> list[ExperimentSummary]:
+  """Runs the sweep a config describes into ``workdir``; returns the summaries.
+
+  Rerunning it on the same work directory resumes: finished experiments are
+  read back, unfinished bundles restart from their newest checkpoint.
+  SIGTERM or SIGINT saves a checkpoint and raises
+  :class:`unet_jax.engine.resume.Interrupted`.
+
+  Example::
+
+    from unet_jax.sweep import load_config, run_sweep
+    summaries = run_sweep(load_config('configs/default.py:tiny'), '/tmp/run')
+  """
+  s = SweepSettings.from_config(config)
+  if s.compilation_cache and not jax.config.jax_compilation_cache_dir:
+    # Reruns and resumed sweeps load compiled programs instead of compiling
+    # (a cache set through JAX_COMPILATION_CACHE_DIR takes precedence).
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(s.compilation_cache))
+  writer = is_writer()
+  paths = prepare_workdir(workdir) if writer else WorkdirPaths(os.path.abspath(workdir))
+  # Only the writing process takes the work directory's lock.
+  with WorkdirLock(paths.root) if writer else contextlib.nullcontext(), StopRequest() as stop:
+    return _Sweep(s, paths, stop).run(progress)
+
+
+class _Sweep:
+  """One run of a sweep inside its work directory's lock: plan, train, write."""
+
+  def __init__(self, s: SweepSettings, paths: WorkdirPaths, stop: StopRequest):
+    self.s, self.paths, self.stop = s, paths, stop
+    self.writer = is_writer()
+    self.runs = s.runs()
+    self.fingerprints = {r.name: experiment_fingerprint(s, r) for r in self.runs}
+    done = {r.name: found for r in self.runs
+            if (found := _finished(paths, r, self.fingerprints[r.name])) is not None}
+    self.todo = [r for r in self.runs if r.name not in done]
+    self.summaries = {name: found[0] for name, found in done.items()}
+    self.rows = {name: found[1] for name, found in done.items()}
+    self.bundles, self.split_by = (grid.group_bundles(self.todo, s.max_bundle)
+                                   if self.todo else ([], []))
+    self.reports: list[dict] = []
+    self.tuning = files.read_json(paths.autotune) if os.path.exists(paths.autotune) else {}
+
+  def run(self, progress: bool) -> list[ExperimentSummary]:
+    s = self.s
+    if self.writer:
+      files.write_json(self.paths.config, s.to_json())
+    target = load_target(s, self.paths)
+    if self.writer:  # for report figures and for looking at what was tested
+      tested = target.part(np.unique(np.concatenate([target.split(r).test
+                                                     for r in self.runs])))
+      files.write_npz(self.paths.test_set, images=tested.images, masks=tested.masks,
+                      ids=np.asarray(tested.ids))
+    graphdef, params, batch_stats = init_model(s.model, s.seed)
+    total = s.pretrain.steps + sum(r.steps for r in self.todo)
+    with tqdm.tqdm(total=total, unit='step', disable=not (progress and self.writer),
+                   file=sys.stderr, dynamic_ncols=True) as bar:
+      self._say_what_is_planned(bar)
+      pretrained = None
+      if any(r.init == 'pretrained' for r in self.todo):
+        pretrained = pretrain(s, Weights(params, batch_stats), self.paths, bar, self.stop)
+      else:
+        bar.update(s.pretrain.steps)
+      self._score_again(target, graphdef, bar)
+      for b, members in enumerate(self.bundles):
+        self._run_bundle(b, members, pretrained, target, graphdef, bar)
+      if self.writer:
+        if not self.bundles:  # all finished before: the per-bundle writes did not run
+          self._write_results()
+        bar.set_description('writing report')
+        _write_report(self.paths.root, bar)
+    return [self.summaries[r.name] for r in self.runs]
+
+  def _say_what_is_planned(self, bar: tqdm.tqdm) -> None:
+    if self.summaries:
+      bar.write(f'{len(self.summaries)} of {len(self.runs)} experiment(s) already finished '
+                f'in {self.paths.root}', file=sys.stderr)
+    if self.split_by:
+      bar.write(f'{len(self.bundles)} bundles: different {", ".join(self.split_by)} need '
+                'separate programs', file=sys.stderr)
+
+  def _run_bundle(self, b: int, members: list[Experiment], pretrained: Weights | None,
+                  target: Target, graphdef, bar: tqdm.tqdm) -> None:
+    s = self.s
+    inits = [pretrained if e.init == 'pretrained'
+             else Weights(*init_model(s.model, e.seed + 4)[1:]) for e in members]
+    splits = [target.split(e) for e in members]
+    images, masks = target.dataset.images, target.dataset.masks
+    val = ([(images[sp.val], masks[sp.val]) for sp in splits]
+           if all(len(sp.val) for sp in splits) else None)
+    key = _hash([self.fingerprints[e.name] for e in members])
+    checkpoints = _checkpoints(self.paths, key)
+    result = run_bundle(
+        BundleContext(s.model, members[0].batch_size, rewarmup_steps=s.rewarmup_steps),
+        members, inits, BundleData(images, masks, [sp.fit for sp in splits], val),
+        RunOptions(s.strategy, s.loop, s.chunk_steps, s.checkpoint_every), bar=bar,
+        tuning=self.tuning, checkpoints=checkpoints, fingerprint=key, stop=self.stop,
+        events_dir=self.paths.tensorboard)
+    report = result.report
+    if report.how in ('timed', 'only candidate'):
+      self.tuning[report.signature] = {'strategy': report.strategy, 'trials': report.trials}
+    self.reports.append(dataclasses.asdict(report))
+    bar.write(f'bundle {b}: {len(members)} experiment(s), strategy {report.strategy}, '
+              f'{report.exp_steps_per_s:.2f} exp-steps/s', file=sys.stderr)
+    for i, (exp, weights, split) in enumerate(zip(members, result.weights, splits)):
+      if result.diverged_at[i] is not None:
+        bar.write(f'{exp.name} diverged at step {result.diverged_at[i]}: its weights '
+                  'are those of the step before', file=sys.stderr)
+      rows, norm = self._score(exp, weights, target, graphdef)
+      summary = summarise(s, exp, weights, rows, result, i, b, self.fingerprints[exp.name],
+                          split, norm)
+      self.summaries[exp.name], self.rows[exp.name] = summary, rows
+      if self.writer:
+        _write_experiment(self.paths, exp, weights, rows, result.history[i], summary)
+    if self.writer:
+      self._write_results()
+      files.write_json(self.paths.bundles, {'split_by': self.split_by,
+                                            'bundles': self.reports})
+      files.write_json(self.paths.autotune, self.tuning)
+    checkpoints.remove()
+
+  def _score(self, exp: Experiment, weights: Weights, target: Target, graphdef
+             ) -> tuple[list[dict], dict | None]:
+    """(rows, norm check) of one trained network on its split's test images."""
+    s, split = self.s, target.split(exp)
+    test = target.part(split.test)
+    rows = [dict(experiment=exp.name, seed=exp.seed, fold=exp.fold, **r)
+            for r in evaluate.evaluate(graphdef, weights, test,
+                                       hd95_convention=s.hd95_convention)]
+    norm = (evaluate.check_norm(s.model, graphdef, exp, weights, target.part(split.fit),
+                                test, float(np.mean([r['dice'] for r in rows])))
+            if s.norm_check else None)
+    return rows, norm
+
+  def _score_again(self, target: Target, graphdef, bar: tqdm.tqdm) -> None:
+    """Finished experiments scored under other evaluation settings: score them again."""
+    wanted = evaluate.evaluation_settings(self.s.hd95_convention, self.s.norm_check)
+    again = [r for r in self.runs if r.name in self.summaries
+             and self.summaries[r.name].evaluation != wanted]
+    if not again:
+      return
+    bar.write(f'scoring {len(again)} finished experiment(s) again under the new evaluation '
+              f'settings {wanted} (no training)', file=sys.stderr)
+    for exp in again:
+      where = self.paths.experiment(exp.name)
+      weights = Weights(*checkpoint.load_weights(where.weights))
+      rows, norm = self._score(exp, weights, target, graphdef)
+      summary = dataclasses.replace(self.summaries[exp.name],
+                                    **_score_fields(self.s, rows, norm))
+      self.summaries[exp.name], self.rows[exp.name] = summary, rows
+      if self.writer:
+        files.write_jsonl(where.results, rows)
+        files.write_json(where.summary, summary.to_json())
+    if self.writer:
+      self._write_results()
+
+  def _write_results(self) -> None:
+    ordered = [r for run in self.runs if run.name in self.rows for r in self.rows[run.name]]
+    files.write_jsonl(self.paths.results, ordered)
+
+
+def _write_report(workdir: str, bar: tqdm.tqdm) -> None:
+  """report.md; a failure here never costs the results, which are written."""
+  from unet_jax.analysis import report  # pandas, scipy, matplotlib: once results exist
+  try:
+    report.write_report(workdir)
+  except Exception as e:  # noqa: BLE001 - the results are safe; say how to retry
+    bar.write(f'warning: the report could not be written ({type(e).__name__}: {e}); '
+              f'results are in {workdir}; retry with: python launch/report.py '
+              f'--workdir={workdir}', file=sys.stderr)

@@ -1,0 +1,340 @@
+"""A sweep config, checked field by field and frozen into plain dataclasses.
+
+``SweepSettings.from_config(config)`` is the only place that reads an
+``ml_collections`` config; everything after it works on these dataclasses,
+so derived values never get written back into the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from typing import Any
+
+from unet_jax import data
+from unet_jax.conventions import HD95_CONVENTIONS
+from unet_jax.engine.choices import LOOPS, STRATEGIES
+from unet_jax.engine.experiment import Experiment
+from unet_jax.errors import UserError
+from unet_jax.freeze import FROZEN_NORM
+from unet_jax.model import NORMS, UNetSpec
+from unet_jax.schedules import Schedule, parse_schedule
+from unet_jax.sweep.grid import AXES, expand
+
+INITS = ('pretrained', 'random')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+  steps: int
+  batch_size: int
+  learning_rate: float
+  weight_decay: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentSpec:
+  """An entry of ``config.experiments``: a subset or schedule and an init."""
+
+  name: str
+  schedule: Schedule
+  init: str  # 'pretrained' or 'random'
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+  seed: int
+  image_size: int
+  model: UNetSpec
+  pretrain_source: str
+  pretrain_root: str  # folder of a real set (data.is_real(pretrain_source))
+  pretrain_images: int
+  pretrain: TrainSettings
+  target_source: str
+  target_root: str  # folder of a real set (data.is_real(target_source))
+  on_bad: str  # 'error' or 'skip': what a real set's unusable image/mask pair does
+  target_images: int
+  test_fraction: float  # of the target images, held out for testing (folds <= 1)
+  val_fraction: float  # of the training images, held out for validation Dice
+  folds: int  # k-fold cross-validation of the target set; 0 or 1: one hold-out split
+  finetune: TrainSettings
+  frozen_norm: str  # freeze.FROZEN_NORM: frozen blocks' BatchNorm in fine-tuning
+  hd95_convention: str  # conventions.HD95_CONVENTIONS
+  norm_check: bool  # also score each run with re-estimated BatchNorm statistics
+  chunk_steps: int
+  checkpoint_every: int  # steps between bundle checkpoints; 0 = only on a signal
+  loop: str
+  experiments: tuple[ExperimentSpec, ...]
+  grid: dict  # axis -> tuple of values, defaults filled in
+  strategy: str  # 'auto' or one of engine.choices.STRATEGIES
+  max_bundle: int  # 0 = no limit
+  rewarmup_steps: int
+  bootstrap_samples: int
+  compilation_cache: str  # '' = off
+
+  def runs(self) -> list[Experiment]:
+    """Every experiment of the sweep: config.experiments x config.grid."""
+    return expand([(e.name, e.schedule, e.init) for e in self.experiments], self.grid)
+
+  def to_json(self) -> dict:
+    """The resolved settings as written to config.json (``records.SweepRecord`` reads them)."""
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    out['model'] = dataclasses.asdict(self.model)
+    out['pretrain'] = dataclasses.asdict(self.pretrain)
+    out['finetune'] = dataclasses.asdict(self.finetune)
+    out['experiments'] = [{'name': e.name, 'init': e.init,
+                           'schedule': [{'start': start, 'rules': [[r.pattern, r.action]
+                                                                   for r in rules]}
+                                        for start, rules in zip(e.schedule.starts,
+                                                                e.schedule.stages)],
+                           'schedule_kind': e.schedule.describe_kind()}
+                          for e in self.experiments]
+    out['grid'] = {axis: list(values) for axis, values in self.grid.items()}
+    out['runs'] = [r.name for r in self.runs()]
+    return out
+
+  @classmethod
+  def from_config(cls, config) -> 'SweepSettings':
+    """Validates ``config`` once; a bad field raises UserError naming it."""
+    _refuse_replaced_fields(config)
+    model = UNetSpec(
+        base_width=_int(config, 'model.base_width', 1),
+        depth=_int(config, 'model.depth', 1),
+        norm=_choice(config, 'model.norm', NORMS),
+        in_channels=_int(config, 'model.in_channels', 1),
+        group_size=_int(config, 'model.group_size', 1),
+        bn_momentum=_float(config, 'model.bn_momentum', 0.0, 1.0))
+    size = _int(config, 'image_size', 8)
+    if size % 2 ** model.depth:
+      raise UserError(f'image_size={size} must be divisible by 2**model.depth '
+                      f'= {2 ** model.depth}')
+    only = [n.strip() for n in str(_get(config, 'only')).split(',') if n.strip()]
+    seed, finetune = _number(config, 'seed'), _train(config, 'finetune')
+    frozen_norm = _choice(config, 'finetune.frozen_norm', tuple(FROZEN_NORM))
+    folds = _int(config, 'data.folds', 0)
+    settings = cls(
+        seed=seed, image_size=size, model=model,
+        **_sources(config),
+        pretrain_images=_int(config, 'pretrain.num_images', 1),
+        pretrain=_train(config, 'pretrain'),
+        on_bad=_choice(config, 'data.on_bad', ('error', 'skip')),
+        target_images=_int(config, 'data.num_images', 2),
+        test_fraction=_float(config, 'data.test_fraction', 0.0, 1.0),
+        val_fraction=_float(config, 'data.val_fraction', 0.0, 0.9),
+        folds=folds, finetune=finetune, frozen_norm=frozen_norm,
+        hd95_convention=_choice(config, 'evaluation.hd95', tuple(HD95_CONVENTIONS)),
+        norm_check=_bool(config, 'evaluation.norm_check'),
+        chunk_steps=_int(config, 'chunk_steps', 1),
+        checkpoint_every=_int(config, 'checkpoint_every', 0),
+        loop=_choice(config, 'loop', LOOPS),
+        experiments=_experiments(config, model.depth, only),
+        grid=_grid(config, folds, {'seed': seed, 'frozen_norm': frozen_norm,
+                                   **dataclasses.asdict(finetune)}),
+        strategy=_choice(config, 'strategy', ('auto',) + STRATEGIES),
+        max_bundle=_int(config, 'max_bundle', 0),
+        rewarmup_steps=_int(config, 'finetune.rewarmup_steps', 0),
+        bootstrap_samples=_int(config, 'bootstrap_samples', 100),
+        compilation_cache=str(_get(config, 'compilation_cache')))
+    names = [r.name for r in settings.runs()]
+    if len(set(names)) != len(names):
+      raise UserError(f'experiment names collide after grid expansion: {names}')
+    if not data.is_real(settings.target_source) and folds > settings.target_images:
+      raise UserError(f'data.folds={folds} needs at least {folds} images; '
+                      f'data.num_images is {settings.target_images}')
+    # Split sizes are checked on the class labels once the data exist
+    # (data.plan_splits), the same computation that makes the split.
+    return settings
+
+
+def _sources(config) -> dict:
+  """The pretraining and target sources and their folders; a real set needs one."""
+  out = {'pretrain_source': _choice(config, 'pretrain.source', data.source_names(pets=True)),
+         'pretrain_root': os.path.expanduser(str(_get(config, 'pretrain.root'))),
+         'target_source': _choice(config, 'data.source', data.source_names()),
+         'target_root': os.path.expanduser(str(_get(config, 'data.root')))}
+  for kind, field in (('pretrain', 'pretrain'), ('target', 'data')):
+    if data.is_real(out[f'{kind}_source']) and not out[f'{kind}_root']:
+      raise UserError(f'{field}.source={out[f"{kind}_source"]!r} is a real data set: give '
+                      f'its folder as {field}.root')
+  return out
+
+
+def _get(config, field: str) -> Any:
+  node = config
+  for part in field.split('.'):
+    try:
+      node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      raise UserError(f'config field {field!r} is missing') from None
+  return node
+
+
+def _int_problem(value, minimum) -> str:
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    return f'must be an integer >= {minimum}'
+  return ''
+
+
+def _float_problem(value, lo, hi) -> str:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+    return f'must be a number in [{lo}, {hi}]'
+  return ''
+
+
+def _int(config, field, minimum) -> int:
+  value = _get(config, field)
+  problem = _int_problem(value, minimum)
+  if problem:
+    raise UserError(f'config field {field!r} {problem}; got {value!r}')
+  return value
+
+
+def _float(config, field, lo, hi) -> float:
+  value = _get(config, field)
+  problem = _float_problem(value, lo, hi)
+  if problem:
+    raise UserError(f'config field {field!r} {problem}; got {value!r}')
+  return float(value)
+
+
+# The bounds of the fields a grid axis can take several values of; a single
+# value and a grid value are checked against the same ones.
+_NUMBERS = {'seed': (int, 0), 'steps': (int, 1), 'batch_size': (int, 1),
+            'learning_rate': (float, 1e-12, 1e3), 'weight_decay': (float, 0.0, 1.0)}
+
+
+def _number_problem(axis: str, value) -> str:
+  kind, *bounds = _NUMBERS[axis]
+  return _int_problem(value, *bounds) if kind is int else _float_problem(value, *bounds)
+
+
+def _number(config, field: str):
+  """A field of ``_NUMBERS`` (by its last name part), checked and cast."""
+  axis = field.rsplit('.', 1)[-1]
+  value = _get(config, field)
+  problem = _number_problem(axis, value)
+  if problem:
+    raise UserError(f'config field {field!r} {problem}; got {value!r}')
+  return _NUMBERS[axis][0](value)
+
+
+def _bool(config, field) -> bool:
+  value = _get(config, field)
+  if not isinstance(value, bool):
+    raise UserError(f'config field {field!r} must be True or False; got {value!r}')
+  return value
+
+
+# Fields that were replaced: a config that still sets one gets told what to write.
+_REPLACED = {
+    'finetune.update_frozen_stats': "finetune.frozen_norm ('inference' | 'adapt'): "
+                                    "update_frozen_stats=True is 'adapt'; False "
+                                    'normalised frozen blocks with batch statistics '
+                                    'in training but pretrained ones in evaluation, '
+                                    'which no policy does any more (docs/DESIGN.md)',
+}
+
+
+def _refuse_replaced_fields(config) -> None:
+  for field, instead in _REPLACED.items():
+    try:
+      _get(config, field)
+    except UserError:
+      continue
+    raise UserError(f'config field {field!r} was replaced by {instead}; remove it')
+
+
+def _choice(config, field, choices) -> str:
+  value = _get(config, field)
+  if value not in choices:
+    raise UserError(f'config field {field!r} is {value!r}; valid choices: '
+                    f'{", ".join(choices)}')
+  return value
+
+
+def _train(config, prefix) -> TrainSettings:
+  return TrainSettings(**{f.name: _number(config, f'{prefix}.{f.name}')
+                          for f in dataclasses.fields(TrainSettings)})
+
+
+def _experiments(config, depth, only) -> tuple[ExperimentSpec, ...]:
+  table = _get(config, 'experiments')
+  names = list(table.keys())
+  unknown = [n for n in only if n not in names]
+  if unknown:
+    raise UserError(f'config field \'only\' names unknown experiment(s) '
+                    f'{", ".join(unknown)}; valid names: {", ".join(names)}')
+  specs = []
+  for name in (only or names):
+    field = f'experiments.{name}'
+    rules = _get(config, f'{field}.rules')
+    try:
+      schedule = parse_schedule(rules, depth)
+    except UserError as e:
+      raise UserError(f'config field {field + ".rules"!r}: {e}') from None
+    specs.append(ExperimentSpec(name, schedule, _choice(config, f'{field}.init', INITS)))
+  if not specs:
+    raise UserError("config field 'experiments' is empty; add at least one")
+  return tuple(specs)
+
+
+def _grid(config, folds: int, defaults: dict) -> dict:
+  """config.grid with empty axes filled from the single-valued fields' checked values.
+
+  ``fold`` defaults to every fold when ``data.folds`` > 1, else to the one
+  hold-out split (None).
+  """
+  grid = {}
+  for axis in AXES:
+    field = f'grid.{axis}'
+    values = _get(config, field)
+    if isinstance(values, (int, float, str)) and not isinstance(values, bool):
+      values = (values,)
+    if not isinstance(values, (tuple, list)):
+      raise UserError(f'config field {field!r} must be a tuple of values; got {values!r}')
+    if axis == 'fold':
+      grid[axis] = _folds(field, tuple(values), folds)
+      continue
+    for v in values:
+      problem = (_number_problem(axis, v) if axis in _NUMBERS else
+                 '' if isinstance(v, str) and v in FROZEN_NORM else
+                 f'valid: {", ".join(FROZEN_NORM)}')
+      if problem:
+        raise UserError(f'config field {field!r} has a bad value {v!r}; {problem}')
+    values = tuple(_NUMBERS[axis][0](v) if axis in _NUMBERS else v for v in values)
+    if len(set(values)) != len(values):
+      raise UserError(f'config field {field!r} repeats a value: {values}')
+    grid[axis] = values or (defaults[axis],)
+  return grid
+
+
+def _folds(field: str, values: tuple, folds: int) -> tuple:
+  if folds <= 1:
+    if values:
+      raise UserError(f'config field {field!r} needs data.folds >= 2 (k-fold '
+                      f'cross-validation); data.folds is {folds}')
+    return (None,)
+  if not values:
+    return tuple(range(folds))
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < folds:
+      raise UserError(f'config field {field!r} has a bad value {v!r}; folds are '
+                      f'0..{folds - 1} (data.folds={folds})')
+  if len(set(values)) != len(values):
+    raise UserError(f'config field {field!r} repeats a value: {values}')
+  return tuple(values)
+
+
+def load_config(spec: str):
+  """Loads ``path/to/config.py[:variant]`` the way ``launch/sweep.py`` does.
+
+  For notebooks and tests: ``load_config('configs/default.py:tiny')``.
+  """
+  path, _, variant = spec.partition(':')
+  if not os.path.isfile(path):
+    raise UserError(f'config file {path} does not exist')
+  module_spec = importlib.util.spec_from_file_location('_unet_jax_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant or None)
