@@ -86,7 +86,7 @@ def get_config(arg=None):
   config.only = ''  # comma-separated experiment names; empty = all
   # How a bundle runs: 'auto' times the candidates on this hardware and keeps
   # the fastest; or one of static, per_experiment, sequential, vmap,
-  # vmap_matmul, sharded_sequential, sharded_vmap (unet_jax/bundle.py).
+  # vmap_matmul, sharded_sequential, sharded_vmap (unet_jax/engine/strategies.py).
   config.strategy = 'auto'
   config.max_bundle = 0  # most experiments per compiled program; 0 = no cap
   # JAX's persistent compilation cache: reruns skip compiling ('' = off).

@@ -47,7 +47,7 @@ can be decided (it gave F1, F2 and F6 "holds").
 
 What it measures: test Dice, IoU, HD95 and ASSD per image and seed, the
 validation Dice curve of every run, and the findings F1-F6 in report.md
-(``unet_jax.compare``): contracting vs expanding, shallow-to-deep vs
+(``unet_jax.analysis``): contracting vs expanding, shallow-to-deep vs
 deep-to-shallow (gradual and cumulative, both orders), where last-blocks-only
 ranks among distinct subsets, the X-ray contrast (with ``--also``),
 convergence speed of shallow vs full, and both schemes.

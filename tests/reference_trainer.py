@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from unet_jax.engine.loops import host_loop, resolve_loop
 from unet_jax.engine.step import Batch, draw_batch
-from unet_jax.engine.strategies import host_loop, resolve_loop
 from unet_jax.freeze import FREEZE, TRAIN
 from unet_jax.losses import segmentation_loss
 from unet_jax.model import apply_model

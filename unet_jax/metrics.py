@@ -15,7 +15,7 @@ as :data:`EMPTY_MASK_CONVENTION`:
   empty -> 0.0.
 - HD95, ASSD: undefined when either mask is empty (both included) -> NaN.
   Summaries leave NaN out of means and report how many were left out
-  (``unet_jax.compare``).
+  (``unet_jax.analysis``).
 
 Boundary distances follow MONAI (``compute_hausdorff_distance`` with
 ``percentile=95``, ``compute_average_surface_distance(symmetric=True)``):

@@ -97,3 +97,22 @@ def test_compile_time_mask_matches_the_same_mask_as_data(params):
   # A compile-time frozen leaf is passed through as the very same array.
   updates = {'a': jnp.ones(5), 'b': jnp.ones((2, 2))}
   assert apply_masked(params, updates, {'a': True, 'b': False})['b'] is params['b']
+
+
+def test_chains_with_optax_transforms():
+  # An optax GradientTransformationExtraArgs: optax.chain passes the mask,
+  # learning rate and weight decay on to it.
+  params = {'a': jnp.ones(3), 'b': jnp.full(2, 2.0)}
+  grads = {'a': jnp.asarray([3.0, -4.0, 12.0]), 'b': jnp.asarray([0.5, 0.5])}
+  extra = dict(mask={'a': 1.0, 'b': 0.0}, learning_rate=1e-2, weight_decay=0.0)
+  tx = masked_adam()
+  assert isinstance(tx, optax.GradientTransformationExtraArgs)
+  chained = optax.chain(optax.clip_by_global_norm(1.0), tx)
+  got, _ = chained.update(grads, chained.init(params), params, **extra)
+  clipped, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+  want, _ = tx.update(clipped, tx.init(params), params, **extra)
+  for key in params:
+    np.testing.assert_array_equal(got[key], want[key])
+  assert not np.any(got['b']) and np.all(got['a'] != 0)
+  with pytest.raises(ValueError, match='needs params'):
+    tx.update(grads, tx.init(params), None, **extra)

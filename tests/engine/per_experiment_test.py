@@ -4,6 +4,7 @@ import jax
 import numpy as np
 from bundles import SPEC, make_bundle
 
+from unet_jax.engine.per_experiment import _segments
 from unet_jax.engine.step import BundleContext
 from unet_jax.engine.strategies import make_bundle_chunk
 from unet_jax.freeze import preset_rules
@@ -25,3 +26,12 @@ def test_workers_give_the_same_bundle_as_one_at_a_time(problem, monkeypatch):
     out[workers] = chunk(state, setup, images, masks, num_steps=STEPS)
   for a, b in zip(jax.tree.leaves(out['1']), jax.tree.leaves(out['2'])):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_chunk_is_cut_at_stage_starts():
+  # static compiles one program per stage: a chunk over a stage start runs
+  # in two segments, each with its stage's masks.
+  setup = type('Setup', (), {'starts': np.asarray([0, 5, 9, np.iinfo(np.int32).max])})()
+  assert _segments(setup, 0, 4) == [(0, 4)]
+  assert _segments(setup, 4, 4) == [(4, 1), (5, 3)]
+  assert _segments(setup, 3, 10) == [(3, 2), (5, 4), (9, 4)]

@@ -152,7 +152,7 @@ def _paired_section(res: Results, domain: str) -> list[str]:
     return out + ['One seed: differences and CIs over this run\'s test images only; no '
                   'p-values, since run-to-run variation is unknown.', '']
   return out + ['Paired on seed and image; p from a t-test with seeds and images as '
-                'crossed random factors (`unet_jax.stats.crossed_mean`), Holm-corrected '
+                'crossed random factors (`unet_jax.analysis.stats.crossed_mean`), Holm-corrected '
                 'over the rows of this table; rank-biserial over images.', '']
 
 
@@ -330,14 +330,14 @@ def write_report(workdir: str, *, overlays: Overlays | None = None,
   lines += ['## Findings (DESIGN.md F1-F6)', '',
             markdown_table(('id', 'verdict', 'claim', 'evidence'),
                            [(f.id, f'**{f.verdict}**', f.claim, f.evidence) for f in found]),
-            '', f'Two-sided tests at alpha = {alpha}; see `unet_jax/findings.py` for the '
+            '', f'Two-sided tests at alpha = {alpha}; see `unet_jax/analysis/findings.py` for the '
             'rule behind each verdict.', '']
   for domain in res.domains:
     tag = '' if domain == main_domain else f'-{domain}'
     head = f' ({domain})' if len(res.domains) > 1 else ''
     lines += [f'## Scores{head}', '', 'Means over seeds and test images; 95% CI with '
-              'seeds and images as crossed random factors (`unet_jax.stats.crossed_mean`).',
-              '']
+              'seeds and images as crossed random factors '
+              '(`unet_jax.analysis.stats.crossed_mean`).', '']
     lines += _summary_section(res, domain)
     lines += [f'## Against full fine-tuning{head}', ''] + _paired_section(res, domain)
     norm = _norm_section(res, domain)

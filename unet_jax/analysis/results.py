@@ -304,7 +304,7 @@ class Results:
 
   def findings(self, alpha: float = 0.05, *, domain_kinds: dict[str, str] | None = None
                ) -> list[Finding]:
-    """F1..F6 of DESIGN.md judged on these results; rules in ``unet_jax.findings``.
+    """F1..F6 of DESIGN.md judged on these results; rules in ``unet_jax.analysis.findings``.
 
     ``domain_kinds`` adds ``data.source -> 'ultrasound' | 'xray'`` entries
     to :data:`DOMAIN_KINDS`.

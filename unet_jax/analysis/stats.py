@@ -5,7 +5,7 @@ trained network: one seed); every run is scored on the same test images, so
 runs and images are *crossed*. The training run is the unit of replication:
 :func:`crossed_mean` gives a mean's standard error and degrees of freedom
 with both sources of variation, and every CI, test and verdict of
-``unet_jax.compare`` and ``unet_jax.findings`` comes from it (its error rate
+``unet_jax.analysis`` (results, paired tests, findings) comes from it (its error rate
 is checked by simulation in ``tests/stats_test.py``). :func:`bootstrap_ci`
 and :func:`wilcoxon` are for one run's images.
 """

@@ -2,7 +2,7 @@
 
 Every process runs the same program; ``jax.distributed.initialize`` joins
 them into one set of devices, the experiment axis is spread over all of
-them (``unet_jax.bundle.experiment_mesh``), results are gathered to every
+them (``unet_jax.engine.strategies.experiment_mesh``), results are gathered to every
 process with ``multihost_utils.process_allgather`` and only process 0 writes
 files.
 """

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unet_jax.engine.execution import compiler_options, merge_experiments, split_experiments
+from unet_jax.engine.loops import host_loop, resolve_loop
 from unet_jax.engine.step import (
   BundleContext,
   ExperimentSetup,
@@ -28,7 +29,6 @@ from unet_jax.engine.step import (
   experiment_step,
   stage_masks_at,
 )
-from unet_jax.engine.strategies import host_loop, resolve_loop
 
 PyTree = Any
 

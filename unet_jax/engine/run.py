@@ -29,6 +29,7 @@ from unet_jax.engine.choices import SHARDED
 from unet_jax.engine.distributed import is_writer, to_host
 from unet_jax.engine.execution import place, split_experiments
 from unet_jax.engine.experiment import Experiment
+from unet_jax.engine.loops import resolve_loop
 from unet_jax.engine.resume import BundleCheckpoints, Interrupted, StopRequest
 from unet_jax.engine.step import (
   BundleContext,
@@ -39,7 +40,7 @@ from unet_jax.engine.step import (
   stack,
   unstack,
 )
-from unet_jax.engine.strategies import experiment_mesh, make_bundle_chunk, resolve_loop
+from unet_jax.engine.strategies import experiment_mesh, make_bundle_chunk
 from unet_jax.model import apply_model
 from unet_jax.schedules import stage_index
 

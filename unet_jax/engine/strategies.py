@@ -23,39 +23,14 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from unet_jax.engine.choices import SHARDED, STRATEGIES
 from unet_jax.engine.execution import cpu_workers
+from unet_jax.engine.loops import host_loop, resolve_loop
+from unet_jax.engine.per_experiment import PerExperimentChunk
 from unet_jax.engine.step import BundleContext, experiment_step
-
-
-def resolve_loop(loop: str) -> str:
-  """'auto' -> 'host' on CPU, 'scan' on accelerators.
-
-  Measured (2-core CPU, JAX 0.10.2): a U-Net step inside ``lax.scan`` ran 14x
-  slower than the same jitted step called from Python, because XLA:CPU
-  compiles convolutions in a while-loop body whose weights are loop-carried
-  to a slow path (fully unrolled it is as fast). On GPU/TPU the scan removes
-  per-step dispatch, so it stays the default there.
-  """
-  if loop == 'auto':
-    return 'host' if jax.default_backend() == 'cpu' else 'scan'
-  return loop
-
-
-def host_loop(step, state, *args, num_steps: int):
-  """Calls ``step(state, *args) -> (state, loss)`` num_steps times from Python.
-
-  Returns (state, losses[num_steps]); dispatch is asynchronous, nothing waits.
-  """
-  losses = []
-  for _ in range(num_steps):
-    state, loss = step(state, *args)
-    losses.append(loss)
-  return state, jnp.stack(losses)
 
 
 def _over_experiments(ctx: BundleContext, strategy: str, data_shards: int = 1):
@@ -109,10 +84,9 @@ def make_bundle_chunk(ctx: BundleContext, strategy: str, *, loop: str = 'auto',
 
   ``loop='scan'`` compiles the chunk as one ``lax.scan``; ``'host'`` compiles
   one bundle step and calls it ``num_steps`` times (the CPU default, see
-  ``unet_jax.train.resolve_loop``). ``chunk.step`` is the jitted bundle step.
+  ``resolve_loop``). ``chunk.step`` is the jitted bundle step.
   """
   if strategy in ('per_experiment', 'static'):
-    from unet_jax.engine.per_experiment import PerExperimentChunk  # noqa: PLC0415 - cycle
     return PerExperimentChunk(ctx, loop, static=strategy == 'static', workers=cpu_workers())
   bundle_step = make_bundle_step(ctx, strategy, mesh)
   step = jax.jit(bundle_step)
