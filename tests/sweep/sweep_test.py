@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,8 +170,10 @@ def test_new_evaluation_settings_score_finished_experiments_again(tmp_path, caps
     assert json.load(f)['evaluation'] == {'hd95_convention': 'pooled', 'norm_check': True}
 
 
-def test_pretraining_is_reused(sweep_dir, capsys):
-  workdir, _ = sweep_dir
+def test_pretraining_is_reused(sweep_dir, tmp_path, capsys):
+  # On a copy: the other tests read the module's sweep as it was written.
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(sweep_dir[0], workdir)
   before = os.path.getmtime(os.path.join(workdir, 'pretrain', 'meta.json'))
   # Other fine-tuning settings: 'head' runs again on the same pretrained net.
   run_sweep(tiny_config(only='head', **{'finetune.learning_rate': 2e-3}), workdir,

@@ -262,8 +262,9 @@ def _f6(res: Results, domain: str, alpha: float) -> Finding:
   for order in ORDERS:
     found = _direction_family(res, domain, [order], alpha)
     if found is not None:
-      verdicts[order] = found[0]
-      parts.append(f'{order}: {found[0]} ({found[1]})')
+      verdict, why = found
+      verdicts[order] = verdict
+      parts.append(f'{order}: {verdict} ({why})')
   if not verdicts:
     return _finding('F6', INCONCLUSIVE, _NO_DIRECTIONS)
   evidence = '; '.join(parts)

@@ -412,7 +412,7 @@ def _mesh_and_padding(experiments: Sequence[Experiment], strategy: str,
 
 
 def _collect(state, num: int, history, report: BundleReport, start: int) -> BundleResult:
-  host = to_host((state.params, state.stats, state.diverged_at))
-  weights = [Weights(*unstack((host[0], host[1]), i)) for i in range(num)]
-  diverged = [int(d) if d >= 0 else None for d in host[2][:num]]
+  params, stats, diverged_at = to_host((state.params, state.stats, state.diverged_at))
+  weights = [Weights(*unstack((params, stats), i)) for i in range(num)]
+  diverged = [int(d) if d >= 0 else None for d in diverged_at[:num]]
   return BundleResult(weights, history, diverged, report, start)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import sys
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -185,15 +186,19 @@ def _describe_schedule(params, schedule: Schedule) -> str:
   return '\n\n'.join(parts) + '\n'
 
 
-def _finished(paths: WorkdirPaths, exp: Experiment, fingerprint: str
-              ) -> tuple[ExperimentSummary, list[dict]] | None:
-  """(summary, rows) of an experiment a previous run trained with these settings."""
+class Finished(NamedTuple):
+  summary: ExperimentSummary
+  rows: list[dict]
+
+
+def _finished(paths: WorkdirPaths, exp: Experiment, fingerprint: str) -> Finished | None:
+  """What a previous run wrote for an experiment it trained with these settings."""
   where = paths.experiment(exp.name)
   try:
     summary = files.read_json(where.summary)
     if summary.get('fingerprint') != fingerprint:
       return None
-    return ExperimentSummary.from_json(summary), files.read_jsonl(where.results)
+    return Finished(ExperimentSummary.from_json(summary), files.read_jsonl(where.results))
   except (OSError, ValueError, TypeError):
     return None
 
@@ -248,8 +253,8 @@ class _Sweep:
     done = {r.name: found for r in self.runs
             if (found := _finished(paths, r, self.fingerprints[r.name])) is not None}
     self.todo = [r for r in self.runs if r.name not in done]
-    self.summaries = {name: found[0] for name, found in done.items()}
-    self.rows = {name: found[1] for name, found in done.items()}
+    self.summaries = {name: found.summary for name, found in done.items()}
+    self.rows = {name: found.rows for name, found in done.items()}
     self.bundles, self.split_by = (grid.group_bundles(self.todo, s.max_bundle)
                                    if self.todo else ([], []))
     self.reports: list[dict] = []

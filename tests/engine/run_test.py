@@ -1,4 +1,4 @@
-"""Bundles survive: checkpoints, fallback from a damaged one, failed saves, divergence."""
+"""run_bundle: history per chunk, checkpoints and resume, fallback, failed saves, divergence."""
 
 import glob
 import os
