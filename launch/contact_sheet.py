@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw
 from unet_jax import data
 from unet_jax.errors import UserError
 
-# The generators; the real-set loaders in data.SOURCES need folders, not a seed.
-GENERATORS = ('ultrasound', 'chest_xray', 'dead_leaves')
+# The built-in generators (real sets, data.LOADERS, need folders, not a seed).
+GENERATORS = tuple(data.SOURCES)
 
 _SOURCE = flags.DEFINE_string('source', 'ultrasound', f'One of {", ".join(GENERATORS)}.')
 _OUT = flags.DEFINE_string('out', None, 'PNG file to write.')

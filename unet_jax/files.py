@@ -16,6 +16,15 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 
+def _default_mode() -> int:
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
+_DEFAULT_MODE = _default_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = '.part') -> Iterator[str]:
   """A temporary path to write ``path``'s content to; renamed over it on success.
@@ -31,6 +40,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = '.part') -> Iterator[str]
   os.close(fd)
   try:
     yield tmp
+    os.chmod(tmp, _DEFAULT_MODE)  # mkstemp makes 0600; a result is as readable as any file
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

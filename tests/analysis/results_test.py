@@ -194,7 +194,7 @@ def test_from_frame_takes_other_metrics_with_their_direction():
 
 
 def test_paired_tests_keep_their_error_rate_end_to_end():
-  # The calibration of tests/stats_test.py, through from_frame and paired():
+  # The calibration of tests/analysis/stats_test.py, through from_frame and paired():
   # identical procedures, run SD 0.05, cell SD 0.05, 5 seeds x 32 images.
   rng = np.random.default_rng(5)
   rejected = []

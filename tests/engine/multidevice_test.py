@@ -56,7 +56,7 @@ masks = (images > 0.5).astype(np.float32)
 
 SHARDED_SCRIPT = PRELUDE + r'''
 # Float64, as the single-device strategies are checked against optax.partition
-# (tests/bundle_test.py): per_experiment is that check's reference here.
+# (tests/engine/strategies_test.py): per_experiment is that check's reference here.
 jax.config.update('jax_enable_x64', True)
 params, stats, images, masks = jax.tree.map(lambda x: np.asarray(x, np.float64),
                                             (params, stats, images, masks))

@@ -11,7 +11,14 @@ import tqdm
 from unet_jax import freeze
 from unet_jax.engine.experiment import Experiment
 from unet_jax.engine.resume import BundleCheckpoints, Interrupted, StopRequest
-from unet_jax.engine.run import BundleData, RunOptions, Weights, run_bundle
+from unet_jax.engine.run import (
+  BundleData,
+  Restored,
+  RunOptions,
+  Weights,
+  choose_strategy,
+  run_bundle,
+)
 from unet_jax.engine.step import BundleContext
 from unet_jax.model import UNetSpec, init_model
 from unet_jax.schedules import Schedule
@@ -148,3 +155,22 @@ def test_diverging_experiment_is_frozen_and_others_unaffected(problem, strategy)
   assert got.history[0] == want.history[0]
   # The diverged one keeps its last finite weights.
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(got.weights[1].params))
+
+
+def test_the_strategy_choice_is_a_value_and_times_only_when_it_must():
+  restored = Restored(4, None, [[]], 'vmap', [{'strategy': 'vmap'}])
+  calls = []
+  def choose(requested, candidates, cached=None, restored_=None):
+    return choose_strategy(BundleContext(SPEC, 4), requested, candidates, cached=cached,
+                           restored=restored_, inputs_for=lambda s: calls.append(s),
+                           steps=10, loop='host', mesh=None, timing_steps=1)
+  # A restored bundle keeps the strategy it was saved with, whatever is asked.
+  got = choose('static', ['static', 'per_experiment'], restored_=restored)
+  assert (got.strategy, got.how, got.trials) == ('vmap', 'restored', restored.trials)
+  assert choose('vmap_matmul', ['static']).how == 'forced'
+  cached = {'strategy': 'per_experiment', 'trials': [{'strategy': 'x'}]}
+  got = choose('auto', ['static', 'per_experiment'], cached=cached)
+  assert (got.strategy, got.how) == ('per_experiment', 'cached')
+  got = choose('auto', ['static'])
+  assert (got.strategy, got.how, got.chunk) == ('static', 'only candidate', None)
+  assert calls == []  # nothing was timed

@@ -45,3 +45,21 @@ def test_paths_spell_the_layout_once():
   assert paths.pretrain_weights == '/w/pretrain/weights'
   assert paths.checkpoints('abc') == '/w/checkpoints/abc'
   assert paths.listed_experiments() == []  # no such folder: nothing listed
+
+
+def test_files_of_an_older_version_are_refused_by_name(tmp_path):
+  from unet_jax import files
+  from unet_jax.errors import UserError
+  from unet_jax.sweep.records import read_summary, read_sweep
+  old_config = tmp_path / 'config.json'  # the raw config an earlier version wrote
+  files.write_json(old_config, {'data': {'source': 'ultrasound'}, 'only': ''})
+  old_summary = tmp_path / 'summary.json'
+  files.write_json(old_summary, {'name': 'full', 'base': 'full', 'seed': 0,
+                                 'schedule': [{'start': 0, 'rules': [['.*', 'train']]}]})
+  for read, path in ((read_sweep, old_config), (read_summary, old_summary)):
+    try:
+      read(str(path))
+    except UserError as e:
+      assert str(path) in str(e) and 'older version' in str(e)
+    else:
+      raise AssertionError(f'{read.__name__} accepted an old file')

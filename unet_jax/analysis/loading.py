@@ -28,7 +28,7 @@ import pandas as pd
 from unet_jax import files
 from unet_jax.analysis.results import HIGHER_IS_BETTER, LoadedRun, Results
 from unet_jax.errors import UserError
-from unet_jax.sweep.records import ExperimentSummary, SweepRecord
+from unet_jax.sweep.records import ExperimentSummary, SweepRecord, read_summary, read_sweep
 from unet_jax.sweep.workdir import WorkdirPaths
 
 
@@ -56,21 +56,10 @@ def load(workdirs: str | os.PathLike | Sequence[str | os.PathLike]) -> Results:
   return _results(pd.concat(frames, ignore_index=True), runs, loaded, sweeps, notes)
 
 
-def _read_sweep(paths: WorkdirPaths) -> SweepRecord:
-  if not os.path.exists(paths.config):
-    raise UserError(f'no results in {paths.root}: not a sweep work directory (no '
-                    'config.json), or its sweep has not started')
-  try:
-    return SweepRecord.from_json(files.read_json(paths.config))
-  except (ValueError, KeyError, TypeError):
-    raise UserError(f'{paths.config} is not the config.json of this version of unet_jax '
-                    '(rerun the sweep to rewrite it)') from None
-
-
 def _load_one(paths: WorkdirPaths, notes: list[str]
               ) -> tuple[pd.DataFrame, list[LoadedRun], SweepRecord]:
   """Rows, runs and settings of one work directory (module docstring)."""
-  sweep = _read_sweep(paths)
+  sweep = read_sweep(paths.config)
   listed = paths.listed_experiments()
   records = files.read_jsonl(paths.results) if os.path.exists(paths.results) else []
   have = {r['experiment'] for r in records}
@@ -100,7 +89,7 @@ def _loaded_run(paths: WorkdirPaths, name: str, rows: pd.DataFrame, domain: str,
                 notes: list[str]) -> LoadedRun:
   where = paths.experiment(name)
   if os.path.exists(where.summary):
-    summary = ExperimentSummary.from_json(files.read_json(where.summary))
+    summary = read_summary(where.summary)
   else:
     notes.append(f'{paths.root}: {name} has results but no summary.json')
     seed = int(rows.loc[rows['experiment'] == name, 'seed'].iloc[0])

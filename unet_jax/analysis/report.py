@@ -29,7 +29,7 @@ from unet_jax.analysis.loading import load
 from unet_jax.analysis.results import Results
 from unet_jax.conventions import EMPTY_MASK_CONVENTION, HD95_CONVENTIONS
 from unet_jax.errors import UserError
-from unet_jax.sweep.records import SweepRecord
+from unet_jax.sweep.records import read_sweep
 from unet_jax.sweep.workdir import WorkdirPaths
 
 
@@ -75,7 +75,7 @@ def predictions_from_weights(workdir: str, images: np.ndarray,
   from unet_jax.model import UNetSpec, init_model, predict  # noqa: PLC0415 - JAX
   from unet_jax.sweep import checkpoint  # noqa: PLC0415 - orbax
   paths = WorkdirPaths(workdir)
-  sweep = SweepRecord.from_json(files.read_json(paths.config))
+  sweep = read_sweep(paths.config)
   graphdef = init_model(UNetSpec(**sweep.model), 0)[0]
   out = {}
   for name in experiments:

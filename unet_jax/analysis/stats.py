@@ -6,8 +6,8 @@ runs and images are *crossed*. The training run is the unit of replication:
 :func:`crossed_mean` gives a mean's standard error and degrees of freedom
 with both sources of variation, and every CI, test and verdict of
 ``unet_jax.analysis`` (results, paired tests, findings) comes from it (its error rate
-is checked by simulation in ``tests/stats_test.py``). :func:`bootstrap_ci`
-and :func:`wilcoxon` are for one run's images.
+is checked by simulation in ``tests/analysis/stats_test.py``). :func:`wilcoxon`
+describes one run's images.
 """
 
 from __future__ import annotations
@@ -17,25 +17,6 @@ import itertools
 
 import numpy as np
 from scipy import stats as sps
-
-
-def bootstrap_ci(values, num_samples: int = 2000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float]:
-  """Percentile bootstrap CI of the mean over the given values.
-
-  Example::
-
-    lo, hi = bootstrap_ci(per_image_dice)   # 95% CI of the mean Dice
-  """
-  values = np.asarray(values, dtype=np.float64)
-  if values.size == 0:
-    return float('nan'), float('nan')
-  rng = np.random.default_rng(seed)
-  idx = rng.integers(0, values.size, size=(num_samples, values.size))
-  means = values[idx].mean(axis=1)
-  alpha = (1 - level) / 2
-  lo, hi = np.quantile(means, [alpha, 1 - alpha])
-  return float(lo), float(hi)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +71,7 @@ def crossed_mean(matrix) -> Estimate:
   sampling variance where the images show one; the degrees of freedom of
   that sum by Satterthwaite (1946), the quasi-F treatment of crossed random
   effects (Clark 1973). Why this and not another (simulation in
-  docs/DESIGN.md and tests/stats_test.py): averaging over seeds and testing
+  docs/DESIGN.md and tests/analysis/stats_test.py): averaging over seeds and testing
   over images ignores the runs (80% false positives for identical
   procedures); testing run means alone ignores the images (10-19% when
   procedures differ image by image but not on average); the run-to-run

@@ -4,6 +4,7 @@
 - ``step``: one experiment's training step with masks, policy and data as data;
 - ``masked_adam``: Adam with the freeze mask, learning rate and weight decay as data;
 - ``strategies``: mapping the step over the experiment axis (vmap, lax.map, shard_map);
+- ``loops``: a chunk of steps as one ``lax.scan`` or a step called from Python;
 - ``per_experiment``: the ``static`` and ``per_experiment`` strategies, experiment by experiment;
 - ``execution``: compile options, CPU worker threads, splitting and placing a bundle;
 - ``autotune``: timing the strategies on the hardware at hand;

@@ -4,5 +4,5 @@
 STRATEGIES = ('static', 'per_experiment', 'sequential', 'vmap', 'vmap_matmul',
               'sharded_sequential', 'sharded_vmap')
 SHARDED = ('sharded_sequential', 'sharded_vmap')
-# How a chunk of steps runs (unet_jax.engine.strategies.resolve_loop).
+# How a chunk of steps runs (unet_jax.engine.loops.resolve_loop).
 LOOPS = ('auto', 'scan', 'host')

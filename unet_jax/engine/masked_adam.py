@@ -45,6 +45,10 @@ def masked_adam(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                 rewarmup_steps: int = 0) -> optax.GradientTransformationExtraArgs:
   """Adam with a data mask, as an optax transformation taking extra args.
 
+  A factory in optax's style: ``update_fn`` is most of its length, the Adam
+  arithmetic per leaf with its three cases (frozen at compile time, trained
+  at compile time, masked by data).
+
   ``update(grads, state, params, *, mask, learning_rate, weight_decay)``:
   ``mask`` is a tree like ``params`` of 0/1 (or bool) scalars, or of Python
   bools known at trace time (then frozen leaves cost nothing and trained

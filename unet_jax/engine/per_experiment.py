@@ -50,7 +50,7 @@ class PerExperimentChunk:
   """``chunk(state, setup, images, masks, num_steps) -> (state, losses[T, E])``.
 
   ``step`` is the jitted single-experiment step; ``loop`` is ``'host'`` or
-  ``'scan'`` (``strategies.resolve_loop``).
+  ``'scan'`` (``loops.resolve_loop``).
   """
 
   def __init__(self, ctx: BundleContext, loop: str, *, static: bool, workers: int = 1):

@@ -320,6 +320,10 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
                ) -> BundleResult:
   """Trains a bundle of experiments that share steps and batch size.
 
+  Longer than the engine's other functions because it is the one place the
+  four steps (restore, choose a strategy, the chunk loop, collect) and their
+  inputs meet; each step is a function or class of its own above.
+
   Args:
     ctx: the static part of the bundle (model, batch size, options).
     experiments, inits: the experiments and their initial weights.
@@ -359,15 +363,19 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
   candidates = autotune.candidate_strategies(
       jax.default_backend(), len(jax.devices()), len(experiments), jax.process_count(),
       num_stages=num_stages)
-  mesh, padded = _mesh_and_padding(experiments, options.strategy, candidates)
+  # A restored bundle keeps its strategy, and so the padding it was saved with.
+  mesh, padded = _mesh_and_padding(
+      experiments, restored.strategy if restored is not None else options.strategy, candidates)
   pad = lambda tree: jax.tree.map(
       lambda x: np.concatenate([x] + [x[-1:]] * padded) if padded else x, tree)
   inputs = _Inputs(pad(state), pad(setup), data.images, data.masks, mesh)
   n = chunk_length(steps, options.chunk_steps)
   signature = bundle_signature(ctx, len(experiments) + padded, data.images.shape, options.loop)
-  bar.set_description('timing strategies')
+  cached = (tuning or {}).get(signature)
+  if restored is None and options.strategy == 'auto' and cached is None and len(candidates) > 1:
+    bar.set_description('timing strategies')
   choice = choose_strategy(
-      ctx, options.strategy, candidates, cached=(tuning or {}).get(signature),
+      ctx, options.strategy, candidates, cached=cached,
       restored=restored, inputs_for=inputs.get, steps=steps, loop=options.loop, mesh=mesh,
       timing_steps=n if resolve_loop(options.loop) == 'scan' else 1)
   chunk = choice.chunk or make_bundle_chunk(
@@ -391,11 +399,12 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
       writer.close()
   if checkpoints is not None:
     checkpoints.wait(warn)
+  host = to_host((state.params, state.stats, state.diverged_at))  # waits for the last step
   seconds = time.perf_counter() - began
   report = BundleReport(names, choice.strategy, chunk.loop, padded, choice.trials, seconds,
                         (len(experiments) + padded) * (steps - start) / seconds,
                         signature, choice.how)
-  return _collect(state, len(experiments), meta['history'], report, start)
+  return _collect(host, len(experiments), meta['history'], report, start)
 
 
 def _mesh_and_padding(experiments: Sequence[Experiment], strategy: str,
@@ -411,8 +420,9 @@ def _mesh_and_padding(experiments: Sequence[Experiment], strategy: str,
   return mesh, (-len(experiments)) % shards if may_shard else 0
 
 
-def _collect(state, num: int, history, report: BundleReport, start: int) -> BundleResult:
-  params, stats, diverged_at = to_host((state.params, state.stats, state.diverged_at))
+def _collect(host, num: int, history, report: BundleReport, start: int) -> BundleResult:
+  """The per-experiment results from the host copy of (params, stats, diverged_at)."""
+  params, stats, diverged_at = host
   weights = [Weights(*unstack((params, stats), i)) for i in range(num)]
   diverged = [int(d) if d >= 0 else None for d in diverged_at[:num]]
   return BundleResult(weights, history, diverged, report, start)

@@ -13,7 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -24,8 +23,8 @@ from unet_jax.errors import UserError
 from unet_jax.model import UNetSpec, init_model
 from unet_jax.model import predict as predict_batches
 from unet_jax.sweep import checkpoint
-from unet_jax.sweep.records import ExperimentSummary, SweepRecord
-from unet_jax.sweep.workdir import WorkdirPaths
+from unet_jax.sweep.records import read_summary, read_sweep
+from unet_jax.sweep.workdir import ExportPaths, WorkdirPaths
 
 
 def export_experiment(workdir: str, experiment: str, out: str) -> str:
@@ -38,32 +37,32 @@ def export_experiment(workdir: str, experiment: str, out: str) -> str:
   if experiment not in names:
     raise UserError(f'no finished experiment {experiment!r} in {workdir}; '
                     f'finished experiments: {", ".join(names) or "none"}')
-  sweep = SweepRecord.from_json(files.read_json(paths.config))
-  summary = ExperimentSummary.from_json(files.read_json(paths.experiment(experiment).summary))
+  sweep = read_sweep(paths.config)
+  summary = read_summary(paths.experiment(experiment).summary)
   params, stats = checkpoint.load_weights(paths.experiment(experiment).weights)
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as e:
     raise UserError(f'cannot create {out}: {e.strerror or e}') from None
-  checkpoint.save_weights(os.path.join(out, 'weights'), params, stats)
+  exported = ExportPaths(out)
+  checkpoint.save_weights(exported.weights, params, stats)
   # How its frozen blocks' BatchNorm was trained; predict always runs every
   # layer on its running statistics.
-  files.write_json(os.path.join(out, 'model.json'), {
+  files.write_json(exported.model, {
       'model': sweep.model, 'image_size': sweep.image_size,
       'frozen_norm': summary.frozen_norm, 'experiment': summary.to_json()})
   return out
 
 
 def _load(checkpoint_dir: str):
-  path = os.path.join(checkpoint_dir, 'model.json')
-  if not os.path.isfile(path):
+  exported = ExportPaths(checkpoint_dir)
+  if not os.path.isfile(exported.model):
     raise UserError(f'{checkpoint_dir} is not an exported model (no model.json); '
                     'make one with launch/export.py')
-  with open(path) as f:
-    meta = json.load(f)
+  meta = files.read_json(exported.model)
   spec = UNetSpec(**meta['model'])
   graphdef = init_model(spec, 0)[0]
-  params, stats = checkpoint.load_weights(os.path.join(checkpoint_dir, 'weights'))
+  params, stats = checkpoint.load_weights(exported.weights)
   return spec, graphdef, params, stats, meta['image_size']
 
 

@@ -11,7 +11,11 @@ downstream parses names or re-derives settings. No JAX.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
+
+from unet_jax import files
+from unet_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,3 +119,26 @@ class SweepRecord:
     return cls(target_source=data['target_source'], runs=list(data['runs']),
                experiments=[e['name'] for e in data['experiments']], model=data['model'],
                image_size=data['image_size'], settings=data)
+
+
+_OLD = ('was written by an older version of unet_jax; rerun its sweep with this version '
+        '(finished experiments are trained again)')
+
+
+def read_sweep(path: str) -> SweepRecord:
+  """``config.json`` as a SweepRecord; a missing or older file is a UserError naming it."""
+  if not os.path.exists(path):
+    raise UserError(f'no results in {os.path.dirname(path)}: not a sweep work directory '
+                    '(no config.json), or its sweep has not started')
+  try:
+    return SweepRecord.from_json(files.read_json(path))
+  except (ValueError, KeyError, TypeError):
+    raise UserError(f'{path} {_OLD}') from None
+
+
+def read_summary(path: str) -> ExperimentSummary:
+  """A ``summary.json`` as an ExperimentSummary; an older one is a UserError naming it."""
+  try:
+    return ExperimentSummary.from_json(files.read_json(path))
+  except (ValueError, KeyError, TypeError):
+    raise UserError(f'{path} {_OLD}') from None

@@ -42,8 +42,9 @@ from unet_jax.sweep.workdir import WorkdirLock, WorkdirPaths, prepare_workdir
 # Part of every fingerprint: results made by an engine that drew batches or
 # treated BatchNorm differently, or summaries of another shape, are never
 # reused (2: common random numbers and finetune.frozen_norm; 3: the typed
-# summary record).
+# summary record). Pretraining was last changed by 2: its weights are reused.
 _ENGINE_VERSION = 3
+_PRETRAIN_VERSION = 2
 
 
 def _hash(obj) -> str:
@@ -53,7 +54,7 @@ def _hash(obj) -> str:
 def _pretrain_fingerprint(s: SweepSettings) -> dict:
   return {'seed': s.seed, 'image_size': s.image_size,
           'model': dataclasses.asdict(s.model), 'source': s.pretrain_source,
-          'root': s.pretrain_root, 'engine': _ENGINE_VERSION,
+          'root': s.pretrain_root, 'engine': _PRETRAIN_VERSION,
           'num_images': s.pretrain_images, 'train': dataclasses.asdict(s.pretrain)}
 
 

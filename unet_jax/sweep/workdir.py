@@ -89,14 +89,25 @@ class WorkdirPaths:
     """The checkpoint folder of one unfinished bundle."""
     return self._at('checkpoints', key)
 
-  @property
-  def checkpoints_dir(self) -> str:
-    return self._at('checkpoints')
-
   def listed_experiments(self) -> list[str]:
     """Names of the experiment folders present, sorted."""
     folder = self.experiments_dir
     return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportPaths:
+  """An exported model's folder (``sweep.export``): its weights and model.json."""
+
+  folder: str
+
+  @property
+  def weights(self) -> str:
+    return os.path.join(self.folder, 'weights')
+
+  @property
+  def model(self) -> str:
+    return os.path.join(self.folder, 'model.json')
 
 
 class WorkdirLock:
