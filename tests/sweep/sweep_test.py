@@ -206,7 +206,7 @@ def test_pretraining_is_reused(sweep_dir, tmp_path, capsys):
     ({'data.folds': 17}, 'data.folds=17 needs at least 17 images'),
     ({'finetune.update_frozen_stats': True}, "'finetune.update_frozen_stats' was replaced by "
                                              "finetune.frozen_norm"),
-    ({'pretrain.source': 'xpie'}, 'valid choices: ultrasound, dead_leaves'),
+    ({'pretrain.source': 'xpie'}, 'valid choices: ultrasound, chest_xray, dead_leaves'),
 ])
 def test_bad_config_fields_are_named(tmp_path, overrides, message):
   with pytest.raises(UserError) as e:

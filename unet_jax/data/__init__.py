@@ -77,8 +77,8 @@ def _chest_xray(num: int, size: int, seed: int) -> Dataset:
 
 SOURCES: dict[str, Callable[[int, int, int], Dataset]] = {
     'ultrasound': _ultrasound,
-    'dead_leaves': _dead_leaves,
     'chest_xray': _chest_xray,
+    'dead_leaves': _dead_leaves,
 }
 
 
