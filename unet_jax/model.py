@@ -53,6 +53,11 @@ class UNetSpec:
   # outputs, but under vmap over experiments XLA makes batched matmuls
   # instead of grouped convolutions (DESIGN.md section 3).
   conv: str = 'xla'
+  # 'unet': the paper's U-Net above; 'resnet18' | 'resnet34' | 'resnet50': a
+  # torchvision ResNet encoder with a U-Net decoder (unet_jax/resnet.py);
+  # decoder_channels are then the widths of its five decoder blocks.
+  encoder: str = 'unet'
+  decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
 
   def block_names(self) -> tuple[str, ...]:
     """Blocks in data-flow order: enc1..encD, bottleneck, decD..dec1, head."""
