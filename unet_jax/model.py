@@ -59,6 +59,10 @@ class UNetSpec:
   encoder: str = 'unet'
   decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
 
+  def __post_init__(self):
+    # Read back from JSON the widths are a list; the spec must stay hashable.
+    object.__setattr__(self, 'decoder_channels', tuple(self.decoder_channels))
+
   def block_names(self) -> tuple[str, ...]:
     """Blocks in data-flow order: enc1..encD, bottleneck, decD..dec1, head."""
     enc = tuple(f'enc{i}' for i in range(1, self.depth + 1))
