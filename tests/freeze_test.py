@@ -95,7 +95,7 @@ def test_bad_rules(rule, message):
 
 
 def test_unknown_preset_lists_presets():
-  with pytest.raises(UserError, match='valid presets: contracting, deep, expanding'):
+  with pytest.raises(UserError, match='valid presets: bitfit, bitfit_head, contracting, deep'):
     preset_rules('encoder', depth=4)
 
 

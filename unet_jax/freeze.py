@@ -1,10 +1,17 @@
-"""Layer-subset freezing: ordered rules ``pattern -> train | freeze``.
+"""Which parameters train, and how fast: ordered rules ``pattern -> action``.
 
 A rule's pattern is a regular expression over a parameter's path, written with
 ``/`` between names (``enc1/conv1/kernel``). A pattern matches a leaf when it
 matches the whole path or a leading part of it that ends at a ``/``, so a bare
 block name (``enc1``) covers the whole block and ``enc.*`` every encoder block.
-The first matching rule wins and every leaf must be covered by some rule.
+A rule may also name a leaf *kind* (``KINDS``: kernels, biases, normalisation
+scales and shifts, adapters), and then matches only leaves of that kind:
+``('.*', 'train', 'bias')`` is BitFit. The first matching rule wins and every
+leaf must be covered by some rule.
+
+An action is ``'train'``, ``'freeze'`` or a positive number: train with the
+learning rate multiplied by it (``'train'`` is 1, ``'freeze'`` is 0), the
+explicit form of layer-wise learning rates.
 
 Example::
 
@@ -16,11 +23,13 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import jax
 
+from unet_jax.block_order import ORDERS, block_groups
 from unet_jax.errors import UserError
 from unet_jax.model import norm_layer_tree
 
@@ -29,32 +38,101 @@ ACTIONS = (TRAIN, FREEZE)
 
 PyTree = Any
 
+# Leaf kinds a rule can select, each a set of the basic kinds of
+# :func:`leaf_kind`. A normalisation layer's leaves are its 'scale' and the
+# 'bias' next to it; a convolution's are its 'kernel' and its own 'bias'.
+KINDS = {
+    'kernel': {'kernel'},
+    'bias': {'conv_bias', 'norm_bias'},  # BitFit: every bias term
+    'conv_bias': {'conv_bias'},
+    'norm': {'norm_scale', 'norm_bias'},  # normalisation scale and shift
+    'norm_scale': {'norm_scale'},
+    'norm_bias': {'norm_bias'},
+    'adapter': {'adapter'},  # low-rank adapter factors
+}
+
+
+def leaf_kind(path: str, siblings: Iterable[str]) -> str:
+  """The basic kind of the leaf at ``path`` whose module holds ``siblings``."""
+  name = path.rsplit('/', 1)[-1]
+  if name == 'kernel':
+    return 'kernel'
+  if name.startswith('lora_'):
+    return 'adapter'
+  if name == 'scale':
+    return 'norm_scale'
+  if name == 'bias':
+    return 'norm_bias' if 'scale' in siblings else 'conv_bias'
+  return 'other'
+
+
+def leaf_kinds(tree: PyTree) -> list[str]:
+  """The basic kind of every leaf, in flattening order."""
+  paths = leaf_paths(tree)
+  children: dict[str, set[str]] = {}
+  for p in paths:
+    parent, _, name = p.rpartition('/')
+    children.setdefault(parent, set()).add(name)
+  return [leaf_kind(p, children[p.rpartition('/')[0]]) for p in paths]
+
+
+def _action_problem(action) -> str:
+  if isinstance(action, str):
+    return '' if action in ACTIONS else 'bad'
+  if isinstance(action, bool) or not isinstance(action, (int, float)):
+    return 'bad'
+  return '' if math.isfinite(action) and action > 0 else 'bad'
+
 
 @dataclasses.dataclass(frozen=True)
 class FreezeRule:
-  """One rule: leaves whose path matches ``pattern`` get ``action``."""
+  """One rule: leaves whose path matches ``pattern`` (and of ``kind``) get ``action``."""
 
   pattern: str
-  action: str
+  action: str | float
+  kind: str | None = None  # a key of KINDS; None: every kind
 
   def __post_init__(self):
-    if self.action not in ACTIONS:
-      raise UserError(f'freeze rule {self.pattern!r}: action {self.action!r} '
-                      f'is not one of {", ".join(ACTIONS)}')
+    if _action_problem(self.action):
+      raise UserError(f'freeze rule {self.pattern!r}: action {self.action!r} is not one '
+                      f'of {", ".join(ACTIONS)} or a learning-rate multiplier > 0')
+    if self.kind is not None and self.kind not in KINDS:
+      raise UserError(f'freeze rule {self.pattern!r}: kind {self.kind!r} is not one of '
+                      f'{", ".join(KINDS)}')
     try:
       re.compile(self.pattern)
     except re.error as e:
       raise UserError(f'freeze rule {self.pattern!r} is not a valid regular '
                       f'expression: {e}') from None
 
-  def matches(self, path: str) -> bool:
+  @property
+  def multiplier(self) -> float:
+    """The learning-rate multiplier of the leaves it decides (0: frozen)."""
+    if isinstance(self.action, str):
+      return 1.0 if self.action == TRAIN else 0.0
+    return float(self.action)
+
+  @property
+  def label(self) -> str:
+    return FREEZE if self.multiplier == 0 else TRAIN
+
+  def as_list(self) -> list:
+    """[pattern, action] or [pattern, action, kind], as configs write it."""
+    return [self.pattern, self.action] + ([self.kind] if self.kind else [])
+
+  def matches(self, path: str, kind: str | None = None) -> bool:
+    """Whether the rule decides the leaf at ``path`` of basic kind ``kind``."""
+    if self.kind is not None and kind not in KINDS[self.kind]:
+      return False
     return re.fullmatch(f'(?:{self.pattern})(?:/.*)?', path) is not None
 
 
-# The layer subsets of the study. Each ends with a catch-all so that every
-# leaf is covered; 'scratch' trains everything from a random initialisation
-# (the init is chosen by the experiment, not by the rules).
-PRESETS: dict[str, tuple[tuple[str, str], ...]] = {
+# The layer subsets of the study, and the parameter-kind strategies. Each
+# ends with a catch-all so that every leaf is covered; 'scratch' trains
+# everything from a random initialisation (the init is chosen by the
+# experiment, not by the rules). 'surgical:<block>' (Lee et al., ICLR 2023)
+# trains one block alone: ``preset_rules('surgical:enc2', depth)``.
+PRESETS: dict[str, tuple[tuple, ...]] = {
     'full': (('.*', TRAIN),),
     'contracting': (('enc.*|bottleneck', TRAIN), ('.*', FREEZE)),
     'expanding': (('dec.*|head', TRAIN), ('.*', FREEZE)),
@@ -63,28 +141,52 @@ PRESETS: dict[str, tuple[tuple[str, str], ...]] = {
     'last': (('dec1|head', TRAIN), ('.*', FREEZE)),
     'head': (('head', TRAIN), ('.*', FREEZE)),
     'none': (('.*', FREEZE),),
+    # BitFit (Ben Zaken et al., ACL 2022): every bias term, convolutions' and
+    # normalisation layers' shifts.
+    'bitfit': (('.*', TRAIN, 'bias'), ('.*', FREEZE)),
+    'bitfit_head': (('head', TRAIN), ('.*', TRAIN, 'bias'), ('.*', FREEZE)),
+    # Normalisation layers' scale and shift only (Frankle et al., ICLR 2021).
+    'norm_only': (('.*', TRAIN, 'norm'), ('.*', FREEZE)),
+    'norm_head': (('head', TRAIN), ('.*', TRAIN, 'norm'), ('.*', FREEZE)),
 }
+SURGICAL = 'surgical:'
 
 
 def preset_rules(name: str, depth: int) -> tuple[FreezeRule, ...]:
   """The rules of a named preset for a U-Net of the given depth."""
+  if name.startswith(SURGICAL) and name[len(SURGICAL):]:
+    return (FreezeRule(re.escape(name[len(SURGICAL):]), TRAIN), FreezeRule('.*', FREEZE))
   if name not in PRESETS:
     raise UserError(f'unknown freeze preset {name!r}; valid presets: '
-                    f'{", ".join(sorted(PRESETS))}')
+                    f'{", ".join(sorted(PRESETS))}, or {SURGICAL}<block>')
   fill = {'deepest_enc': f'enc{depth}', 'deepest_dec': f'dec{depth}'}
-  return tuple(FreezeRule(p.format(**fill), a) for p, a in PRESETS[name])
+  return tuple(FreezeRule(p.format(**fill), *rest) for p, *rest in PRESETS[name])
 
 
-def parse_rules(spec: Iterable[Sequence[str]] | str, depth: int
-                ) -> tuple[FreezeRule, ...]:
-  """Rules from a preset name or a sequence of (pattern, action) pairs."""
+def parse_rules(spec: Iterable[Sequence] | str, depth: int) -> tuple[FreezeRule, ...]:
+  """Rules from a preset name, or (pattern, action[, kind]) items, or
+  ``{'lr': {block: multiplier, ...}}``.
+
+  The dict form gives each named block its learning-rate multiplier (0
+  freezes it) and freezes the blocks it does not name.
+  """
   if isinstance(spec, str):
     return preset_rules(spec, depth)
+  if isinstance(spec, dict) or hasattr(spec, 'keys'):
+    table = dict(spec)
+    if set(table) != {'lr'} or not hasattr(table['lr'], 'keys') or not table['lr']:
+      raise UserError(f"cannot read rules {spec!r}: the dict form is {{'lr': {{block: "
+                      "multiplier, ...}}}")
+    rules = [FreezeRule(re.escape(str(block)), FREEZE if value == 0 else value)
+             for block, value in dict(table['lr']).items()]
+    return tuple(rules) + (FreezeRule('.*', FREEZE),)
   rules = []
   for item in spec:
-    if len(item) != 2:
-      raise UserError(f'freeze rule {item!r} must be a (pattern, action) pair')
-    rules.append(FreezeRule(str(item[0]), str(item[1])))
+    if isinstance(item, str) or len(item) not in (2, 3):
+      raise UserError(f'freeze rule {item!r} must be a (pattern, action) pair or a '
+                      '(pattern, action, kind) triple')
+    action = item[1] if isinstance(item[1], (int, float)) else str(item[1])
+    rules.append(FreezeRule(str(item[0]), action, *(str(k) for k in item[2:])))
   if not rules:
     raise UserError('a freeze rule list is empty; give at least one rule')
   return tuple(rules)
@@ -110,16 +212,17 @@ def matching_rules(tree: PyTree, rules: Sequence[FreezeRule]) -> list[int]:
   Raises UserError naming the uncovered leaves, or a rule that matches no
   leaf at all (usually a misspelt block name) with the valid block names.
   """
-  paths = leaf_paths(tree)
+  paths, kinds = leaf_paths(tree), leaf_kinds(tree)
   for rule in rules:
-    if not any(rule.matches(p) for p in paths):
+    if not any(rule.matches(p, k) for p, k in zip(paths, kinds)):
+      what = f' of kind {rule.kind!r}' if rule.kind else ''
       raise UserError(
-          f'freeze rule {rule.pattern!r} matches no parameter; valid block '
+          f'freeze rule {rule.pattern!r} matches no parameter{what}; valid block '
           f'names: {", ".join(_block_names(paths))}')
   chosen = []
   uncovered = []
-  for p in paths:
-    idx = next((i for i, r in enumerate(rules) if r.matches(p)), None)
+  for p, k in zip(paths, kinds):
+    idx = next((i for i, r in enumerate(rules) if r.matches(p, k)), None)
     if idx is None:
       uncovered.append(p)
     chosen.append(idx)
@@ -135,7 +238,7 @@ def freeze_labels(tree: PyTree, rules: Sequence[FreezeRule]) -> PyTree:
   """A tree like ``tree`` whose leaves are 'train' or 'freeze'."""
   idx = matching_rules(tree, rules)
   treedef = jax.tree.structure(tree)
-  return jax.tree.unflatten(treedef, [rules[i].action for i in idx])
+  return jax.tree.unflatten(treedef, [rules[i].label for i in idx])
 
 
 def trainable_mask(tree: PyTree, rules: Sequence[FreezeRule]) -> PyTree:
@@ -143,9 +246,41 @@ def trainable_mask(tree: PyTree, rules: Sequence[FreezeRule]) -> PyTree:
   return jax.tree.map(lambda a: a == TRAIN, freeze_labels(tree, rules))
 
 
+def lr_multipliers(tree: PyTree, rules: Sequence[FreezeRule],
+                   block_scale: dict[str, float] | None = None) -> PyTree:
+  """A tree of Python floats: each leaf's learning-rate multiplier (0 = frozen).
+
+  ``block_scale`` (block name -> factor, :func:`layer_decay_scale`) multiplies
+  the rules' multipliers block by block.
+  """
+  idx = matching_rules(tree, rules)
+  scale = block_scale or {}
+  values = [rules[i].multiplier * scale.get(p.split('/')[0], 1.0)
+            for i, p in zip(idx, leaf_paths(tree))]
+  return jax.tree.unflatten(jax.tree.structure(tree), values)
+
+
+def layer_decay_scale(decay: float, order: str, depth: int) -> dict[str, float]:
+  """Layer-wise learning-rate decay (timm's ``layer_decay``, ULMFiT): block -> factor.
+
+  Block groups are counted from the group holding the head: under ``flow``
+  the head gets 1, dec1 ``decay``, ... enc1 ``decay ** (2 depth + 1)``;
+  under ``depth`` the full-resolution group {enc1, dec1, head} gets 1, the
+  next ``decay``, ... the bottleneck ``decay ** depth``.
+  """
+  if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+    raise UserError(f'layer_decay must be a number in (0, 1]; got {decay!r}')
+  if order not in ORDERS:
+    raise UserError(f'decay_order {order!r} is not one of {", ".join(ORDERS)}')
+  groups = block_groups(order, depth)
+  if order == 'flow':
+    groups = groups[::-1]
+  return {b: float(decay) ** k for k, g in enumerate(groups) for b in g}
+
+
 def frozen_paths(tree: PyTree, rules: Sequence[FreezeRule]) -> list[str]:
   idx = matching_rules(tree, rules)
-  return [p for p, i in zip(leaf_paths(tree), idx) if rules[i].action == FREEZE]
+  return [p for p, i in zip(leaf_paths(tree), idx) if rules[i].label == FREEZE]
 
 
 def trained_blocks(tree: PyTree, rules: Sequence[FreezeRule]) -> dict:
@@ -168,15 +303,19 @@ def trained_blocks(tree: PyTree, rules: Sequence[FreezeRule]) -> dict:
           'block_fractions': fractions}
 
 
-def describe_labels(tree: PyTree, rules: Sequence[FreezeRule]) -> str:
-  """One line per leaf: path, action, and the rule that decided it."""
+def describe_labels(tree: PyTree, rules: Sequence[FreezeRule],
+                    block_scale: dict[str, float] | None = None) -> str:
+  """One line per leaf: path, action (or learning-rate multiplier), the deciding rule."""
   idx = matching_rules(tree, rules)
   paths = leaf_paths(tree)
   width = max(len(p) for p in paths)
   lines = []
   for p, i in zip(paths, idx):
     r = rules[i]
-    lines.append(f'{p:<{width}}  {r.action:<6}  rule {i}: {r.pattern!r}')
+    factor = r.multiplier * (block_scale or {}).get(p.split('/')[0], 1.0)
+    action = r.label if factor in (0.0, 1.0) else f'x{factor:.4g}'
+    kind = f' (kind {r.kind})' if r.kind else ''
+    lines.append(f'{p:<{width}}  {action:<6}  rule {i}: {r.pattern!r}{kind}')
   return '\n'.join(lines)
 
 

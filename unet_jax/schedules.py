@@ -28,7 +28,7 @@ import numpy as np
 
 from unet_jax.block_order import DIRECTIONS, ORDERS, block_groups  # noqa: F401 - re-exported
 from unet_jax.errors import UserError
-from unet_jax.freeze import FreezeRule, parse_rules, trainable_mask
+from unet_jax.freeze import FreezeRule, lr_multipliers, parse_rules
 
 PyTree = Any
 
@@ -106,16 +106,37 @@ def unfreeze_at(rules: Sequence[FreezeRule], step: int) -> Schedule:
                   (('kind', 'unfreeze_at'), ('step', step)))
 
 
-def parse_schedule(spec, depth: int) -> Schedule:
+def lp_ft(fraction: float, steps: int) -> Schedule:
+  """LP-FT (Kumar et al., ICLR 2022): the head alone for ``fraction`` of the
+  steps (linear probing), then everything."""
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or \
+      not 0 < fraction < 1:
+    raise UserError(f"'lp_ft' is the share of steps that train the head alone, a number "
+                    f'in (0, 1); got {fraction!r}')
+  step = max(1, min(steps - 1, round(fraction * steps)))
+  return Schedule((0, step), ((FreezeRule('head', 'train'), FreezeRule('.*', 'freeze')),
+                              (FreezeRule('.*', 'train'),)),
+                  (('kind', 'lp_ft'), ('fraction', float(fraction)), ('step', step)))
+
+
+def parse_schedule(spec, depth: int, steps: int | None = None) -> Schedule:
   """A schedule from config: a preset / rule list (one stage) or a dict.
 
   Dict forms: ``{'gradual': 'depth', 'direction': 'shallow_to_deep',
   'stage_steps': 50}``; ``{'unfreeze_at': 100, 'rules': 'head'}``;
-  ``{'starts': (0, 100), 'stages': ('head', 'full')}``.
+  ``{'lp_ft': 0.5}`` (the head for half of ``steps``, then everything);
+  ``{'starts': (0, 100), 'stages': ('head', 'full')}``; ``{'lr': {block:
+  multiplier}}`` (one stage of per-block learning rates, ``freeze.parse_rules``).
   """
   if isinstance(spec, str) or isinstance(spec, (list, tuple)):
     return Schedule.constant(parse_rules(spec, depth))
   spec = dict(spec)
+  if 'lr' in spec:
+    return Schedule.constant(parse_rules(spec, depth))
+  if 'lp_ft' in spec:
+    if steps is None:
+      raise ValueError('an lp_ft schedule needs the number of steps')
+    return lp_ft(spec['lp_ft'], steps)
   if 'gradual' in spec:
     return gradual(spec['gradual'], spec.get('direction', 'shallow_to_deep'),
                    int(spec.get('stage_steps', 50)), depth)
@@ -126,25 +147,29 @@ def parse_schedule(spec, depth: int) -> Schedule:
     return Schedule(tuple(int(s) for s in spec['starts']),
                     tuple(parse_rules(s, depth) for s in spec['stages']))
   raise UserError(f'cannot read schedule {spec!r}; give a preset name, a rule '
-                  "list, or a dict with 'gradual', 'unfreeze_at' or 'stages'")
+                  "list, or a dict with 'gradual', 'unfreeze_at', 'lp_ft', 'stages' or 'lr'")
 
 
 def stack_stages(trees: Sequence[PyTree]) -> PyTree:
-  """S trees of Python bools (one per stage) -> one tree of [S] float32 arrays."""
+  """S trees of Python bools or floats (one per stage) -> one tree of [S] float32 arrays."""
   columns = [jax.tree.leaves(t) for t in trees]
   return jax.tree.unflatten(jax.tree.structure(trees[0]),
                             [np.asarray(stage, np.float32) for stage in zip(*columns)])
 
 
-def stage_table(params: PyTree, schedule: Schedule, num_stages: int) -> dict:
-  """``{'starts': [S] int32, 'masks': tree of [S] float32 (1 = train)}``.
+def stage_table(params: PyTree, schedule: Schedule, num_stages: int,
+                block_scale: dict[str, float] | None = None) -> dict:
+  """``{'starts': [S] int32, 'masks': tree of [S] float32}``.
 
-  Padded to ``num_stages`` with stages that never start, so experiments with
+  A mask value is the leaf's learning-rate multiplier in that stage: 0 =
+  frozen, 1 = trained at the experiment's rate, others from multiplier
+  rules and ``block_scale`` (``freeze.lr_multipliers``). Padded to
+  ``num_stages`` with stages that never start, so experiments with
   different numbers of stages stack on one axis.
   """
   if num_stages < len(schedule.stages):
     raise ValueError('num_stages is smaller than the schedule')
-  masks = [trainable_mask(params, rules) for rules in schedule.stages]
+  masks = [lr_multipliers(params, rules, block_scale) for rules in schedule.stages]
   masks += [masks[-1]] * (num_stages - len(masks))
   starts = list(schedule.starts) + [NEVER] * (num_stages - len(schedule.starts))
   return {'starts': np.asarray(starts, np.int32), 'masks': stack_stages(masks)}

@@ -4,13 +4,14 @@ from unet_jax.sweep.grid import expand, group_bundles
 
 def _axes(**over):
   axes = dict(seed=(0,), learning_rate=(1e-3,), weight_decay=(0.0,), steps=(10,),
-              batch_size=(8,), frozen_norm=('inference',), fold=(None,))
+              batch_size=(8,), frozen_norm=('inference',), fold=(None,), layer_decay=(),
+              l2sp=())
   axes.update(over)
   return axes
 
 
-BASES = [('full', parse_schedule('full', 2), 'pretrained'),
-         ('head', parse_schedule('head', 2), 'pretrained')]
+BASES = [('full', parse_schedule('full', 2), 'pretrained', {}),
+         ('head', parse_schedule('head', 2), 'pretrained', {})]
 
 
 def test_names_carry_only_varying_axes():

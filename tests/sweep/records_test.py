@@ -6,6 +6,7 @@ import os
 
 from repo import CONFIGS
 
+from unet_jax.model import UNetSpec
 from unet_jax.sweep.records import ExperimentSummary, StageRecord, SweepRecord
 from unet_jax.sweep.settings import SweepSettings, load_config
 from unet_jax.sweep.workdir import WorkdirPaths
@@ -33,7 +34,7 @@ def test_config_json_is_the_resolved_settings_readers_need():
   assert record.target_source == 'ultrasound'
   assert record.runs == [r.name for r in settings.runs()] and len(record.runs) == 5 * 25
   assert record.experiments == [e.name for e in settings.experiments]
-  assert record.model == dataclasses.asdict(settings.model) and record.image_size == 32
+  assert UNetSpec(**record.model) == settings.model and record.image_size == 32
   kinds = {e['name']: e['schedule_kind'] for e in written['experiments']}
   assert kinds['gradual_depth_s2d'] == {'kind': 'gradual', 'order': 'depth',
                                         'direction': 'shallow_to_deep', 'stage_steps': 2}

@@ -49,11 +49,17 @@ def masked_adam(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
   arithmetic per leaf with its three cases (frozen at compile time, trained
   at compile time, masked by data).
 
-  ``update(grads, state, params, *, mask, learning_rate, weight_decay)``:
-  ``mask`` is a tree like ``params`` of 0/1 (or bool) scalars, or of Python
-  bools known at trace time (then frozen leaves cost nothing and trained
-  ones skip the selects; the arithmetic is the same); learning rate and
-  weight decay are scalars that may be traced. Keyword-only because a mask
+  ``update(grads, state, params, *, mask, learning_rate, weight_decay,
+  lr_scale=None, l2sp=None, anchor=None)``: ``mask`` is a tree like
+  ``params`` of 0/1 (or bool) scalars, or of Python bools known at trace
+  time (then frozen leaves cost nothing and trained ones skip the selects;
+  the arithmetic is the same); learning rate and weight decay are scalars
+  that may be traced. ``lr_scale``, a tree of scalars like ``params``,
+  multiplies each leaf's learning rate (layer-wise rates, Auto-RGN).
+  ``l2sp`` (a scalar) with ``anchor`` (a tree like ``params``) adds L2-SP's
+  pull toward the anchor, decoupled from the gradient as AdamW's decay is:
+  the update of a trained leaf is ``-rate * (adam + weight_decay * p +
+  l2sp * (p - anchor))``. Keyword-only because a mask
   passed where the learning rate goes would silently train everything.
   Chains with other transformations (``optax.chain`` passes the extra args
   on to it); it must come last, since its output is the update itself
@@ -76,7 +82,7 @@ def masked_adam(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     return MaskedAdamState(count, zeros, jax.tree.map(jnp.zeros_like, params))
 
   def update_fn(grads, state: MaskedAdamState, params=None, *, mask, learning_rate,
-                weight_decay, **extra_args):
+                weight_decay, lr_scale=None, l2sp=None, anchor=None, **extra_args):
     del extra_args  # meant for other transformations of a chain
     if params is None:
       raise ValueError('masked_adam needs params (for weight decay)')
@@ -84,6 +90,8 @@ def masked_adam(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     grad_leaves, counts, mus, nus, param_leaves, masks = (
         treedef.flatten_up_to(t) for t in (grads, state.count, state.mu, state.nu, params,
                                            mask))
+    scales = None if lr_scale is None else treedef.flatten_up_to(lr_scale)
+    anchors = None if l2sp is None else treedef.flatten_up_to(anchor)
     live = [i for i, m in enumerate(masks) if m is not False]
     # The per-leaf scalars (bias corrections, re-warmup factor) as one vector
     # op: computed leaf by leaf they were ~160 tiny kernels, a sixth of the
@@ -94,6 +102,8 @@ def masked_adam(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       rates = jnp.broadcast_to(learning_rate, trained.shape)
       if rewarmup_steps:
         rates = rates * jnp.minimum(1.0, trained / rewarmup_steps)
+      if scales is not None:
+        rates = rates * jnp.stack([jnp.asarray(scales[i], rates.dtype) for i in live])
     out, slot = [], {i: j for j, i in enumerate(live)}
     for i, (g, count, mu, nu, p, m) in enumerate(zip(grad_leaves, counts, mus, nus,
                                                        param_leaves, masks)):
@@ -108,6 +118,8 @@ def masked_adam(*, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
       nu_hat = new_nu * inverse2[j].astype(g.dtype)
       u = mu_hat / (jnp.sqrt(nu_hat + 0.0) + eps)
       u = u + weight_decay * p
+      if anchors is not None:
+        u = u + l2sp * (p - anchors[i])
       u = -rates[j] * u
       if m is True:
         out.append((u, new_count, new_mu, new_nu))

@@ -85,7 +85,7 @@ class PerExperimentChunk:
     """Experiments by their last chunk's time (at first by the share of parameters
     trained), longest first, so that no worker is left with a long experiment
     while the others have finished."""
-    trained = np.mean([np.asarray(m).reshape(num, -1).mean(axis=1)
+    trained = np.mean([(np.asarray(m) > 0).reshape(num, -1).mean(axis=1)
                        for m in jax.tree.leaves(setup.masks)], axis=0)
     return sorted(range(num), key=lambda e: -self._seconds.get(e, trained[e]))
 

@@ -184,7 +184,7 @@ def validation_dice(ctx: BundleContext, state: ExperimentState,
 def _trainable_fractions(params: PyTree, setup: ExperimentSetup) -> np.ndarray:
   """[E, S]: the fraction of parameters trained in each stage of each experiment."""
   sizes = np.asarray([x.size for x in jax.tree.leaves(params)], np.float64)
-  masks = np.stack([np.asarray(m) for m in jax.tree.leaves(setup.masks)])  # [L, E, S]
+  masks = np.stack([np.asarray(m) > 0 for m in jax.tree.leaves(setup.masks)])  # [L, E, S]
   return np.einsum('l,les->es', sizes, masks) / sizes.sum()
 
 
@@ -196,6 +196,16 @@ def _event_writers(events_dir: str | None, names: Sequence[str], start: int) -> 
   # purge_step hides what an interrupted run logged after its checkpoint.
   return [SummaryWriter(os.path.join(events_dir, name), purge_step=start or None,
                         flush_secs=30) for name in names]
+
+
+def strategy_setup(ctx: BundleContext, exp: Experiment, bundle: Sequence[Experiment]) -> dict:
+  """``make_setup``'s strategy arguments for ``exp``: L2-SP and Auto-RGN data only
+  when some experiment of its bundle uses them, so plain bundles do none of
+  their work."""
+  return {'block_scale': exp.block_scale(ctx.spec.depth),
+          'l2sp': exp.l2sp if any(e.l2sp > 0 for e in bundle) else None,
+          'rgn': exp.lr_scaling == 'rgn' if any(e.lr_scaling == 'rgn' for e in bundle)
+          else None}
 
 
 class Restored(NamedTuple):
@@ -351,7 +361,8 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
   setup = stack([make_setup(w.params, w.stats, e.schedule, num_stages=num_stages,
                             learning_rate=e.learning_rate, weight_decay=e.weight_decay,
                             seed_key=training_key(e), frozen_norm=e.frozen_norm,
-                            train_index=index, index_length=index_length)
+                            train_index=index, index_length=index_length,
+                            **strategy_setup(ctx, e, experiments))
                  for e, w, index in zip(experiments, inits, data.train_index)])
   state = stack([init_experiment_state(w.params, w.stats) for w in inits])
   restored = restore(checkpoints, state, fingerprint, warn)

@@ -50,6 +50,12 @@ class ExperimentSetup(NamedTuple):
   # padded to the bundle's longest index list; train_count of them are valid.
   train_index: jax.Array  # [N] int32
   train_count: jax.Array  # int32 scalar
+  # Strategy data, None when no experiment of the bundle uses it (then the
+  # program has none of its work): the L2-SP strength and its start point
+  # (the experiment's initial parameters), and the Auto-RGN flag (1 = on).
+  l2sp: jax.Array | None = None  # float32 scalar
+  anchor: PyTree = None
+  rgn: jax.Array | None = None  # float32 scalar
 
 
 class StageMasks(NamedTuple):
@@ -88,14 +94,18 @@ class BundleContext:
 
 def make_setup(params: PyTree, stats: PyTree, schedule: Schedule, *, num_stages: int,
                learning_rate: float, weight_decay: float, seed_key: jax.Array,
-               frozen_norm: str, train_index: np.ndarray, index_length: int
-               ) -> ExperimentSetup:
+               frozen_norm: str, train_index: np.ndarray, index_length: int,
+               block_scale: dict[str, float] | None = None, l2sp: float | None = None,
+               rgn: bool | None = None) -> ExperimentSetup:
   """One experiment's setup as numpy arrays, ready to stack.
 
   ``frozen_norm`` is a policy of ``freeze.FROZEN_NORM``; ``train_index``
-  the experiment's training images, padded to ``index_length``.
+  the experiment's training images, padded to ``index_length``;
+  ``block_scale`` per-block learning-rate factors (layer decay); ``l2sp``
+  and ``rgn`` None unless some experiment of the bundle uses them (every
+  experiment of a bundle must give both or neither).
   """
-  table = stage_table(params, schedule, num_stages)
+  table = stage_table(params, schedule, num_stages, block_scale)
   norms = [freeze.norm_masks(stats, params, rules, frozen_norm) for rules in schedule.stages]
   norms += [norms[-1]] * (num_stages - len(norms))
   index = np.zeros(index_length, np.int32)
@@ -106,7 +116,10 @@ def make_setup(params: PyTree, stats: PyTree, schedule: Schedule, *, num_stages:
       norm_running=stack_stages([n.running for n in norms]),
       learning_rate=np.float32(learning_rate), weight_decay=np.float32(weight_decay),
       key=np.asarray(jax.random.key_data(seed_key)),
-      train_index=index, train_count=np.int32(len(train_index)))
+      train_index=index, train_count=np.int32(len(train_index)),
+      l2sp=None if l2sp is None else np.float32(l2sp),
+      anchor=None if l2sp is None else jax.tree.map(np.asarray, params),
+      rgn=None if rgn is None else np.float32(rgn))
 
 
 def init_experiment_state(params: PyTree, stats: PyTree) -> ExperimentState:
@@ -192,13 +205,54 @@ def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
   # selects sit inside the update's own elementwise work.
   mask = jax.tree.map(lambda m: _both(m, accept), mask)
   stats_mask = jax.tree.map(lambda m: _both(m, accept), stats_mask)
+  lr_scale = _lr_scale(state, setup, grads, mask)
   updates, opt_state = masked_adam(rewarmup_steps=ctx.rewarmup_steps).update(
       grads, state.opt_state, state.params, mask=mask, learning_rate=setup.learning_rate,
-      weight_decay=setup.weight_decay)
+      weight_decay=setup.weight_decay, lr_scale=lr_scale, l2sp=setup.l2sp,
+      anchor=setup.anchor)
   params = apply_masked(state.params, updates, mask)
   new_stats = jax.tree.map(lambda m, new, old: old if m is False else jnp.where(m, new, old),
                            stats_mask, new_stats, state.stats)
   return ExperimentState(params, new_stats, opt_state, state.step + 1, diverged_at), loss
+
+
+def _lr_scale(state: ExperimentState, setup: ExperimentSetup, grads: PyTree,
+              mask: PyTree) -> PyTree:
+  """Each leaf's learning-rate multiplier this step: the stage's (layer-wise
+  rates), times the Auto-RGN factor where the experiment asks for it."""
+  stage = stage_index(setup.starts, state.step)
+  scale = jax.tree.map(lambda m: m[stage], setup.masks)
+  if setup.rgn is None:
+    return scale
+  factors = rgn_factors(grads, state.params, mask)
+  on = setup.rgn > 0
+  return jax.tree.map(lambda s, f: jnp.where(on, s * f, s), scale, factors)
+
+
+def rgn_factors(grads: PyTree, params: PyTree, mask: PyTree, tiny: float = 1e-12) -> PyTree:
+  """Auto-RGN (Lee et al., ICLR 2023): per tensor ||g|| / ||w||, divided by its
+  largest value over the trained tensors, so the fastest tensor keeps the
+  experiment's rate and the others train proportionally slower.
+
+  ``tiny`` floors ||w|| (a tensor of zeros) and the maximum (all gradients
+  zero: every factor is then 1). Frozen tensors get 1 (their update is zero).
+  """
+  treedef = jax.tree.structure(grads)
+  g_leaves, p_leaves, m_leaves = (treedef.flatten_up_to(t) for t in (grads, params, mask))
+  live = [i for i, m in enumerate(m_leaves) if m is not False]
+  if not live:
+    return jax.tree.unflatten(treedef, [jnp.ones(()) for _ in g_leaves])
+  g_norm = jnp.stack([jnp.sqrt(jnp.sum(jnp.square(g_leaves[i]))) for i in live])
+  w_norm = jnp.stack([jnp.sqrt(jnp.sum(jnp.square(p_leaves[i]))) for i in live])
+  trained = jnp.stack([jnp.asarray(m_leaves[i] is True or (jnp.asarray(m_leaves[i]) > 0))
+                       for i in live])
+  ratio = g_norm / jnp.maximum(w_norm, tiny)
+  top = jnp.max(jnp.where(trained, ratio, 0.0))
+  factor = jnp.where(top > tiny, ratio / jnp.maximum(top, tiny), 1.0)
+  out = [jnp.ones(()) for _ in g_leaves]
+  for j, i in enumerate(live):
+    out[i] = factor[j]
+  return jax.tree.unflatten(treedef, out)
 
 
 def _current_masks(state: ExperimentState, setup: ExperimentSetup,

@@ -2,7 +2,9 @@
 
 A config names its layer subsets / schedules in ``config.experiments`` and
 the other axes in ``config.grid`` (seed, learning_rate, weight_decay, steps,
-batch_size, frozen_norm, fold); the sweep is their product. Learning rate,
+batch_size, frozen_norm, fold, layer_decay, l2sp); the sweep is their
+product, except that a strategy axis (layer_decay, l2sp) crosses only the
+experiments that use that strategy (set the field in their entry). Learning rate,
 weight decay, seed, normalisation policy, cross-validation fold, subset and
 schedule are data inside a compiled program, so they bundle together; steps
 and batch size change the program, so experiments that differ in them go to
@@ -20,8 +22,7 @@ from __future__ import annotations
 import itertools
 from typing import Sequence
 
-from unet_jax.engine.experiment import Experiment
-from unet_jax.schedules import Schedule
+from unet_jax.engine.experiment import STRATEGY_DEFAULTS, Experiment
 
 # Grid axes: config key -> (name suffix, does it force separate bundles).
 AXES = {
@@ -32,7 +33,12 @@ AXES = {
     'batch_size': ('bs', True),
     'frozen_norm': ('norm', False),
     'fold': ('fold', False),
+    'layer_decay': ('decay', False),
+    'l2sp': ('l2sp', False),
 }
+# Axes of one strategy's setting: they cross the experiments whose entry sets
+# the field; an empty axis leaves each experiment its own value.
+STRATEGY_AXES = ('layer_decay', 'l2sp')
 # Axes whose values are replicates of one procedure, not a variant of it.
 REPLICATE_AXES = ('seed', 'fold')
 
@@ -46,20 +52,36 @@ def _suffix(value) -> str:
   return f'{value:g}' if isinstance(value, float) else str(value)
 
 
-def expand(bases: Sequence[tuple[str, Schedule, str]], axes: dict[str, tuple]
-           ) -> list[Experiment]:
-  """The product of ``bases`` (name, schedule, init) and the grid ``axes``."""
+def expand(bases: Sequence[tuple], axes: dict[str, tuple]) -> list[Experiment]:
+  """The product of ``bases`` and the grid ``axes``.
+
+  A base is (name, schedule, init, strategy): ``schedule`` a Schedule or a
+  function of the number of steps returning one (LP-FT's share of steps),
+  ``strategy`` the Experiment strategy fields its entry sets
+  (``Experiment.strategy_fields``).
+  """
   names = list(AXES)
-  varying = [a for a in names if len(axes[a]) > 1]
   out = []
-  for (base, schedule, init), values in itertools.product(
-      bases, itertools.product(*(axes[a] for a in names))):
-    point = dict(zip(names, values))
-    name = base + ''.join(f'-{AXES[a][0]}{_suffix(point[a])}' for a in varying)
-    variant = ''.join(f'-{AXES[a][0]}{_suffix(point[a])}' for a in varying
-                      if a not in REPLICATE_AXES)
-    out.append(Experiment(name, base, schedule, init, **point, variant=variant))
+  for base, schedule, init, strategy in bases:
+    values_of = {a: _axis_values(a, axes, strategy) for a in names}
+    varying = [a for a in names if len(values_of[a]) > 1]
+    for values in itertools.product(*(values_of[a] for a in names)):
+      point = dict(zip(names, values))
+      name = base + ''.join(f'-{AXES[a][0]}{_suffix(point[a])}' for a in varying)
+      variant = ''.join(f'-{AXES[a][0]}{_suffix(point[a])}' for a in varying
+                        if a not in REPLICATE_AXES)
+      fixed = {k: v for k, v in strategy.items() if k not in point}
+      stages = schedule(point['steps']) if callable(schedule) else schedule
+      out.append(Experiment(name, base, stages, init, **point, **fixed, variant=variant))
   return out
+
+
+def _axis_values(axis: str, axes: dict[str, tuple], strategy: dict) -> tuple:
+  if axis not in STRATEGY_AXES:
+    return axes[axis]
+  if axis in strategy:
+    return axes.get(axis) or (strategy[axis],)
+  return (STRATEGY_DEFAULTS[axis],)
 
 
 def group_bundles(experiments: Sequence[Experiment], max_size: int = 0

@@ -23,7 +23,7 @@ class StageRecord:
   """One stage of a run's schedule, and the blocks it trains."""
 
   start: int
-  rules: list  # [[pattern, action], ...], first match wins
+  rules: list  # [[pattern, action(, kind)], ...], first match wins
   trained: list[str]  # blocks with every parameter trained
   partly: list[str]  # blocks with some parameters trained
   block_fractions: dict[str, float]  # block -> share of its parameters trained (flow order)
@@ -41,6 +41,9 @@ class ExperimentSummary:
   base: str  # the entry of config.experiments it came from
   seed: int
   variant: str = ''  # name suffix of its non-replicate grid axes ('' for most)
+  # Experiment strategy fields that differ from plain fine-tuning (layer_decay,
+  # decay_order, l2sp, lr_scaling); {} for a plain layer subset or schedule.
+  finetune_strategy: dict = dataclasses.field(default_factory=dict)
   grid: dict = dataclasses.field(default_factory=dict)  # its value on every grid axis
   init: str = 'unknown'  # 'pretrained' or 'random'
   fold: int | None = None  # cross-validation fold; None: the hold-out split

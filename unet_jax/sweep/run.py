@@ -27,7 +27,7 @@ import tqdm
 
 from unet_jax import data, files, freeze
 from unet_jax.engine.distributed import is_writer
-from unet_jax.engine.experiment import Experiment
+from unet_jax.engine.experiment import STRATEGY_DEFAULTS, Experiment
 from unet_jax.engine.resume import BundleCheckpoints, StopRequest
 from unet_jax.engine.run import BundleData, BundleResult, RunOptions, Weights, run_bundle
 from unet_jax.engine.step import BundleContext
@@ -64,7 +64,14 @@ def experiment_fingerprint(s: SweepSettings, exp: Experiment) -> str:
                 'data': [s.target_source, s.target_root, s.on_bad, s.target_images,
                          s.test_fraction, s.val_fraction, s.folds, s.image_size, s.seed],
                 'model': dataclasses.asdict(s.model), 'engine': _ENGINE_VERSION,
-                'finetune': [s.rewarmup_steps], 'experiment': dataclasses.asdict(exp)})
+                'finetune': [s.rewarmup_steps], 'experiment': _identity(exp)})
+
+
+def _identity(exp: Experiment) -> dict:
+  """The experiment's fields, strategy fields only where they are not plain
+  fine-tuning's (so runs made before the strategies existed are still found)."""
+  out = {k: v for k, v in dataclasses.asdict(exp).items() if k not in STRATEGY_DEFAULTS}
+  return {**out, **exp.strategy_fields()}
 
 
 def _checkpoints(paths: WorkdirPaths, key: str) -> BundleCheckpoints:
@@ -148,6 +155,7 @@ def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[di
   report = result.report
   return ExperimentSummary(
       name=exp.name, base=exp.base, seed=exp.seed, variant=exp.variant,
+      finetune_strategy=exp.strategy_fields(),
       grid={axis: getattr(exp, axis) for axis in grid.AXES}, init=exp.init, fold=exp.fold,
       folds=s.folds, learning_rate=exp.learning_rate, weight_decay=exp.weight_decay,
       frozen_norm=exp.frozen_norm, steps=exp.steps, batch_size=exp.batch_size,
@@ -168,7 +176,7 @@ def _stage_records(s: SweepSettings, params, schedule: Schedule) -> list[StageRe
   for start, rules in zip(schedule.starts, schedule.stages):
     blocks = freeze.trained_blocks(params, rules)
     fractions = blocks['block_fractions']
-    out.append(StageRecord(start, [[r.pattern, r.action] for r in rules], blocks['trained'],
+    out.append(StageRecord(start, [r.as_list() for r in rules], blocks['trained'],
                            blocks['partly'],
                            {b: fractions[b] for b in s.model.block_names()}))
   return out
@@ -180,11 +188,29 @@ def _score_fields(s: SweepSettings, rows: list[dict], norm: dict | None) -> dict
                                bootstrap_samples=s.bootstrap_samples, seed=s.seed)
 
 
-def _describe_schedule(params, schedule: Schedule) -> str:
+def _describe_schedule(s: SweepSettings, params, exp: Experiment) -> str:
+  """rules.txt: per stage, each parameter's action or learning-rate multiplier."""
+  scale = exp.block_scale(s.model.depth)
+  head = ''.join(f'# {k}: {v}\n' for k, v in exp.strategy_fields().items())
   parts = []
-  for start, rules in zip(schedule.starts, schedule.stages):
-    parts.append(f'# stage from step {start}\n' + freeze.describe_labels(params, rules))
-  return '\n\n'.join(parts) + '\n'
+  for start, rules in zip(exp.schedule.starts, exp.schedule.stages):
+    parts.append(f'# stage from step {start}\n' + freeze.describe_labels(params, rules, scale))
+  return head + '\n\n'.join(parts) + '\n'
+
+
+def check_rules(s: SweepSettings, params, runs) -> None:
+  """Every run's rules fit the network (block names, kinds, coverage), before any
+  training; a misfit is a UserError naming the experiment."""
+  seen = set()
+  for exp in runs:
+    for rules in exp.schedule.stages:
+      if (exp.base, rules) in seen:
+        continue
+      seen.add((exp.base, rules))
+      try:
+        freeze.matching_rules(params, rules)
+      except UserError as e:
+        raise UserError(f'config field {"experiments." + exp.base + ".rules"!r}: {e}') from None
 
 
 class Finished(NamedTuple):
@@ -204,8 +230,8 @@ def _finished(paths: WorkdirPaths, exp: Experiment, fingerprint: str) -> Finishe
     return None
 
 
-def _write_experiment(paths: WorkdirPaths, exp: Experiment, weights: Weights, rows, history,
-                      summary: ExperimentSummary) -> None:
+def _write_experiment(s: SweepSettings, paths: WorkdirPaths, exp: Experiment,
+                      weights: Weights, rows, history, summary: ExperimentSummary) -> None:
   """Writes an experiment's files; summary.json last, as the 'finished' mark."""
   where = paths.experiment(exp.name)
   os.makedirs(where.folder, exist_ok=True)
@@ -214,7 +240,7 @@ def _write_experiment(paths: WorkdirPaths, exp: Experiment, weights: Weights, ro
   checkpoint.save_weights(where.weights, weights.params, weights.stats)
   files.write_jsonl(where.results, rows)
   files.write_jsonl(where.history, history)
-  files.write_atomic(where.rules, _describe_schedule(weights.params, exp.schedule))
+  files.write_atomic(where.rules, _describe_schedule(s, weights.params, exp))
   files.write_json(where.summary, summary.to_json())
 
 
@@ -272,6 +298,7 @@ class _Sweep:
       files.write_npz(self.paths.test_set, images=tested.images, masks=tested.masks,
                       ids=np.asarray(tested.ids))
     graphdef, params, batch_stats = init_model(s.model, s.seed)
+    check_rules(s, params, self.runs)
     total = s.pretrain.steps + sum(r.steps for r in self.todo)
     with tqdm.tqdm(total=total, unit='step', disable=not (progress and self.writer),
                    file=sys.stderr, dynamic_ncols=True) as bar:
@@ -331,7 +358,7 @@ class _Sweep:
                           split, norm)
       self.summaries[exp.name], self.rows[exp.name] = summary, rows
       if self.writer:
-        _write_experiment(self.paths, exp, weights, rows, result.history[i], summary)
+        _write_experiment(s, self.paths, exp, weights, rows, result.history[i], summary)
     if self.writer:
       self._write_results()
       files.write_json(self.paths.bundles, {'split_by': self.split_by,

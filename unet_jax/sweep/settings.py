@@ -13,14 +13,15 @@ import os
 from typing import Any
 
 from unet_jax import data
+from unet_jax.block_order import ORDERS
 from unet_jax.conventions import HD95_CONVENTIONS
 from unet_jax.engine.choices import LOOPS, STRATEGIES
-from unet_jax.engine.experiment import Experiment
+from unet_jax.engine.experiment import LR_SCALINGS, Experiment
 from unet_jax.errors import UserError
 from unet_jax.freeze import FROZEN_NORM
 from unet_jax.model import NORMS, UNetSpec
 from unet_jax.schedules import Schedule, parse_schedule
-from unet_jax.sweep.grid import AXES, expand
+from unet_jax.sweep.grid import AXES, STRATEGY_AXES, expand
 
 INITS = ('pretrained', 'random')
 
@@ -35,11 +36,20 @@ class TrainSettings:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentSpec:
-  """An entry of ``config.experiments``: a subset or schedule and an init."""
+  """An entry of ``config.experiments``: a subset or schedule, an init, a strategy."""
 
   name: str
-  schedule: Schedule
+  schedule: Schedule  # at finetune.steps (an LP-FT schedule depends on the steps)
   init: str  # 'pretrained' or 'random'
+  # Experiment strategy fields the entry sets (layer_decay, decay_order,
+  # l2sp, lr_scaling); the others are plain fine-tuning's.
+  strategy: dict = dataclasses.field(default_factory=dict)
+  rules: Any = None  # the entry's rules as written (schedule_for)
+  depth: int = 0
+
+  def schedule_for(self, steps: int) -> Schedule:
+    """The schedule of a run of ``steps`` steps."""
+    return parse_schedule(self.rules, self.depth, steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +85,8 @@ class SweepSettings:
 
   def runs(self) -> list[Experiment]:
     """Every experiment of the sweep: config.experiments x config.grid."""
-    return expand([(e.name, e.schedule, e.init) for e in self.experiments], self.grid)
+    return expand([(e.name, e.schedule_for, e.init, e.strategy) for e in self.experiments],
+                  self.grid)
 
   def to_json(self) -> dict:
     """The resolved settings as written to config.json (``records.SweepRecord`` reads them)."""
@@ -84,11 +95,11 @@ class SweepSettings:
     out['pretrain'] = dataclasses.asdict(self.pretrain)
     out['finetune'] = dataclasses.asdict(self.finetune)
     out['experiments'] = [{'name': e.name, 'init': e.init,
-                           'schedule': [{'start': start, 'rules': [[r.pattern, r.action]
-                                                                   for r in rules]}
+                           'schedule': [{'start': start, 'rules': [r.as_list() for r in rules]}
                                         for start, rules in zip(e.schedule.starts,
                                                                 e.schedule.stages)],
-                           'schedule_kind': e.schedule.describe_kind()}
+                           'schedule_kind': e.schedule.describe_kind(),
+                           'strategy': e.strategy}
                           for e in self.experiments]
     out['grid'] = {axis: list(values) for axis, values in self.grid.items()}
     out['runs'] = [r.name for r in self.runs()]
@@ -128,7 +139,7 @@ class SweepSettings:
         chunk_steps=_int(config, 'chunk_steps', 1),
         checkpoint_every=_int(config, 'checkpoint_every', 0),
         loop=_choice(config, 'loop', LOOPS),
-        experiments=_experiments(config, model.depth, only),
+        experiments=_experiments(config, model.depth, only, finetune.steps),
         grid=_grid(config, folds, {'seed': seed, 'frozen_norm': frozen_norm,
                                    **dataclasses.asdict(finetune)}),
         strategy=_choice(config, 'strategy', ('auto',) + STRATEGIES),
@@ -136,6 +147,10 @@ class SweepSettings:
         rewarmup_steps=_int(config, 'finetune.rewarmup_steps', 0),
         bootstrap_samples=_int(config, 'bootstrap_samples', 100),
         compilation_cache=str(_get(config, 'compilation_cache')))
+    for axis in STRATEGY_AXES:
+      if settings.grid[axis] and not any(axis in e.strategy for e in settings.experiments):
+        raise UserError(f'config field {"grid." + axis!r} crosses the experiments whose '
+                        f'entry sets {axis}, and none does; set experiments.<name>.{axis}')
     names = [r.name for r in settings.runs()]
     if len(set(names)) != len(names):
       raise UserError(f'experiment names collide after grid expansion: {names}')
@@ -201,7 +216,8 @@ def _float(config, field, lo, hi) -> float:
 # The bounds of the fields a grid axis can take several values of; a single
 # value and a grid value are checked against the same ones.
 _NUMBERS = {'seed': (int, 0), 'steps': (int, 1), 'batch_size': (int, 1),
-            'learning_rate': (float, 1e-12, 1e3), 'weight_decay': (float, 0.0, 1.0)}
+            'learning_rate': (float, 1e-12, 1e3), 'weight_decay': (float, 0.0, 1.0),
+            'layer_decay': (float, 1e-6, 1.0), 'l2sp': (float, 0.0, 100.0)}
 
 
 def _number_problem(axis: str, value) -> str:
@@ -258,7 +274,7 @@ def _train(config, prefix) -> TrainSettings:
                           for f in dataclasses.fields(TrainSettings)})
 
 
-def _experiments(config, depth, only) -> tuple[ExperimentSpec, ...]:
+def _experiments(config, depth, only, steps) -> tuple[ExperimentSpec, ...]:
   table = _get(config, 'experiments')
   names = list(table.keys())
   unknown = [n for n in only if n not in names]
@@ -270,13 +286,43 @@ def _experiments(config, depth, only) -> tuple[ExperimentSpec, ...]:
     field = f'experiments.{name}'
     rules = _get(config, f'{field}.rules')
     try:
-      schedule = parse_schedule(rules, depth)
+      schedule = parse_schedule(rules, depth, steps)
     except UserError as e:
       raise UserError(f'config field {field + ".rules"!r}: {e}') from None
-    specs.append(ExperimentSpec(name, schedule, _choice(config, f'{field}.init', INITS)))
+    init = _choice(config, f'{field}.init', INITS)
+    specs.append(ExperimentSpec(name, schedule, init, _strategy(config, field, init),
+                                rules, depth))
   if not specs:
     raise UserError("config field 'experiments' is empty; add at least one")
   return tuple(specs)
+
+
+# Optional fields of an experiment entry: the strategies beyond the rules.
+_STRATEGY_FIELDS = {'layer_decay', 'decay_order', 'l2sp', 'lr_scaling'}
+_ENTRY_FIELDS = {'rules', 'init'} | _STRATEGY_FIELDS
+
+
+def _strategy(config, field: str, init: str) -> dict:
+  """The strategy fields an experiment entry sets, checked."""
+  entry = _get(config, field)
+  keys = set(entry.keys()) if hasattr(entry, 'keys') else set()
+  extra = sorted(keys - _ENTRY_FIELDS)
+  if extra:
+    raise UserError(f'config field {field!r} has unknown key(s) {", ".join(extra)}; valid '
+                    f'keys: {", ".join(sorted(_ENTRY_FIELDS))}')
+  out = {}
+  for key in sorted(keys & _STRATEGY_FIELDS):
+    name = f'{field}.{key}'
+    if key in _NUMBERS:
+      out[key] = _number(config, name)
+    else:
+      out[key] = _choice(config, name, ORDERS if key == 'decay_order' else LR_SCALINGS)
+  if 'decay_order' in out and 'layer_decay' not in out:
+    raise UserError(f'config field {field + ".decay_order"!r} needs {field}.layer_decay')
+  if 'l2sp' in out and init != 'pretrained':
+    raise UserError(f"config field {field + '.l2sp'!r}: L2-SP pulls toward the pretrained "
+                    f"weights; {field}.init must be 'pretrained'")
+  return out
 
 
 def _grid(config, folds: int, defaults: dict) -> dict:
@@ -288,6 +334,9 @@ def _grid(config, folds: int, defaults: dict) -> dict:
   grid = {}
   for axis in AXES:
     field = f'grid.{axis}'
+    if axis in STRATEGY_AXES and axis not in _get(config, 'grid'):
+      grid[axis] = ()  # configs written before the strategy axes
+      continue
     values = _get(config, field)
     if isinstance(values, (int, float, str)) and not isinstance(values, bool):
       values = (values,)
@@ -305,7 +354,7 @@ def _grid(config, folds: int, defaults: dict) -> dict:
     values = tuple(_NUMBERS[axis][0](v) if axis in _NUMBERS else v for v in values)
     if len(set(values)) != len(values):
       raise UserError(f'config field {field!r} repeats a value: {values}')
-    grid[axis] = values or (defaults[axis],)
+    grid[axis] = values if axis in STRATEGY_AXES else values or (defaults[axis],)
   return grid
 
 
