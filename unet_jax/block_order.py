@@ -1,34 +1,171 @@
-"""What "shallow" and "deep" mean for the U-Net's blocks: the two orders of DESIGN.md F6.
+"""What "shallow" and "deep" mean for a U-Net's blocks (the two orders of DESIGN.md F6), and
+which blocks each freeze preset's role names.
 
-- ``flow``: data-flow order, enc1, enc2, ..., bottleneck, decD, ..., dec1, head;
-- ``depth``: depth in the U, the full-resolution blocks of both paths first
-  ({enc1, dec1, head}, {enc2, dec2}, ..., {bottleneck}).
+A :class:`Layout` lists a network's blocks by role. Two kinds of network have one:
+
+- the paper's U-Net of depth D (``model.encoder='unet'``): contracting path ``enc1 .. encD,
+  bottleneck``, expanding path ``decD .. dec1, head``;
+
+  - ``flow``: enc1, enc2, ..., bottleneck, decD, ..., dec1, head;
+  - ``depth``: the full-resolution blocks of both paths first: {enc1, dec1, head},
+    {enc2, dec2}, ..., {encD, decD}, {bottleneck};
+
+- the ResNet U-Net (``unet_jax.resnet``; ``resnet18 | resnet34 | resnet50``): contracting path
+  ``stem, layer1 .. layer4``, expanding path ``dec5 .. dec1, head``;
+
+  - ``flow``: stem, layer1, ..., layer4, dec5, ..., dec1, head;
+  - ``depth``, by the resolution a block works at: {dec1, head} (H), {stem, dec2} (H/2),
+    {layer1, dec3} (H/4), {layer2, dec4} (H/8), {layer3, dec5} (H/16), {layer4} (H/32, the
+    deepest group, in the bottleneck's place).
+
+Roles of the freeze presets (``unet_jax.freeze.PRESETS``), paper U-Net / ResNet U-Net:
+
+- ``contracting``: enc1..encD, bottleneck / stem, layer1..layer4;
+- ``expanding``: decD..dec1, head / dec5..dec1, head;
+- ``shallow``: enc1, dec1 (full resolution, head excluded) / stem, dec2, dec1: the shallowest
+  encoder block and the decoder blocks at its resolution or finer (dec1 has no skip, so it
+  alone would train no block of the contracting path);
+- ``deep``: encD, bottleneck, decD / layer3, layer4, dec5: the two deepest depth groups;
+- ``last``: dec1, head; ``head``: head, for both.
+
+Functions here and in ``freeze`` and ``schedules`` take the network as ``depth``: a paper
+U-Net's depth (an int, as before), or a model description (:func:`layout`).
 
 Plain Python (no JAX), so the analysis of results can use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from typing import Any, Sequence
+
 from unet_jax.errors import UserError
 
 ORDERS = ('flow', 'depth')
 DIRECTIONS = ('shallow_to_deep', 'deep_to_shallow')
+ROLES = ('contracting', 'expanding', 'shallow', 'deep', 'last', 'head')
+
+UNET = 'unet'
+RESNET_ENCODERS = ('resnet18', 'resnet34', 'resnet50')
+ENCODERS = (UNET,) + RESNET_ENCODERS
+RESNET_CONTRACTING = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
+RESNET_EXPANDING = ('dec5', 'dec4', 'dec3', 'dec2', 'dec1', 'head')
 
 
-def block_groups(order: str, depth: int) -> list[list[str]]:
-  """Groups of block names from shallowest to deepest under ``order``."""
-  if order == 'flow':
-    names = ([f'enc{i}' for i in range(1, depth + 1)] + ['bottleneck'] +
-             [f'dec{i}' for i in range(depth, 0, -1)] + ['head'])
-    return [[n] for n in names]
-  if order == 'depth':
-    groups = [['enc1', 'dec1', 'head']]
-    groups += [[f'enc{i}', f'dec{i}'] for i in range(2, depth + 1)]
-    return groups + [['bottleneck']]
-  raise UserError(f'unknown block order {order!r}; valid orders: {", ".join(ORDERS)}')
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """A U-Net's blocks by role: what the two orders and the freeze presets are written against."""
+
+  contracting: tuple[str, ...]  # in data-flow order, the deepest (bottleneck-like) last
+  expanding: tuple[str, ...]  # in data-flow order, the head last
+  depth_groups: tuple[tuple[str, ...], ...]  # shallowest to deepest by depth in the U
+  patterns: tuple[tuple[str, str], ...]  # (role, rule pattern) for every role of ROLES
+
+  @property
+  def flow(self) -> tuple[str, ...]:
+    """Every block in data-flow order."""
+    return self.contracting + self.expanding
+
+  @property
+  def bottleneck(self) -> str:
+    """The deepest block: 'bottleneck', or 'layer4' for a ResNet encoder."""
+    return self.contracting[-1]
+
+  def groups(self, order: str) -> list[list[str]]:
+    """Groups of block names from shallowest to deepest under ``order``."""
+    if order == 'flow':
+      return [[b] for b in self.flow]
+    if order == 'depth':
+      return [list(g) for g in self.depth_groups]
+    raise UserError(f'unknown block order {order!r}; valid orders: {", ".join(ORDERS)}')
+
+  def pattern(self, role: str) -> str:
+    """The rule pattern (a regular expression over paths) of a preset role."""
+    return dict(self.patterns)[role]
+
+  def blocks(self, role: str) -> tuple[str, ...]:
+    """The blocks a role's pattern names, in data-flow order."""
+    return tuple(b for b in self.flow if re.fullmatch(self.pattern(role), b))
 
 
-def cumulative(order: str, depth: int, k: int, direction: str) -> frozenset[str]:
+def unet_layout(depth: int) -> Layout:
+  """The paper U-Net's layout; its patterns are those results were always recorded with."""
+  if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+    raise UserError(f'a U-Net depth must be an integer >= 1; got {depth!r}')
+  enc = tuple(f'enc{i}' for i in range(1, depth + 1))
+  dec = tuple(f'dec{i}' for i in range(depth, 0, -1))
+  groups = (('enc1', 'dec1', 'head'),) + tuple((f'enc{i}', f'dec{i}')
+                                               for i in range(2, depth + 1))
+  patterns = (('contracting', 'enc.*|bottleneck'), ('expanding', 'dec.*|head'),
+              ('shallow', 'enc1|dec1'), ('deep', f'enc{depth}|bottleneck|dec{depth}'),
+              ('last', 'dec1|head'), ('head', 'head'))
+  return Layout(enc + ('bottleneck',), dec + ('head',), groups + (('bottleneck',),), patterns)
+
+
+def _resnet_layout() -> Layout:
+  roles = {'contracting': RESNET_CONTRACTING, 'expanding': RESNET_EXPANDING,
+           'shallow': ('stem', 'dec2', 'dec1'), 'deep': ('layer3', 'layer4', 'dec5'),
+           'last': ('dec1', 'head'), 'head': ('head',)}
+  groups = (('dec1', 'head'), ('stem', 'dec2'), ('layer1', 'dec3'), ('layer2', 'dec4'),
+            ('layer3', 'dec5'), ('layer4',))
+  return Layout(RESNET_CONTRACTING, RESNET_EXPANDING, groups,
+                tuple((role, '|'.join(roles[role])) for role in ROLES))
+
+
+RESNET = _resnet_layout()
+
+
+def layout(model: Any) -> Layout:
+  """The layout of ``model``.
+
+  Args:
+    model: a paper U-Net's depth (int); a ``UNetSpec``; a model dict (``config.model``,
+      config.json's ``'model'``: ``'encoder'``, absent for the paper U-Net, and ``'depth'``);
+      or a Layout, returned as is.
+
+  Example::
+
+    layout(4).groups('depth')[0]                           # ['enc1', 'dec1', 'head']
+    layout({'encoder': 'resnet34'}).pattern('deep')        # 'layer3|layer4|dec5'
+  """
+  if isinstance(model, Layout):
+    return model
+  if isinstance(model, int) and not isinstance(model, bool):
+    return unet_layout(model)
+  if hasattr(model, 'keys'):
+    encoder, depth = model.get('encoder', UNET), model.get('depth')
+  elif hasattr(model, 'encoder') or hasattr(model, 'depth'):
+    encoder, depth = getattr(model, 'encoder', UNET), getattr(model, 'depth', None)
+  else:
+    raise TypeError(f'not a model description: {model!r}')
+  if encoder == UNET:
+    return unet_layout(depth)
+  if encoder in RESNET_ENCODERS:
+    return RESNET
+  raise UserError(f'model.encoder={encoder!r} is not one of {", ".join(ENCODERS)}')
+
+
+def layout_of_blocks(names: Sequence[str]) -> Layout | None:
+  """The layout whose blocks are ``names`` (as a summary records them), or None."""
+  names = set(names)
+  if names == set(RESNET.flow):
+    return RESNET
+  depth = sum(1 for n in names if re.fullmatch(r'enc\d+', n))
+  if depth and names == set(unet_layout(depth).flow):
+    return unet_layout(depth)
+  return None
+
+
+def block_groups(order: str, depth: Any) -> list[list[str]]:
+  """Groups of block names from shallowest to deepest under ``order``.
+
+  ``depth``: a paper U-Net's depth or a model description (:func:`layout`).
+  """
+  return layout(depth).groups(order)
+
+
+def cumulative(order: str, depth: Any, k: int, direction: str) -> frozenset[str]:
   """The blocks of the k shallowest (or deepest) groups under ``order``."""
   groups = block_groups(order, depth)
   chosen = groups[:k] if direction == 'shallow_to_deep' else groups[len(groups) - k:]

@@ -29,7 +29,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import jax
 
-from unet_jax.block_order import ORDERS, block_groups
+from unet_jax.block_order import ORDERS, block_groups, layout
 from unet_jax.errors import UserError
 from unet_jax.model import norm_layer_tree
 
@@ -130,42 +130,48 @@ class FreezeRule:
 # The layer subsets of the study, and the parameter-kind strategies. Each
 # ends with a catch-all so that every leaf is covered; 'scratch' trains
 # everything from a random initialisation (the init is chosen by the
-# experiment, not by the rules). 'surgical:<block>' (Lee et al., ICLR 2023)
-# trains one block alone: ``preset_rules('surgical:enc2', depth)``.
+# experiment, not by the rules). '{role}' is the network's pattern for a
+# role of unet_jax.block_order.ROLES (its docstring lists the blocks of each
+# for the paper's U-Net and the ResNet U-Net). 'surgical:<block>' (Lee et al.,
+# ICLR 2023) trains one block alone: ``preset_rules('surgical:enc2', depth)``.
 PRESETS: dict[str, tuple[tuple, ...]] = {
     'full': (('.*', TRAIN),),
-    'contracting': (('enc.*|bottleneck', TRAIN), ('.*', FREEZE)),
-    'expanding': (('dec.*|head', TRAIN), ('.*', FREEZE)),
-    'shallow': (('enc1|dec1', TRAIN), ('.*', FREEZE)),
-    'deep': (('{deepest_enc}|bottleneck|{deepest_dec}', TRAIN), ('.*', FREEZE)),
-    'last': (('dec1|head', TRAIN), ('.*', FREEZE)),
-    'head': (('head', TRAIN), ('.*', FREEZE)),
+    'contracting': (('{contracting}', TRAIN), ('.*', FREEZE)),
+    'expanding': (('{expanding}', TRAIN), ('.*', FREEZE)),
+    'shallow': (('{shallow}', TRAIN), ('.*', FREEZE)),
+    'deep': (('{deep}', TRAIN), ('.*', FREEZE)),
+    'last': (('{last}', TRAIN), ('.*', FREEZE)),
+    'head': (('{head}', TRAIN), ('.*', FREEZE)),
     'none': (('.*', FREEZE),),
     # BitFit (Ben Zaken et al., ACL 2022): every bias term, convolutions' and
     # normalisation layers' shifts.
     'bitfit': (('.*', TRAIN, 'bias'), ('.*', FREEZE)),
-    'bitfit_head': (('head', TRAIN), ('.*', TRAIN, 'bias'), ('.*', FREEZE)),
+    'bitfit_head': (('{head}', TRAIN), ('.*', TRAIN, 'bias'), ('.*', FREEZE)),
     # Normalisation layers' scale and shift only (Frankle et al., ICLR 2021).
     'norm_only': (('.*', TRAIN, 'norm'), ('.*', FREEZE)),
-    'norm_head': (('head', TRAIN), ('.*', TRAIN, 'norm'), ('.*', FREEZE)),
+    'norm_head': (('{head}', TRAIN), ('.*', TRAIN, 'norm'), ('.*', FREEZE)),
 }
 SURGICAL = 'surgical:'
 
 
-def preset_rules(name: str, depth: int) -> tuple[FreezeRule, ...]:
-  """The rules of a named preset for a U-Net of the given depth."""
+def preset_rules(name: str, depth: Any) -> tuple[FreezeRule, ...]:
+  """The rules of a named preset for a network.
+
+  ``depth``: the paper U-Net's depth, or a model description (a ``UNetSpec``, its dict, a
+  ``block_order.Layout``; ``block_order.layout``).
+  """
   if name.startswith(SURGICAL) and name[len(SURGICAL):]:
     return (FreezeRule(re.escape(name[len(SURGICAL):]), TRAIN), FreezeRule('.*', FREEZE))
   if name not in PRESETS:
     raise UserError(f'unknown freeze preset {name!r}; valid presets: '
                     f'{", ".join(sorted(PRESETS))}, or {SURGICAL}<block>')
-  fill = {'deepest_enc': f'enc{depth}', 'deepest_dec': f'dec{depth}'}
+  fill = dict(layout(depth).patterns)
   return tuple(FreezeRule(p.format(**fill), *rest) for p, *rest in PRESETS[name])
 
 
-def parse_rules(spec: Iterable[Sequence] | str, depth: int) -> tuple[FreezeRule, ...]:
+def parse_rules(spec: Iterable[Sequence] | str, depth: Any) -> tuple[FreezeRule, ...]:
   """Rules from a preset name, or (pattern, action[, kind]) items, or
-  ``{'lr': {block: multiplier, ...}}``.
+  ``{'lr': {block: multiplier, ...}}``; ``depth`` as for :func:`preset_rules`.
 
   The dict form gives each named block its learning-rate multiplier (0
   freezes it) and freezes the blocks it does not name.
@@ -260,13 +266,14 @@ def lr_multipliers(tree: PyTree, rules: Sequence[FreezeRule],
   return jax.tree.unflatten(jax.tree.structure(tree), values)
 
 
-def layer_decay_scale(decay: float, order: str, depth: int) -> dict[str, float]:
+def layer_decay_scale(decay: float, order: str, depth: Any) -> dict[str, float]:
   """Layer-wise learning-rate decay (timm's ``layer_decay``, ULMFiT): block -> factor.
 
-  Block groups are counted from the group holding the head: under ``flow``
-  the head gets 1, dec1 ``decay``, ... enc1 ``decay ** (2 depth + 1)``;
-  under ``depth`` the full-resolution group {enc1, dec1, head} gets 1, the
-  next ``decay``, ... the bottleneck ``decay ** depth``.
+  Block groups (``block_order``; ``depth`` as for :func:`preset_rules`) are counted from
+  the group holding the head: under ``flow`` the head gets 1, the block before it (dec1)
+  ``decay``, ... the first block (enc1, or a ResNet's stem) ``decay ** (blocks - 1)``;
+  under ``depth`` the full-resolution group ({enc1, dec1, head}, or {dec1, head}) gets 1,
+  the next ``decay``, ... the deepest (the bottleneck, or layer4) ``decay ** (groups - 1)``.
   """
   if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
     raise UserError(f'layer_decay must be a number in (0, 1]; got {decay!r}')

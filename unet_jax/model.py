@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from unet_jax.block_order import UNET, layout
+
 NORMS = ('batch', 'group', 'none')
 
 PyTree = Any
@@ -64,10 +66,9 @@ class UNetSpec:
     object.__setattr__(self, 'decoder_channels', tuple(self.decoder_channels))
 
   def block_names(self) -> tuple[str, ...]:
-    """Blocks in data-flow order: enc1..encD, bottleneck, decD..dec1, head."""
-    enc = tuple(f'enc{i}' for i in range(1, self.depth + 1))
-    dec = tuple(f'dec{i}' for i in range(self.depth, 0, -1))
-    return enc + ('bottleneck',) + dec + ('head',)
+    """Blocks in data-flow order: enc1..encD, bottleneck, decD..dec1, head; for a ResNet
+    encoder stem, layer1..layer4, dec5..dec1, head (``block_order.layout``)."""
+    return layout(self).flow
 
   def width(self, level: int) -> int:
     """Channels at a resolution level (1 = full resolution)."""
@@ -216,15 +217,22 @@ class UNet(nnx.Module):
     return self.head(x)
 
 
-def split_model(model: UNet) -> tuple[nnx.GraphDef, PyTree, PyTree]:
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, PyTree, PyTree]:
   """Returns (graphdef, params, batch_stats), the states as pure nested dicts."""
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
 
 
 def init_model(spec: UNetSpec, seed: int) -> tuple[nnx.GraphDef, PyTree, PyTree]:
-  """Builds a U-Net with random weights and returns its functional parts."""
-  return split_model(UNet(spec, nnx.Rngs(seed)))
+  """Builds the network ``spec`` describes with random weights; returns its functional parts.
+
+  ``spec.encoder`` 'unet' is the paper's U-Net (:class:`UNet`), a ResNet encoder the
+  ResNet U-Net (``unet_jax.resnet.ResNetUNet``).
+  """
+  if spec.encoder == UNET:
+    return split_model(UNet(spec, nnx.Rngs(seed)))
+  from unet_jax import resnet  # noqa: PLC0415 - resnet builds on this module
+  return resnet.init_resnet_unet(spec, seed)
 
 
 def apply_model(graphdef: nnx.GraphDef, params: PyTree, stats: PyTree,

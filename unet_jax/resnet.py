@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from unet_jax import block_order
 from unet_jax.errors import UserError
 from unet_jax.model import NORMS, BatchNorm, UNetSpec, _make_norm, split_model
 
@@ -56,8 +57,9 @@ ENCODERS = {
 }
 EXPANSION = {'basic': 1, 'bottleneck': 4}
 STAGE_WIDTHS = (64, 128, 256, 512)
-ENCODER_BLOCKS = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
-DECODER_BLOCKS = ('dec5', 'dec4', 'dec3', 'dec2', 'dec1')
+assert tuple(ENCODERS) == block_order.RESNET_ENCODERS  # the names settings offer
+ENCODER_BLOCKS = block_order.RESNET_CONTRACTING  # stem, layer1..layer4
+DECODER_BLOCKS = block_order.RESNET_EXPANDING[:-1]  # dec5..dec1, the head after them
 GREY = ('sum', 'repeat')
 DIVISOR = 32  # the encoder halves the resolution five times
 
@@ -83,7 +85,7 @@ def check_spec(spec: UNetSpec) -> None:
 def block_names(spec: UNetSpec) -> tuple[str, ...]:
   """Blocks in data-flow order: stem, layer1..layer4, dec5..dec1, head."""
   check_spec(spec)
-  return ENCODER_BLOCKS + DECODER_BLOCKS + ('head',)
+  return block_order.RESNET.flow
 
 
 def check_image_size(spec: UNetSpec, size: int | tuple[int, int]) -> None:

@@ -12,9 +12,11 @@ time, cumulatively, in one of two orders of "shallow to deep":
 - ``depth``: depth in the U, the full-resolution blocks of both paths first
   ({enc1, dec1, head}, {enc2, dec2}, ..., {bottleneck}).
 
-``gradual(order, 'shallow_to_deep' | 'deep_to_shallow', stage_steps)`` gives
-them; ``unfreeze_at(rules, step)`` trains ``rules`` first and everything from
-``step`` on.
+A ResNet U-Net has its own groups of both orders (``unet_jax.block_order``).
+``gradual(order, 'shallow_to_deep' | 'deep_to_shallow', stage_steps, depth)``
+gives them, ``depth`` being the paper U-Net's depth or a model description
+(``block_order.layout``); ``unfreeze_at(rules, step)`` trains ``rules`` first
+and everything from ``step`` on.
 """
 
 from __future__ import annotations
@@ -74,12 +76,12 @@ def stage_index(starts, step):
   return int(found) if np.ndim(found) == 0 else found
 
 
-def gradual(order: str, direction: str, stage_steps: int, depth: int) -> Schedule:
+def gradual(order: str, direction: str, stage_steps: int, depth: Any) -> Schedule:
   """Cumulative gradual unfreezing, one block group per stage.
 
   ``flow`` + ``deep_to_shallow`` starts from the head end of the data flow
   (head, dec1, ...), the classifier habit; ``depth`` + ``deep_to_shallow``
-  starts from the bottleneck.
+  starts from the bottleneck (a ResNet's layer4).
   """
   if direction not in DIRECTIONS:
     raise UserError(f'unknown schedule direction {direction!r}; valid: '
@@ -119,7 +121,7 @@ def lp_ft(fraction: float, steps: int) -> Schedule:
                   (('kind', 'lp_ft'), ('fraction', float(fraction)), ('step', step)))
 
 
-def parse_schedule(spec, depth: int, steps: int | None = None) -> Schedule:
+def parse_schedule(spec, depth: Any, steps: int | None = None) -> Schedule:
   """A schedule from config: a preset / rule list (one stage) or a dict.
 
   Dict forms: ``{'gradual': 'depth', 'direction': 'shallow_to_deep',
@@ -127,6 +129,7 @@ def parse_schedule(spec, depth: int, steps: int | None = None) -> Schedule:
   ``{'lp_ft': 0.5}`` (the head for half of ``steps``, then everything);
   ``{'starts': (0, 100), 'stages': ('head', 'full')}``; ``{'lr': {block:
   multiplier}}`` (one stage of per-block learning rates, ``freeze.parse_rules``).
+  ``depth``: the paper U-Net's depth or a model description (``block_order.layout``).
   """
   if isinstance(spec, str) or isinstance(spec, (list, tuple)):
     return Schedule.constant(parse_rules(spec, depth))

@@ -29,11 +29,14 @@ class Experiment:
   l2sp: float = 0.0  # strength of the pull toward the initial weights (L2-SP)
   lr_scaling: str = 'none'  # 'rgn': Auto-RGN per-tensor rates (engine.masked_adam)
 
-  def block_scale(self, depth: int) -> dict[str, float] | None:
-    """Per-block learning-rate factors of its layer decay; None without one."""
+  def block_scale(self, model) -> dict[str, float] | None:
+    """Per-block learning-rate factors of its layer decay; None without one.
+
+    ``model``: the network's ``UNetSpec`` (or a paper U-Net's depth; ``block_order.layout``).
+    """
     if self.layer_decay == 1.0:
       return None
-    return freeze.layer_decay_scale(self.layer_decay, self.decay_order, depth)
+    return freeze.layer_decay_scale(self.layer_decay, self.decay_order, model)
 
   def strategy_fields(self) -> dict:
     """The strategy fields that differ from plain fine-tuning."""

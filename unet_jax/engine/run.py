@@ -202,7 +202,7 @@ def strategy_setup(ctx: BundleContext, exp: Experiment, bundle: Sequence[Experim
   """``make_setup``'s strategy arguments for ``exp``: L2-SP and Auto-RGN data only
   when some experiment of its bundle uses them, so plain bundles do none of
   their work."""
-  return {'block_scale': exp.block_scale(ctx.spec.depth),
+  return {'block_scale': exp.block_scale(ctx.spec),
           'l2sp': exp.l2sp if any(e.l2sp > 0 for e in bundle) else None,
           'rgn': exp.lr_scaling == 'rgn' if any(e.lr_scaling == 'rgn' for e in bundle)
           else None}
