@@ -215,6 +215,10 @@ def _run_row(run: LoadedRun) -> dict:
           'steps': s.steps if s.steps is not None else np.nan,
           'trainable_fraction': (s.trainable_params if s.trainable_params is not None
                                  else np.nan) / total,
+          'trainable_params': (s.trainable_params if s.trainable_params is not None
+                               else np.nan),
+          'extra_params': s.extra_params,
+          'seconds': s.own_seconds if s.own_seconds is not None else np.nan,
           'frozen_norm': s.frozen_norm, 'trained': s.trained_blocks,
           'blocks': frozenset(s.blocks) or None,
           'train_images': s.train_images if s.train_images is not None else np.nan,

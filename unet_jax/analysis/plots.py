@@ -1,6 +1,8 @@
 """Figures of a sweep as PNG files (matplotlib, Agg backend: no display needed).
 
 - :func:`plot_scores`: mean metric per experiment with its 95% CI;
+- :func:`plot_tradeoff`: mean Dice against trainable parameters or training
+  time, the recommendation's verdicts coloured, the Pareto front joined;
 - :func:`plot_curves`: validation Dice against step (needs ``history.jsonl``);
 - :func:`plot_schedules`: which blocks train at each step, per experiment;
 - :func:`plot_overlays`: image, ground truth and each experiment's prediction.
@@ -52,6 +54,40 @@ def plot_scores(res: Results, path: str, metric: str = 'dice', *, by: str = 'bas
   if res.higher[metric] and metric in ('dice', 'iou'):
     ax.set_xlim(0, 1)
   ax.grid(axis='x', alpha=0.3)
+  return _save(fig, path)
+
+
+_VERDICT_COLOURS = {'best': '#d62728', 'tied': '#ff7f0e', 'worse': '#7f7f7f',
+                    'untested': '#1f77b4'}
+
+
+def plot_tradeoff(table: pd.DataFrame, path: str, x: str, *, by: str = 'condition',
+                  metric: str = 'dice') -> str | None:
+  """``Results.recommend``'s table: mean against ``x`` ('trainable_params' or
+  'seconds'), CI bars, coloured by verdict; the Pareto front (fewest
+  trainable parameters for the score) joined when ``x`` is parameters."""
+  table = table[np.isfinite(table[x].to_numpy(dtype=float))]
+  if table.empty:
+    return None
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for verdict, group in table.groupby('verdict'):
+    err = np.vstack([group['mean'] - group['ci_lo'], group['ci_hi'] - group['mean']])
+    ax.errorbar(group[x], group['mean'], yerr=err, fmt='o', capsize=2,
+                color=_VERDICT_COLOURS.get(verdict, 'black'), label=verdict)
+  for row in table.itertuples():
+    ax.annotate(getattr(row, by), (getattr(row, x), row.mean), fontsize=7,
+                xytext=(3, 3), textcoords='offset points')
+  if x == 'trainable_params':
+    front = table[table['pareto']].sort_values(x)
+    ax.plot(front[x], front['mean'], '--', color='black', lw=0.8, label='Pareto front')
+    positive = table[x][table[x] > 0]
+    ax.set_xscale('symlog', linthresh=float(positive.min()) if len(positive) else 1.0)
+    ax.set_xlabel('trainable parameters (log scale)')
+  else:
+    ax.set_xlabel('training time per run (s, own steps)')
+  ax.set_ylabel(f'{metric} (mean, 95% CI)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
   return _save(fig, path)
 
 

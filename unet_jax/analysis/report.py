@@ -113,6 +113,58 @@ def _summary_section(res: Results, domain: str) -> list[str]:
   return out
 
 
+def _answer_section(res: Results, domain: str, alpha: float, folder: str, tag: str
+                    ) -> list[str]:
+  """The answer first: the best strategy and those statistically tied with it."""
+  table = res.recommend(domain=domain, alpha=alpha)
+  if table.empty:
+    return []
+  best = table.iloc[0]
+  tied = table[table['verdict'] == 'tied']['condition'].tolist()
+  if (table['verdict'] == 'untested').any():
+    sentence = (f'**{best["condition"]}** scored best (Dice {best["mean"]:.3f}), but with '
+                'one seed run-to-run variation is unknown: no strategy is shown tied or '
+                'worse. Run 3 or more seeds (`grid.seed`) for an answer.')
+  elif tied:
+    sentence = (f'Train **{best["condition"]}** (Dice {best["mean"]:.3f}); not significantly '
+                f'worse than it: {", ".join(f"**{t}**" for t in tied)}. Among those, the one '
+                'with fewest trainable parameters or the shortest time is as good an answer '
+                'as this data can give.')
+  else:
+    sentence = (f'Train **{best["condition"]}** (Dice {best["mean"]:.3f}): every other '
+                'strategy is significantly worse.')
+  rows = [(r.condition, f'**{r.verdict}**', r.mean, f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]',
+           r.diff_vs_best, _p(r.p_holm), int(r.n_runs), _count(r.trainable_params),
+           _count(r.extra_params), _seconds(r.seconds), 'yes' if r.pareto else '')
+          for r in table.itertuples()]
+  out = [sentence, '',
+         markdown_table(('strategy', 'verdict', 'Dice', '95% CI', 'vs best', 'p (Holm)',
+                         'runs', 'trainable', 'extra', 'time/run', 'Pareto'), rows), '',
+         f'Verdicts: run-aware paired tests against the best (matched seeds and images), '
+         f'Holm-corrected over {len(table) - 1} comparisons, alpha = {alpha} '
+         '(`Results.recommend`). Trainable: parameters trained in the last stage; extra: '
+         'parameters added (adapters); time/run: seconds of its own training steps where '
+         "its bundle ran one experiment at a time ('-' where one program trained them all).",
+         '']
+  for x, title, name in (('trainable_params', 'Dice against trainable parameters', 'params'),
+                         ('seconds', 'Dice against training time', 'time')):
+    figure = plots.plot_tradeoff(table, os.path.join(folder, f'tradeoff-{name}{tag}.png'), x)
+    if figure:
+      out += [f'![{title}]({os.path.relpath(figure, os.path.dirname(folder))})', '']
+  return out
+
+
+def _count(value: float) -> str:
+  if not np.isfinite(value):
+    return '-'
+  return f'{value / 1e6:.2f}M' if value >= 1e6 else f'{value / 1e3:.1f}k' if value >= 1e3 \
+      else f'{value:.0f}'
+
+
+def _seconds(value: float) -> str:
+  return '-' if not np.isfinite(value) else f'{value:.1f} s'
+
+
 def _norm_section(res: Results, domain: str) -> list[str]:
   """How far re-estimated BatchNorm statistics move each experiment's Dice."""
   rows = [(run.summary.base, run.summary.norm_check['change']) for run in res.loaded
@@ -326,6 +378,10 @@ def write_report(workdir: str, *, overlays: Overlays | None = None,
            f'{_hd95_conventions(res)}.', '']
   if res.notes:
     lines += ['**Incomplete results:**', ''] + [f'- {n}' for n in res.notes] + ['']
+  for domain in res.domains:
+    tag = '' if domain == main_domain else f'-{domain}'
+    lines += [f'## What to train ({domain})', '']
+    lines += _answer_section(res, domain, alpha, folder, tag)
   found = res.findings(alpha)
   lines += ['## Findings (DESIGN.md F1-F6)', '',
             markdown_table(('id', 'verdict', 'claim', 'evidence'),

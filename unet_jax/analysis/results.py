@@ -9,6 +9,7 @@ make one. Its methods answer the study's questions::
   res.paired('contracting', 'expanding')      # run-aware paired test
   res.pairwise(reference='full')              # every experiment vs full, Holm
   res.findings()                              # F1..F6 of DESIGN.md, with numbers
+  res.recommend()                             # what to train: best and tied strategies
 
 Vocabulary: a *run* is one trained network (one experiment name such as
 ``full-seed1``); its ``base`` is the entry of ``config.experiments`` it came
@@ -148,7 +149,12 @@ class Results:
 
   def matched(self, a: str, b: str, metric: str = 'dice', *, by: str = 'base',
               domain: str | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Cells of a and b matched on their shared keys: (frame of keys + a, b; keys)."""
+    """Cells of a and b matched on their shared keys: (frame of keys + a, b; keys).
+
+    By base, runs are matched on variant too, unless the two share no variant
+    (a strategy crossed with its own grid axis against a plain subset): then
+    each side's variants are pooled, cell by cell.
+    """
     rows = self._rows(metric, by, domain)
     names = set(rows[by])
     for name in (a, b):
@@ -156,6 +162,9 @@ class Results:
         raise UserError(f'no {by} named {name!r} in the results; valid: '
                         f'{", ".join(sorted(names))}')
     identity = {'base': (), 'condition': ('variant',), 'experiment': ('variant', 'seed')}[by]
+    if by == 'base' and not (set(rows[rows[by] == a]['variant']) &
+                             set(rows[rows[by] == b]['variant'])):
+      identity = ('variant',)  # no variant in common (a strategy's grid): pool them
     keys = ['domain'] + [k for k in _PAIR_KEYS if k not in identity]
     side = [rows[rows[by] == n].groupby(keys)[metric].mean().rename(col)
             for n, col in ((a, 'a'), (b, 'b'))]
@@ -203,6 +212,60 @@ class Results:
     if tests:
       table['p_holm'] = stats.holm(table['p'])
     return table
+
+  def recommend(self, metric: str = 'dice', *, domain: str | None = None,
+                alpha: float = 0.05, by: str = 'condition') -> pd.DataFrame:
+    """What to train on this data: the best strategy and those statistically tied with it.
+
+    One row per strategy (``by='condition'``: each grid variant, such as a
+    layer-decay factor, counts as its own strategy), best mean first:
+    ``verdict`` is 'best'; 'tied' where the run-aware paired test against
+    the best (matched seeds and images, ``paired``), Holm-corrected over the
+    comparisons with the best, is not significant at ``alpha``; 'worse'
+    where it is; 'untested' with one seed (run-to-run variation unknown:
+    nothing is tied or worse). Choosing the best by its mean and then testing
+    the others against it favours the best a little (the winner's curse),
+    so read 'worse' near the boundary with care. ``pareto`` marks strategies
+    no other beats on both mean and trainable parameters. Columns also hold
+    each strategy's trainable and extra parameters (adapters) and its mean
+    own training time per run (``seconds``; NaN where the bundle ran as one
+    program and one run's time is not separable).
+
+    Example::
+
+      analysis.load('runs/strategies').recommend()
+    """
+    table = self.summary(by, metric, domain=domain)
+    if table.empty:
+      return table
+    best = table[by].iloc[0]
+    rows = self._rows(metric, by, domain)
+    runs = self.runs if domain is None else self.runs[self.runs['domain'] == domain]
+    tests = {name: self.paired(name, best, metric, by=by, domain=domain)
+             for name in table[by].iloc[1:]}
+    p = pd.Series({name: t.p for name, t in tests.items()}, dtype=np.float64)
+    p_holm = pd.Series(stats.holm(p.to_numpy()), index=p.index) if len(p) else p
+    out = []
+    for row in table.itertuples():
+      name = getattr(row, by)
+      members = runs[runs['experiment'].isin(rows[rows[by] == name]['experiment'].unique())]
+      t = tests.get(name)
+      if t is None:
+        verdict = 'best'
+      elif not t.runs_known:
+        verdict = 'untested'
+      else:
+        verdict = 'worse' if p_holm[name] < alpha and t.favours(1.0) == best else 'tied'
+      out.append({by: name, 'verdict': verdict, 'mean': row.mean, 'ci_lo': row.ci_lo,
+                  'ci_hi': row.ci_hi, 'diff_vs_best': np.nan if t is None else t.mean_diff,
+                  'p_holm': np.nan if t is None else p_holm[name], 'n_runs': row.n_runs,
+                  'trainable_params': float(members['trainable_params'].mean()),
+                  'extra_params': float(members['extra_params'].mean()),
+                  'seconds': float(members['seconds'].mean())})
+    frame = pd.DataFrame(out)
+    frame['pareto'] = _pareto(frame['mean'].to_numpy() * (1 if self.higher[metric] else -1),
+                              frame['trainable_params'].to_numpy())
+    return frame
 
   def rank_stability(self, metric: str = 'dice', *, by: str = 'base',
                      domain: str | None = None) -> RankStability:
@@ -311,6 +374,16 @@ class Results:
     """
     from unet_jax.analysis import findings  # noqa: PLC0415 - it builds on this module
     return findings.evaluate(self, alpha, {**DOMAIN_KINDS, **(domain_kinds or {})})
+
+
+def _pareto(score: np.ndarray, cost: np.ndarray) -> np.ndarray:
+  """True where no other entry has a higher-or-equal score at a lower-or-equal cost
+  with one of the two strict (the Pareto front of score against cost)."""
+  out = np.ones(len(score), bool)
+  for i in range(len(score)):
+    better = (score >= score[i]) & (cost <= cost[i]) & ((score > score[i]) | (cost < cost[i]))
+    out[i] = not better.any()
+  return out
 
 
 def _fold(fold):

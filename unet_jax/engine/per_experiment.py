@@ -65,6 +65,16 @@ class PerExperimentChunk:
     self._compiling = threading.Lock()
     self._compiled: set = set()
     self._seconds: dict[int, float] = {}  # experiment -> its time in the last chunk
+    # Per experiment, (seconds, steps) of its chunks after its first (which
+    # may compile): its own training time, what a user running it alone
+    # would wait (with workers > 1, while sharing the cores with another).
+    self._busy: dict[int, list[float]] = {}
+    self._chunks: dict[int, int] = {}
+
+  def seconds_per_step(self, num: int) -> list[float | None]:
+    """Each experiment's measured seconds per step, None before its second chunk."""
+    return [self._busy[e][0] / self._busy[e][1] if e in self._busy else None
+            for e in range(num)]
 
   def __call__(self, state, setup, images, masks, num_steps: int):
     num = np.shape(setup.starts)[0]
@@ -77,7 +87,8 @@ class PerExperimentChunk:
         done = dict(zip(order, pool.map(one, order, [parts[e] for e in order])))
       outs = [done[e] for e in range(num)]
     else:
-      outs = [self._run_experiment(start, num_steps, images, masks, part) for part in parts]
+      outs = [self._timed(start, num_steps, images, masks, e, part)
+              for e, part in enumerate(parts)]
     states, losses = merge_experiments(outs)
     return states, losses.T
 
@@ -92,7 +103,12 @@ class PerExperimentChunk:
   def _timed(self, start, num_steps, images, masks, index, part):
     began = time.perf_counter()
     out = jax.block_until_ready(self._run_experiment(start, num_steps, images, masks, part))
-    self._seconds[index] = time.perf_counter() - began
+    self._seconds[index] = seconds = time.perf_counter() - began
+    self._chunks[index] = self._chunks.get(index, 0) + 1
+    if self._chunks[index] > 1:
+      busy = self._busy.setdefault(index, [0.0, 0])
+      busy[0] += seconds
+      busy[1] += num_steps
     return out
 
   def _run_experiment(self, start, num_steps, images, masks, state_and_setup):

@@ -95,6 +95,10 @@ class BundleReport:
   # The autotuning cache's key for bundles like this one, and the choice.
   signature: str = ''
   how: str = ''
+  # Per experiment, its own seconds per training step where the strategy ran
+  # one experiment at a time (static, per_experiment; first chunk left out:
+  # compilation), else None.
+  seconds_per_step: list = dataclasses.field(default_factory=list)
 
 
 # Folded into a seed's key for the training stream (batches, flips), so the
@@ -412,9 +416,11 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
     checkpoints.wait(warn)
   host = to_host((state.params, state.stats, state.diverged_at))  # waits for the last step
   seconds = time.perf_counter() - began
+  own = (chunk.seconds_per_step(len(experiments)) if hasattr(chunk, 'seconds_per_step')
+         else [None] * len(experiments))
   report = BundleReport(names, choice.strategy, chunk.loop, padded, choice.trials, seconds,
                         (len(experiments) + padded) * (steps - start) / seconds,
-                        signature, choice.how)
+                        signature, choice.how, own)
   return _collect(host, len(experiments), meta['history'], report, start)
 
 

@@ -64,6 +64,11 @@ class ExperimentSummary:
   val_images: int | None = None
   test_images: int | None = None
   seconds: float | None = None  # its share of its bundle's training time
+  # Its own training time (seconds per step measured when its bundle ran one
+  # experiment at a time, x steps); None when the strategy trained the bundle
+  # as one program (vmap, ...), where one experiment's time is not separable.
+  own_seconds: float | None = None
+  extra_params: int = 0  # parameters added to the network (adapters), merged on export
   bundle: int | None = None
   strategy: str | None = None
   resumed_from_step: int = 0

@@ -165,6 +165,9 @@ def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[di
       trainable_params=trainable, total_params=count_params(weights.params),
       train_images=len(split.fit), val_images=len(split.val),
       seconds=report.seconds / len(report.experiments), bundle=bundle,
+      own_seconds=(report.seconds_per_step[index] * exp.steps
+                   if report.seconds_per_step and report.seconds_per_step[index] is not None
+                   else None),
       strategy=report.strategy, resumed_from_step=result.resumed_from,
       diverged_at_step=result.diverged_at[index], chunk_losses=result.losses[index],
       final_val_dice=result.history[index][-1]['val_dice'], fingerprint=fingerprint,
