@@ -81,15 +81,15 @@ def get_config(arg=None):
   config = _default_config('tiny' if variant == 'tiny' else None)
   depth = config.model.depth
   experiments = {**SUBSETS, **strategies(depth)}
-  if variant in ('smoke', 'tiny'):
-    keep = ['full', 'contracting', 'expanding', 'head', 'layer_decay', 'encoder_lr_tenth',
-            'l2sp', 'bitfit_head', 'norm_head', 'lp_ft', 'auto_rgn', 'surgical_enc1',
-            'surgical_dec1']
-    experiments = {k: experiments[k] for k in keep}
-  config.experiments = ml_collections.ConfigDict(experiments)
   config.grid.layer_decay = (0.5, 0.8)
   config.grid.l2sp = (0.1, 1.0)
+  if variant in ('smoke', 'tiny'):
+    keep = ['full', 'contracting', 'expanding', 'head', 'layer_decay', 'encoder_lr_tenth',
+            'l2sp', 'bitfit_head', 'norm_head', 'lp_ft', 'auto_rgn', 'surgical_enc1']
+    experiments = {k: experiments[k] for k in keep}
+    config.grid.layer_decay = ()  # the entries' own values: 0.8 and 1.0
+    config.grid.l2sp = ()
   if variant == 'smoke':
-    config.data.num_images = 120
     config.finetune.steps = 60
+  config.experiments = ml_collections.ConfigDict(experiments)
   return config
