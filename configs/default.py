@@ -43,14 +43,23 @@ def get_config(arg=None):
   config.seed = 0
   config.image_size = 64
   # in_channels > 1 repeats the grey images over channels (as for networks
-  # built for RGB input).
+  # built for RGB input). encoder: 'unet' (the paper's U-Net: base_width,
+  # depth) or 'resnet18' | 'resnet34' | 'resnet50' (a torchvision ResNet
+  # encoder, image_size a multiple of 32, with a U-Net decoder whose five
+  # blocks dec5..dec1 have decoder_channels; unet_jax/resnet.py).
   config.model = dict(base_width=16, depth=4, norm='batch', group_size=8,
-                      bn_momentum=0.9, in_channels=1)
+                      bn_momentum=0.9, in_channels=1, encoder='unet',
+                      decoder_channels=(256, 128, 64, 32, 16))
   # source: dead_leaves (built in), a real saliency set read from root,
   # e.g. source='folder', root='~/data/DUTS-TR' (XPIE, DUTS, MSRA10K), or
   # 'oxford_iiit_pet' from TFDS (downloaded on first use; root = data_dir).
+  # source='torchvision' (a ResNet encoder): no pretraining steps, the
+  # encoder comes from weights, a torchvision state dict (.pth) or a
+  # .safetensors file; grey: 'sum' (the stem's RGB filters summed for grey
+  # input) or 'repeat' (needs in_channels=3).
   config.pretrain = dict(source='dead_leaves', num_images=1024, steps=400,
-                         batch_size=8, learning_rate=1e-3, weight_decay=0.0, root='')
+                         batch_size=8, learning_rate=1e-3, weight_decay=0.0, root='',
+                         weights='', grey='sum')
   # val_fraction: share of the training images held out to score validation
   # Dice after every chunk (curves, TensorBoard, convergence speed).
   # source: a built-in generator (ultrasound, chest_xray, dead_leaves) with

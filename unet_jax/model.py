@@ -235,6 +235,14 @@ def init_model(spec: UNetSpec, seed: int) -> tuple[nnx.GraphDef, PyTree, PyTree]
   return resnet.init_resnet_unet(spec, seed)
 
 
+def model_graphdef(spec: UNetSpec) -> nnx.GraphDef:
+  """The graph definition ``init_model`` returns, built without drawing any weights."""
+  if spec.encoder == UNET:
+    return split_model(nnx.eval_shape(lambda: UNet(spec, nnx.Rngs(0))))[0]
+  from unet_jax import resnet  # noqa: PLC0415 - resnet builds on this module
+  return split_model(nnx.eval_shape(lambda: resnet.ResNetUNet(spec, nnx.Rngs(0))))[0]
+
+
 def apply_model(graphdef: nnx.GraphDef, params: PyTree, stats: PyTree,
                 images: jax.Array, *, train: bool, running: PyTree = None
                 ) -> tuple[jax.Array, PyTree]:

@@ -36,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -278,8 +279,23 @@ class ResNetUNet(nnx.Module):
 
 
 def init_resnet_unet(spec: UNetSpec, seed: int) -> tuple[nnx.GraphDef, PyTree, PyTree]:
-  """Builds a ResNetUNet with random weights; returns (graphdef, params, stats) as pure dicts."""
-  return split_model(ResNetUNet(spec, nnx.Rngs(seed)))
+  """Builds a ResNetUNet with random weights; returns (graphdef, params, stats) as pure dicts.
+
+  The weights are drawn by one compiled program per spec, for every seed: op by op each of
+  the initialisers compiles on its own (resnet18 on a 2-core CPU: 17 s against 4 s).
+  """
+  graphdef = split_model(nnx.eval_shape(lambda: ResNetUNet(spec, nnx.Rngs(0))))[0]
+  params, stats = _init_program(spec)(jax.random.key(seed))
+  return graphdef, params, stats
+
+
+@functools.lru_cache(maxsize=8)
+def _init_program(spec: UNetSpec):
+  def states(key):
+    return split_model(ResNetUNet(spec, nnx.Rngs(key)))[1:]
+  # Drawing weights needs no optimised code: on CPU level 0 compiles 3x faster than the default.
+  options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
+  return jax.jit(states).lower(jax.random.key(0)).compile(compiler_options=options)
 
 
 # Torchvision state-dict names of each leaf name here.

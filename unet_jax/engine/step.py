@@ -24,7 +24,7 @@ from flax import nnx
 from unet_jax import freeze
 from unet_jax.engine.masked_adam import MaskedAdamState, apply_masked, masked_adam
 from unet_jax.losses import segmentation_loss
-from unet_jax.model import UNetSpec, apply_model, init_model, norm_layer_tree
+from unet_jax.model import UNetSpec, apply_model, model_graphdef, norm_layer_tree
 from unet_jax.schedules import Schedule, stack_stages, stage_index, stage_table
 
 PyTree = Any
@@ -88,7 +88,7 @@ class BundleContext:
   @functools.cached_property
   def graphdefs(self) -> dict[str, nnx.GraphDef]:
     """Graph definitions by convolution implementation (same parameters)."""
-    return {conv: init_model(dataclasses.replace(self.spec, conv=conv), 0)[0]
+    return {conv: model_graphdef(dataclasses.replace(self.spec, conv=conv))
             for conv in ('xla', 'matmul')}
 
 

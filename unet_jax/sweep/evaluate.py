@@ -29,7 +29,7 @@ import numpy as np
 from unet_jax import data, freeze, metrics
 from unet_jax.engine.experiment import Experiment
 from unet_jax.engine.run import Weights
-from unet_jax.model import UNetSpec, apply_model, init_model, predict
+from unet_jax.model import UNetSpec, apply_model, model_graphdef, predict
 
 PyTree = Any
 
@@ -147,7 +147,7 @@ def reestimate_stats(spec: UNetSpec, params: PyTree, stats: PyTree, images: np.n
   """
   if not jax.tree.leaves(stats):
     return stats
-  graphdef = init_model(dataclasses.replace(spec, bn_momentum=0.0), 0)[0]
+  graphdef = model_graphdef(dataclasses.replace(spec, bn_momentum=0.0))
   flags = jax.tree.map(jnp.float32, running)
   order = np.random.default_rng(seed).permutation(len(images))
   sums, count = None, 0

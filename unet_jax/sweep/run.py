@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import jax
 import numpy as np
 import tqdm
 
-from unet_jax import data, files, freeze
+from unet_jax import data, files, freeze, resnet, weights_file
 from unet_jax.engine.distributed import is_writer
 from unet_jax.engine.experiment import STRATEGY_DEFAULTS, Experiment
 from unet_jax.engine.resume import BundleCheckpoints, StopRequest
@@ -36,7 +37,7 @@ from unet_jax.model import count_params, init_model
 from unet_jax.schedules import Schedule
 from unet_jax.sweep import checkpoint, evaluate, grid
 from unet_jax.sweep.records import ExperimentSummary, StageRecord
-from unet_jax.sweep.settings import SweepSettings
+from unet_jax.sweep.settings import TORCHVISION, SweepSettings
 from unet_jax.sweep.workdir import WorkdirLock, WorkdirPaths, prepare_workdir
 
 # Part of every fingerprint: results made by an engine that drew batches or
@@ -52,10 +53,36 @@ def _hash(obj) -> str:
 
 
 def _pretrain_fingerprint(s: SweepSettings) -> dict:
+  if s.pretrain_source == TORCHVISION:
+    # No training: the random initialisation (seed, model) with the file's encoder.
+    return {'seed': s.seed, 'model': dataclasses.asdict(s.model), 'source': s.pretrain_source,
+            'weights': _file_identity(s.pretrain_weights), 'grey': s.pretrain_grey,
+            'engine': _PRETRAIN_VERSION}
   return {'seed': s.seed, 'image_size': s.image_size,
           'model': dataclasses.asdict(s.model), 'source': s.pretrain_source,
           'root': s.pretrain_root, 'engine': _PRETRAIN_VERSION,
           'num_images': s.pretrain_images, 'train': dataclasses.asdict(s.pretrain)}
+
+
+def _file_identity(path: str) -> dict:
+  """A weights file by content (sha256 and size), wherever it lies; hashed once per version."""
+  stat = os.stat(path)
+  return _file_digest(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> dict:
+  del mtime_ns  # part of the cache key only: a rewritten file is hashed again
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return {'sha256': digest.hexdigest(), 'bytes': size}
+
+
+def pretrain_steps(s: SweepSettings) -> int:
+  """Training steps of pretraining: none when the encoder comes from a weights file."""
+  return 0 if s.pretrain_source == TORCHVISION else s.pretrain.steps
 
 
 def experiment_fingerprint(s: SweepSettings, exp: Experiment) -> str:
@@ -80,21 +107,35 @@ def _checkpoints(paths: WorkdirPaths, key: str) -> BundleCheckpoints:
 
 def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqdm,
              stop: StopRequest | None = None) -> Weights:
-  """Pretrains on the natural-image-like source, or reuses a matching run."""
+  """Pretrains on the natural-image-like source, or reuses a matching run.
+
+  With ``pretrain.source='torchvision'`` nothing trains: ``init`` with its encoder
+  read from the weights file, saved like a pretraining run's weights.
+  """
   fingerprint = _pretrain_fingerprint(s)
   if os.path.exists(paths.pretrain_meta):
     if files.read_json(paths.pretrain_meta).get('fingerprint') == fingerprint:
       bar.write(f'reusing pretrained weights from {paths.pretrain_dir}', file=sys.stderr)
-      bar.update(s.pretrain.steps)
+      bar.update(pretrain_steps(s))
       return Weights(*checkpoint.load_weights(paths.pretrain_weights))
     bar.write('pretrain settings changed: pretraining again', file=sys.stderr)
+  if s.pretrain_source == TORCHVISION:
+    bar.write(f'{s.model.encoder} encoder from {s.pretrain_weights} (no pretraining steps)',
+              file=sys.stderr)
+    weights = encoder_from_file(s, init)
+    if is_writer():
+      os.makedirs(paths.pretrain_dir, exist_ok=True)
+      checkpoint.save_weights(paths.pretrain_weights, weights.params, weights.stats)
+      files.write_json(paths.pretrain_meta, {'fingerprint': fingerprint, 'losses': [],
+                                             'seconds': 0.0, 'file': s.pretrain_weights})
+    return weights
   dataset = data.open_source(s.pretrain_source, num=s.pretrain_images, size=s.image_size,
                              seed=s.seed + 1, root=s.pretrain_root, cache_dir=paths.cache,
                              on_bad=s.on_bad).with_channels(s.model.in_channels)
   # Everything is trained, so every BatchNorm layer uses batch statistics
   # and updates its running ones whatever the policy.
   run = Experiment('pretrain', 'pretrain',
-                   Schedule.constant(freeze.preset_rules('full', s.model.depth)),
+                   Schedule.constant(freeze.preset_rules('full', s.model)),
                    'random', s.seed + 2, s.pretrain.learning_rate, s.pretrain.weight_decay,
                    s.pretrain.steps, s.pretrain.batch_size, frozen_norm='adapt')
   key = _hash(fingerprint)
@@ -116,6 +157,15 @@ def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqd
                                            'seconds': result.report.seconds})
   checkpoints.remove()
   return weights
+
+
+def encoder_from_file(s: SweepSettings, init: Weights) -> Weights:
+  """``init`` with stem and layer1..layer4 from ``s.pretrain_weights`` (torchvision names)."""
+  state = weights_file.read_state_dict(s.pretrain_weights)
+  params, stats = resnet.encoder_from_torchvision(state, init.params, init.stats, s.model,
+                                                  source=s.pretrain_weights,
+                                                  grey=s.pretrain_grey)
+  return Weights(params, stats)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +243,7 @@ def _score_fields(s: SweepSettings, rows: list[dict], norm: dict | None) -> dict
 
 def _describe_schedule(s: SweepSettings, params, exp: Experiment) -> str:
   """rules.txt: per stage, each parameter's action or learning-rate multiplier."""
-  scale = exp.block_scale(s.model.depth)
+  scale = exp.block_scale(s.model)
   head = ''.join(f'# {k}: {v}\n' for k, v in exp.strategy_fields().items())
   parts = []
   for start, rules in zip(exp.schedule.starts, exp.schedule.stages):
@@ -302,7 +352,7 @@ class _Sweep:
                       ids=np.asarray(tested.ids))
     graphdef, params, batch_stats = init_model(s.model, s.seed)
     check_rules(s, params, self.runs)
-    total = s.pretrain.steps + sum(r.steps for r in self.todo)
+    total = pretrain_steps(s) + sum(r.steps for r in self.todo)
     with tqdm.tqdm(total=total, unit='step', disable=not (progress and self.writer),
                    file=sys.stderr, dynamic_ncols=True) as bar:
       self._say_what_is_planned(bar)
@@ -310,7 +360,7 @@ class _Sweep:
       if any(r.init == 'pretrained' for r in self.todo):
         pretrained = pretrain(s, Weights(params, batch_stats), self.paths, bar, self.stop)
       else:
-        bar.update(s.pretrain.steps)
+        bar.update(pretrain_steps(s))
       self._score_again(target, graphdef, bar)
       for b, members in enumerate(self.bundles):
         self._run_bundle(b, members, pretrained, target, graphdef, bar)

@@ -12,8 +12,8 @@ import importlib.util
 import os
 from typing import Any
 
-from unet_jax import data
-from unet_jax.block_order import ORDERS
+from unet_jax import data, resnet
+from unet_jax.block_order import ENCODERS, ORDERS, RESNET_ENCODERS, UNET
 from unet_jax.conventions import HD95_CONVENTIONS
 from unet_jax.engine.choices import LOOPS, STRATEGIES
 from unet_jax.engine.experiment import LR_SCALINGS, Experiment
@@ -24,6 +24,9 @@ from unet_jax.schedules import Schedule, parse_schedule
 from unet_jax.sweep.grid import AXES, STRATEGY_AXES, expand
 
 INITS = ('pretrained', 'random')
+# pretrain.source that pretrains nothing: a ResNet encoder's weights are read from
+# pretrain.weights, a torchvision (or timm) state dict, and the rest stays as initialised.
+TORCHVISION = 'torchvision'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +48,11 @@ class ExperimentSpec:
   # l2sp, lr_scaling); the others are plain fine-tuning's.
   strategy: dict = dataclasses.field(default_factory=dict)
   rules: Any = None  # the entry's rules as written (schedule_for)
-  depth: int = 0
+  model: UNetSpec | None = None  # the network its presets resolve against
 
   def schedule_for(self, steps: int) -> Schedule:
     """The schedule of a run of ``steps`` steps."""
-    return parse_schedule(self.rules, self.depth, steps)
+    return parse_schedule(self.rules, self.model, steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,8 @@ class SweepSettings:
   model: UNetSpec
   pretrain_source: str
   pretrain_root: str  # folder of a real set (data.is_real(pretrain_source))
+  pretrain_weights: str  # the weights file of pretrain_source 'torchvision', else ''
+  pretrain_grey: str  # resnet.GREY: a 3-channel stem on a 1-channel model ('torchvision')
   pretrain_images: int
   pretrain: TrainSettings
   target_source: str
@@ -109,15 +114,14 @@ class SweepSettings:
   def from_config(cls, config) -> 'SweepSettings':
     """Validates ``config`` once; a bad field raises UserError naming it."""
     _refuse_replaced_fields(config)
-    model = UNetSpec(
-        base_width=_int(config, 'model.base_width', 1),
-        depth=_int(config, 'model.depth', 1),
-        norm=_choice(config, 'model.norm', NORMS),
-        in_channels=_int(config, 'model.in_channels', 1),
-        group_size=_int(config, 'model.group_size', 1),
-        bn_momentum=_float(config, 'model.bn_momentum', 0.0, 1.0))
+    model = _model(config)
     size = _int(config, 'image_size', 8)
-    if size % 2 ** model.depth:
+    if model.encoder != UNET:
+      try:
+        resnet.check_image_size(model, size)
+      except UserError as e:
+        raise UserError(f"config field 'image_size': {e}") from None
+    elif size % 2 ** model.depth:
       raise UserError(f'image_size={size} must be divisible by 2**model.depth '
                       f'= {2 ** model.depth}')
     only = [n.strip() for n in str(_get(config, 'only')).split(',') if n.strip()]
@@ -126,7 +130,7 @@ class SweepSettings:
     folds = _int(config, 'data.folds', 0)
     settings = cls(
         seed=seed, image_size=size, model=model,
-        **_sources(config),
+        **_sources(config, model),
         pretrain_images=_int(config, 'pretrain.num_images', 1),
         pretrain=_train(config, 'pretrain'),
         on_bad=_choice(config, 'data.on_bad', ('error', 'skip')),
@@ -139,7 +143,7 @@ class SweepSettings:
         chunk_steps=_int(config, 'chunk_steps', 1),
         checkpoint_every=_int(config, 'checkpoint_every', 0),
         loop=_choice(config, 'loop', LOOPS),
-        experiments=_experiments(config, model.depth, only, finetune.steps),
+        experiments=_experiments(config, model, only, finetune.steps),
         grid=_grid(config, folds, {'seed': seed, 'frozen_norm': frozen_norm,
                                    **dataclasses.asdict(finetune)}),
         strategy=_choice(config, 'strategy', ('auto',) + STRATEGIES),
@@ -162,9 +166,36 @@ class SweepSettings:
     return settings
 
 
-def _sources(config) -> dict:
+def _model(config) -> UNetSpec:
+  """config.model; ``encoder`` absent means the paper's U-Net, ``decoder_channels`` is read
+  only for a ResNet encoder."""
+  encoder = _optional(config, 'model.encoder', UNET)
+  if encoder not in ENCODERS:
+    raise UserError(f"config field 'model.encoder' is {encoder!r}; valid choices: "
+                    f'{", ".join(ENCODERS)}')
+  resnet_fields = {}
+  if encoder != UNET:
+    field = 'model.decoder_channels'
+    channels = _optional(config, field, UNetSpec.decoder_channels)
+    if (not isinstance(channels, (tuple, list)) or len(channels) != 5
+        or any(_int_problem(c, 1) for c in channels)):
+      raise UserError(f'config field {field!r} must be five integers >= 1, the widths of '
+                      f'dec5..dec1; got {channels!r}')
+    resnet_fields['decoder_channels'] = tuple(channels)
+  return UNetSpec(
+      base_width=_int(config, 'model.base_width', 1),
+      depth=_int(config, 'model.depth', 1),
+      norm=_choice(config, 'model.norm', NORMS),
+      in_channels=_int(config, 'model.in_channels', 1),
+      group_size=_int(config, 'model.group_size', 1),
+      bn_momentum=_float(config, 'model.bn_momentum', 0.0, 1.0),
+      encoder=encoder, **resnet_fields)
+
+
+def _sources(config, model: UNetSpec) -> dict:
   """The pretraining and target sources and their folders; a real set needs one."""
-  out = {'pretrain_source': _choice(config, 'pretrain.source', data.source_names(pets=True)),
+  sources = data.source_names(pets=True) + (TORCHVISION,)
+  out = {'pretrain_source': _choice(config, 'pretrain.source', sources),
          'pretrain_root': os.path.expanduser(str(_get(config, 'pretrain.root'))),
          'target_source': _choice(config, 'data.source', data.source_names()),
          'target_root': os.path.expanduser(str(_get(config, 'data.root')))}
@@ -172,7 +203,49 @@ def _sources(config) -> dict:
     if data.is_real(out[f'{kind}_source']) and not out[f'{kind}_root']:
       raise UserError(f'{field}.source={out[f"{kind}_source"]!r} is a real data set: give '
                       f'its folder as {field}.root')
-  return out
+  return {**out, **_pretrained_weights(config, out['pretrain_source'], model)}
+
+
+def _pretrained_weights(config, source: str, model: UNetSpec) -> dict:
+  """pretrain.weights and pretrain.grey, checked against the source and the model."""
+  weights = os.path.expanduser(str(_optional(config, 'pretrain.weights', '')))
+  grey = _optional(config, 'pretrain.grey', 'sum')
+  if grey not in resnet.GREY:
+    raise UserError(f"config field 'pretrain.grey' is {grey!r}; valid choices: "
+                    f'{", ".join(resnet.GREY)}')
+  if source != TORCHVISION:
+    if weights:
+      raise UserError(f"config field 'pretrain.weights' is read only with pretrain.source="
+                      f"'{TORCHVISION}' (a ResNet encoder's weights); pretrain.source is "
+                      f'{source!r}: set it, or remove pretrain.weights')
+    return {'pretrain_weights': '', 'pretrain_grey': grey}
+  if model.encoder not in RESNET_ENCODERS:
+    raise UserError(f"config field 'pretrain.source' is '{TORCHVISION}', which loads a ResNet "
+                    f'encoder from a weights file; model.encoder is {model.encoder!r}: set '
+                    f'model.encoder to one of {", ".join(RESNET_ENCODERS)}, or pretrain on a '
+                    'data source (dead_leaves, ...)')
+  if not weights:
+    raise UserError(f"pretrain.source='{TORCHVISION}' needs config field 'pretrain.weights': "
+                    f'a {model.encoder} state dict saved by torch.save (.pth) or a '
+                    '.safetensors file (README)')
+  if not os.path.isfile(weights):
+    raise UserError(f"config field 'pretrain.weights': no file {weights}")
+  if model.in_channels not in (1, 3):
+    raise UserError(f"pretrain.source='{TORCHVISION}' needs config field 'model.in_channels' "
+                    f'1 (grey images) or 3 (grey repeated over RGB); got {model.in_channels}')
+  if grey == 'repeat' and model.in_channels != 3:
+    raise UserError("config field 'pretrain.grey' is 'repeat' (the grey image repeated "
+                    "over the RGB stem's channels), which needs model.in_channels=3; got "
+                    f"{model.in_channels}: set it, or grey='sum'")
+  return {'pretrain_weights': weights, 'pretrain_grey': grey}
+
+
+def _optional(config, field: str, default) -> Any:
+  """A field that configs written before it existed leave out."""
+  try:
+    return _get(config, field)
+  except UserError:
+    return default
 
 
 def _get(config, field: str) -> Any:
@@ -274,7 +347,7 @@ def _train(config, prefix) -> TrainSettings:
                           for f in dataclasses.fields(TrainSettings)})
 
 
-def _experiments(config, depth, only, steps) -> tuple[ExperimentSpec, ...]:
+def _experiments(config, model, only, steps) -> tuple[ExperimentSpec, ...]:
   table = _get(config, 'experiments')
   names = list(table.keys())
   unknown = [n for n in only if n not in names]
@@ -286,12 +359,12 @@ def _experiments(config, depth, only, steps) -> tuple[ExperimentSpec, ...]:
     field = f'experiments.{name}'
     rules = _get(config, f'{field}.rules')
     try:
-      schedule = parse_schedule(rules, depth, steps)
+      schedule = parse_schedule(rules, model, steps)
     except UserError as e:
       raise UserError(f'config field {field + ".rules"!r}: {e}') from None
     init = _choice(config, f'{field}.init', INITS)
     specs.append(ExperimentSpec(name, schedule, init, _strategy(config, field, init),
-                                rules, depth))
+                                rules, model))
   if not specs:
     raise UserError("config field 'experiments' is empty; add at least one")
   return tuple(specs)
