@@ -66,6 +66,9 @@ def strategies(depth: int) -> dict:
       'lp_ft': dict(rules={'lp_ft': 0.5}, init='pretrained'),
       # Auto-RGN: every tensor at a rate scaled by its relative gradient norm.
       'auto_rgn': dict(rules='full', init='pretrained', lr_scaling='rgn'),
+      # Low-rank adapters on every block's 3x3 convolutions (model.adapter_rank),
+      # and the head.
+      'lora': dict(rules='lora', init='pretrained'),
   }
   # Surgical fine-tuning: one block alone.
   for block in encoder + decoder:
@@ -81,11 +84,14 @@ def get_config(arg=None):
   config = _default_config('tiny' if variant == 'tiny' else None)
   depth = config.model.depth
   experiments = {**SUBSETS, **strategies(depth)}
+  # Adapters of rank 4 in every network of the sweep: the 'lora' entry trains
+  # them, the others leave them at zero (the plain U-Net, in the same bundle).
+  config.model.adapter_rank = 4
   config.grid.layer_decay = (0.5, 0.8)
   config.grid.l2sp = (0.1, 1.0)
   if variant in ('smoke', 'tiny'):
     keep = ['full', 'contracting', 'expanding', 'head', 'layer_decay', 'encoder_lr_tenth',
-            'l2sp', 'bitfit_head', 'norm_head', 'lp_ft', 'auto_rgn', 'surgical_enc1']
+            'l2sp', 'bitfit_head', 'norm_head', 'lp_ft', 'auto_rgn', 'lora', 'surgical_enc1']
     experiments = {k: experiments[k] for k in keep}
     config.grid.layer_decay = ()  # the entries' own values: 0.8 and 1.0
     config.grid.l2sp = ()

@@ -121,8 +121,13 @@ class FreezeRule:
     return [self.pattern, self.action] + ([self.kind] if self.kind else [])
 
   def matches(self, path: str, kind: str | None = None) -> bool:
-    """Whether the rule decides the leaf at ``path`` of basic kind ``kind``."""
+    """Whether the rule decides the leaf at ``path`` of basic kind ``kind``.
+
+    Adapter leaves are matched only by rules that name kind 'adapter'.
+    """
     if self.kind is not None and kind not in KINDS[self.kind]:
+      return False
+    if kind == 'adapter' and self.kind != 'adapter':
       return False
     return re.fullmatch(f'(?:{self.pattern})(?:/.*)?', path) is not None
 
@@ -150,6 +155,9 @@ PRESETS: dict[str, tuple[tuple, ...]] = {
     # Normalisation layers' scale and shift only (Frankle et al., ICLR 2021).
     'norm_only': (('.*', TRAIN, 'norm'), ('.*', FREEZE)),
     'norm_head': (('{head}', TRAIN), ('.*', TRAIN, 'norm'), ('.*', FREEZE)),
+    # Low-rank adapters (LoRA, Hu et al., ICLR 2022, on convolutions as PEFT
+    # does it; model.adapter_rank > 0) and the head; every kernel frozen.
+    'lora': (('.*', TRAIN, 'adapter'), ('{head}', TRAIN), ('.*', FREEZE)),
 }
 SURGICAL = 'surgical:'
 
@@ -212,8 +220,19 @@ def _block_names(paths: Sequence[str]) -> list[str]:
   return sorted({p.split('/')[0] for p in paths})
 
 
+# The rule after every rule list: adapters (low-rank updates, model.adapter_rank)
+# train only where a rule names kind 'adapter', so a network with adapters
+# under a plain subset is the network without them (their update stays zero).
+ADAPTERS_FROZEN = FreezeRule('.*', FREEZE, 'adapter')
+
+
+def with_implicit(rules: Sequence[FreezeRule]) -> tuple[FreezeRule, ...]:
+  """``rules`` followed by :data:`ADAPTERS_FROZEN`: what :func:`matching_rules` indexes."""
+  return tuple(rules) + (ADAPTERS_FROZEN,)
+
+
 def matching_rules(tree: PyTree, rules: Sequence[FreezeRule]) -> list[int]:
-  """Index of the first rule matching each leaf (flattening order).
+  """Index into ``with_implicit(rules)`` of the first rule matching each leaf.
 
   Raises UserError naming the uncovered leaves, or a rule that matches no
   leaf at all (usually a misspelt block name) with the valid block names.
@@ -228,7 +247,7 @@ def matching_rules(tree: PyTree, rules: Sequence[FreezeRule]) -> list[int]:
   chosen = []
   uncovered = []
   for p, k in zip(paths, kinds):
-    idx = next((i for i, r in enumerate(rules) if r.matches(p, k)), None)
+    idx = next((i for i, r in enumerate(with_implicit(rules)) if r.matches(p, k)), None)
     if idx is None:
       uncovered.append(p)
     chosen.append(idx)
@@ -242,7 +261,7 @@ def matching_rules(tree: PyTree, rules: Sequence[FreezeRule]) -> list[int]:
 
 def freeze_labels(tree: PyTree, rules: Sequence[FreezeRule]) -> PyTree:
   """A tree like ``tree`` whose leaves are 'train' or 'freeze'."""
-  idx = matching_rules(tree, rules)
+  idx, rules = matching_rules(tree, rules), with_implicit(rules)
   treedef = jax.tree.structure(tree)
   return jax.tree.unflatten(treedef, [rules[i].label for i in idx])
 
@@ -259,7 +278,7 @@ def lr_multipliers(tree: PyTree, rules: Sequence[FreezeRule],
   ``block_scale`` (block name -> factor, :func:`layer_decay_scale`) multiplies
   the rules' multipliers block by block.
   """
-  idx = matching_rules(tree, rules)
+  idx, rules = matching_rules(tree, rules), with_implicit(rules)
   scale = block_scale or {}
   values = [rules[i].multiplier * scale.get(p.split('/')[0], 1.0)
             for i, p in zip(idx, leaf_paths(tree))]
@@ -286,7 +305,7 @@ def layer_decay_scale(decay: float, order: str, depth: Any) -> dict[str, float]:
 
 
 def frozen_paths(tree: PyTree, rules: Sequence[FreezeRule]) -> list[str]:
-  idx = matching_rules(tree, rules)
+  idx, rules = matching_rules(tree, rules), with_implicit(rules)
   return [p for p, i in zip(leaf_paths(tree), idx) if rules[i].label == FREEZE]
 
 
@@ -313,7 +332,7 @@ def trained_blocks(tree: PyTree, rules: Sequence[FreezeRule]) -> dict:
 def describe_labels(tree: PyTree, rules: Sequence[FreezeRule],
                     block_scale: dict[str, float] | None = None) -> str:
   """One line per leaf: path, action (or learning-rate multiplier), the deciding rule."""
-  idx = matching_rules(tree, rules)
+  idx, rules = matching_rules(tree, rules), with_implicit(rules)
   paths = leaf_paths(tree)
   width = max(len(p) for p in paths)
   lines = []
@@ -322,6 +341,9 @@ def describe_labels(tree: PyTree, rules: Sequence[FreezeRule],
     factor = r.multiplier * (block_scale or {}).get(p.split('/')[0], 1.0)
     action = r.label if factor in (0.0, 1.0) else f'x{factor:.4g}'
     kind = f' (kind {r.kind})' if r.kind else ''
+    if r is ADAPTERS_FROZEN:
+      lines.append(f'{p:<{width}}  {action:<6}  adapter: no rule names kind adapter')
+      continue
     lines.append(f'{p:<{width}}  {action:<6}  rule {i}: {r.pattern!r}{kind}')
   return '\n'.join(lines)
 

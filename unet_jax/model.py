@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any
 
 import jax
@@ -60,6 +61,11 @@ class UNetSpec:
   # decoder_channels are then the widths of its five decoder blocks.
   encoder: str = 'unet'
   decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+  # Low-rank adapters (LoRA for convolutions): > 0 gives the 3x3 kernels of
+  # the blocks adapter_blocks matches (a regular expression over block
+  # names) a rank-r update W + A B, B zero-initialised (:class:`LoRAConv`).
+  adapter_rank: int = 0
+  adapter_blocks: str = 'enc.*|bottleneck|dec.*'
 
   def __post_init__(self):
     # Read back from JSON the widths are a list; the spec must stay hashable.
@@ -69,6 +75,21 @@ class UNetSpec:
     """Blocks in data-flow order: enc1..encD, bottleneck, decD..dec1, head; for a ResNet
     encoder stem, layer1..layer4, dec5..dec1, head (``block_order.layout``)."""
     return layout(self).flow
+
+  def identity(self) -> dict:
+    """The fields results depend on, as fingerprints record them: the fields added
+    after the first release only where they differ from their defaults, so work
+    directories of the paper's U-Net without adapters keep their fingerprints."""
+    out = dataclasses.asdict(self)
+    if self.encoder == UNET:
+      del out['encoder'], out['decoder_channels']
+    if not self.adapter_rank:
+      del out['adapter_rank'], out['adapter_blocks']
+    return out
+
+  def adapted(self, block: str) -> bool:
+    """Whether ``block``'s 3x3 convolutions carry low-rank adapters."""
+    return self.adapter_rank > 0 and re.fullmatch(self.adapter_blocks, block) is not None
 
   def width(self, level: int) -> int:
     """Channels at a resolution level (1 = full resolution)."""
@@ -136,9 +157,81 @@ class MatmulUpConv(nnx.ConvTranspose):
     return y + self.bias[...] if self.bias is not None else y
 
 
-def _conv(spec: UNetSpec, cin: int, cout: int, size: int, rngs: nnx.Rngs):
+def _conv(spec: UNetSpec, cin: int, cout: int, size: int, rngs: nnx.Rngs,
+          adapters: nnx.Rngs | None = None):
+  if adapters is not None:
+    return LoRAConv(cin, cout, (size, size), rank=spec.adapter_rank,
+                    matmul=spec.conv == 'matmul', adapter_rngs=adapters, rngs=rngs)
   cls = MatmulConv if spec.conv == 'matmul' else nnx.Conv
   return cls(cin, cout, (size, size), rngs=rngs)
+
+
+class LoRAConv(nnx.Conv):
+  """A stride-1 'SAME' convolution with a low-rank update: kernel ``W + A B``.
+
+  As PEFT's LoRA for Conv2d: ``A`` (kh kw cin, r) acts like an r-filter
+  convolution, ``B`` (r, cout) like a 1x1 one; ``A`` starts Kaiming-uniform
+  (bound 1/sqrt(fan_in), PyTorch's default for a convolution) from its own
+  random stream, so the other layers' initial weights are those of the
+  network without adapters; ``B`` starts at zero, so the initial output is
+  the pretrained network's exactly. Scaling alpha / r is 1 (alpha = r).
+  :func:`merge_adapters` folds the update into ``W`` for export.
+  """
+
+  def __init__(self, cin, cout, kernel_size, *, rank: int, matmul: bool,
+               adapter_rngs: nnx.Rngs, rngs: nnx.Rngs):
+    super().__init__(cin, cout, kernel_size, rngs=rngs)
+    fan_in = int(np.prod(kernel_size)) * cin
+    bound = 1.0 / np.sqrt(fan_in)
+    self.lora_a = nnx.Param(jax.random.uniform(adapter_rngs.params(), (fan_in, rank),
+                                               jnp.float32, -bound, bound))
+    self.lora_b = nnx.Param(jnp.zeros((rank, cout), jnp.float32))
+    self._matmul = matmul
+
+  def __call__(self, x):
+    kernel = self.kernel[...]
+    kernel = kernel + (self.lora_a[...] @ self.lora_b[...]).reshape(kernel.shape)
+    if self._matmul:
+      kh, kw, cin, cout = kernel.shape
+      h, w = x.shape[-3:-1]
+      ph, pw = (kh - 1) // 2, (kw - 1) // 2
+      xp = jnp.pad(x, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
+      patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :]
+                                 for i in range(kh) for j in range(kw)], axis=-1)
+      y = patches @ kernel.reshape(kh * kw * cin, cout)
+    else:
+      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return y + self.bias[...] if self.bias is not None else y
+
+
+def merge_adapters(params: PyTree) -> PyTree:
+  """Parameters with every adapter folded into its kernel (``W + A B``) and the
+  adapter leaves removed: the weights of the same network without adapters."""
+  if not isinstance(params, dict):
+    return params
+  if 'lora_a' in params and 'lora_b' in params:
+    kernel = np.asarray(params['kernel'])
+    delta = np.asarray(params['lora_a']) @ np.asarray(params['lora_b'])
+    merged = {k: v for k, v in params.items() if k not in ('lora_a', 'lora_b')}
+    merged['kernel'] = (kernel + delta.reshape(kernel.shape)).astype(kernel.dtype)
+    return merged
+  return {k: merge_adapters(v) for k, v in params.items()}
+
+
+def adapter_limit(spec: UNetSpec) -> tuple[int, str]:
+  """(largest rank every adapted kernel allows, the block that sets it): a rank-r
+  update of a (kh kw cin) x cout kernel needs r <= min(kh kw cin, cout)."""
+  limits = []
+  cin = spec.in_channels
+  for level in range(1, spec.depth + 1):
+    limits.append((min(9 * cin, spec.width(level)), f'enc{level}'))
+    cin = spec.width(level)
+  limits.append((min(9 * cin, spec.width(spec.depth + 1)), 'bottleneck'))
+  for level in range(spec.depth, 0, -1):
+    limits.append((min(9 * spec.width(level), spec.width(level)), f'dec{level}'))
+  adapted = [(n, b) for n, b in limits if re.fullmatch(spec.adapter_blocks, b)]
+  return min(adapted) if adapted else (0, '')
 
 
 class _Identity(nnx.Module):
@@ -151,10 +244,11 @@ class _Identity(nnx.Module):
 class ConvBlock(nnx.Module):
   """Two 3x3 convolutions, each followed by normalisation and ReLU."""
 
-  def __init__(self, spec: UNetSpec, cin: int, cout: int, rngs: nnx.Rngs):
-    self.conv1 = _conv(spec, cin, cout, 3, rngs)
+  def __init__(self, spec: UNetSpec, cin: int, cout: int, rngs: nnx.Rngs,
+               adapters: nnx.Rngs | None = None):
+    self.conv1 = _conv(spec, cin, cout, 3, rngs, adapters)
     self.norm1 = _make_norm(spec, cout, rngs)
-    self.conv2 = _conv(spec, cout, cout, 3, rngs)
+    self.conv2 = _conv(spec, cout, cout, 3, rngs, adapters)
     self.norm2 = _make_norm(spec, cout, rngs)
     self._norm = spec.norm
 
@@ -176,10 +270,11 @@ class ConvBlock(nnx.Module):
 class DecoderBlock(nnx.Module):
   """Up-convolution by 2, concatenation with the skip, then a ConvBlock."""
 
-  def __init__(self, spec: UNetSpec, cin: int, cout: int, rngs: nnx.Rngs):
+  def __init__(self, spec: UNetSpec, cin: int, cout: int, rngs: nnx.Rngs,
+               adapters: nnx.Rngs | None = None):
     up = MatmulUpConv if spec.conv == 'matmul' else nnx.ConvTranspose
     self.up = up(cin, cout, (2, 2), strides=(2, 2), rngs=rngs)
-    self.block = ConvBlock(spec, 2 * cout, cout, rngs)
+    self.block = ConvBlock(spec, 2 * cout, cout, rngs, adapters)
 
   def __call__(self, x, skip, train: bool, running: dict | None = None):
     x = self.up(x)
@@ -192,14 +287,21 @@ class UNet(nnx.Module):
 
   def __init__(self, spec: UNetSpec, rngs: nnx.Rngs):
     self.spec = spec
+    # Adapters draw from their own stream, so that the other weights are those
+    # of the same seed's network without adapters.
+    stream = nnx.Rngs(jax.random.fold_in(rngs.params.key[...], 0x10A))
+    adapters = lambda block: stream if spec.adapted(block) else None
     cin = spec.in_channels
     for level in range(1, spec.depth + 1):
-      setattr(self, f'enc{level}', ConvBlock(spec, cin, spec.width(level), rngs))
+      setattr(self, f'enc{level}', ConvBlock(spec, cin, spec.width(level), rngs,
+                                             adapters(f'enc{level}')))
       cin = spec.width(level)
-    self.bottleneck = ConvBlock(spec, cin, spec.width(spec.depth + 1), rngs)
+    self.bottleneck = ConvBlock(spec, cin, spec.width(spec.depth + 1), rngs,
+                                adapters('bottleneck'))
     for level in range(spec.depth, 0, -1):
       setattr(self, f'dec{level}',
-              DecoderBlock(spec, spec.width(level + 1), spec.width(level), rngs))
+              DecoderBlock(spec, spec.width(level + 1), spec.width(level), rngs,
+                           adapters(f'dec{level}')))
     self.head = _conv(spec, spec.width(1), spec.out_channels, 1, rngs)
 
   def __call__(self, x, *, train: bool, running: dict | None = None):

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from repo import CONFIGS
 
-from unet_jax import analysis
+from unet_jax import analysis, model
 from unet_jax.errors import UserError
-from unet_jax.sweep import run_sweep
+from unet_jax.model import UNetSpec
+from unet_jax.sweep import checkpoint, run_sweep
+from unet_jax.sweep.export import export_experiment, predict
 from unet_jax.sweep.settings import SweepSettings, load_config
 
 
@@ -61,8 +63,10 @@ def test_bad_strategy_settings_are_refused_naming_the_field(entry, grid, message
 ])
 def test_rules_that_fit_no_parameter_are_refused_before_any_training(tmp_path, rules,
                                                                       message):
+  config = _tiny(bad=dict(rules=rules, init='pretrained'))
+  config.model.adapter_rank = 0  # no adapters: a rule for them fits nothing
   with pytest.raises(UserError) as e:
-    run_sweep(_tiny(bad=dict(rules=rules, init='pretrained')), str(tmp_path), progress=False)
+    run_sweep(config, str(tmp_path), progress=False)
   assert "config field 'experiments.bad.rules'" in str(e.value) and message in str(e.value)
   assert not os.path.exists(tmp_path / 'pretrain')  # nothing was trained
 
@@ -96,7 +100,7 @@ def test_recommend_with_one_seed_decides_nothing():
 
 def test_strategy_sweep_records_rules_times_and_the_answer(tmp_path):
   config = _tiny()
-  config.only = 'full,layer_decay,l2sp,bitfit_head,auto_rgn,lp_ft'
+  config.only = 'full,layer_decay,l2sp,bitfit_head,auto_rgn,lp_ft,lora'
   config.grid.seed = (0, 1)
   config.strategy = 'per_experiment'
   run_sweep(config, str(tmp_path), progress=False)
@@ -116,6 +120,17 @@ def test_strategy_sweep_records_rules_times_and_the_answer(tmp_path):
   assert 'tradeoff-params.png' in report
   table = analysis.load(str(tmp_path)).recommend()
   assert set(table['condition']) == {'full', 'layer_decay', 'l2sp', 'bitfit_head',
-                                     'auto_rgn', 'lp_ft'}
-  assert table['trainable_params'][table['condition'] == 'bitfit_head'].iloc[0] < \
-      table['trainable_params'][table['condition'] == 'full'].iloc[0]
+                                     'auto_rgn', 'lp_ft', 'lora'}
+  param = lambda name, column: table[column][table['condition'] == name].iloc[0]
+  assert param('bitfit_head', 'trainable_params') < param('full', 'trainable_params')
+  assert param('lora', 'extra_params') > 0 and param('full', 'extra_params') == 0
+  # An adapter experiment exports merged: predict needs no adapters.
+  out = export_experiment(str(tmp_path), 'lora-seed0', str(tmp_path / 'exported'))
+  meta = json.loads((tmp_path / 'exported' / 'model.json').read_text())
+  assert meta['model']['adapter_rank'] == 0 and meta['adapters_merged']
+  test = np.load(tmp_path / 'test_set.npz')
+  spec = UNetSpec(**json.loads((tmp_path / 'config.json').read_text())['model'])
+  params, stats = checkpoint.load_weights(str(exp / 'lora-seed0' / 'weights'))
+  unmerged = model.predict(model.init_model(spec, 0)[0], params, stats, test['images'])
+  merged = predict(out, test['images'][..., 0])
+  np.testing.assert_allclose(merged, unmerged[..., 0], atol=1e-4)

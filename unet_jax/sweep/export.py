@@ -1,8 +1,9 @@
 """One experiment as a standalone model: export it, then segment new images.
 
 An exported folder holds ``weights/`` (a plain orbax checkpoint, as in the
-work directory) and ``model.json`` (architecture, input size, the BatchNorm
-policy it was fine-tuned under, and the experiment's summary), which is all
+work directory; low-rank adapters merged into their kernels) and
+``model.json`` (architecture, input size, the BatchNorm policy it was
+fine-tuned under, and the experiment's summary), which is all
 :func:`predict` needs.
 
 Example::
@@ -20,7 +21,7 @@ import numpy as np
 
 from unet_jax import files
 from unet_jax.errors import UserError
-from unet_jax.model import UNetSpec, init_model
+from unet_jax.model import UNetSpec, init_model, merge_adapters
 from unet_jax.model import predict as predict_batches
 from unet_jax.sweep import checkpoint
 from unet_jax.sweep.records import read_summary, read_sweep
@@ -45,12 +46,19 @@ def export_experiment(workdir: str, experiment: str, out: str) -> str:
   except OSError as e:
     raise UserError(f'cannot create {out}: {e.strerror or e}') from None
   exported = ExportPaths(out)
+  # Adapters are folded into their kernels: the exported network is the plain
+  # U-Net, so predict needs nothing new.
+  model = dict(sweep.model)
+  if model.get('adapter_rank'):
+    params = merge_adapters(params)
+    model['adapter_rank'] = 0
   checkpoint.save_weights(exported.weights, params, stats)
   # How its frozen blocks' BatchNorm was trained; predict always runs every
   # layer on its running statistics.
   files.write_json(exported.model, {
-      'model': sweep.model, 'image_size': sweep.image_size,
-      'frozen_norm': summary.frozen_norm, 'experiment': summary.to_json()})
+      'model': model, 'image_size': sweep.image_size,
+      'frozen_norm': summary.frozen_norm, 'experiment': summary.to_json(),
+      'adapters_merged': bool(sweep.model.get('adapter_rank'))})
   return out
 
 

@@ -55,11 +55,11 @@ def _hash(obj) -> str:
 def _pretrain_fingerprint(s: SweepSettings) -> dict:
   if s.pretrain_source == TORCHVISION:
     # No training: the random initialisation (seed, model) with the file's encoder.
-    return {'seed': s.seed, 'model': dataclasses.asdict(s.model), 'source': s.pretrain_source,
+    return {'seed': s.seed, 'model': s.model.identity(), 'source': s.pretrain_source,
             'weights': _file_identity(s.pretrain_weights), 'grey': s.pretrain_grey,
             'engine': _PRETRAIN_VERSION}
   return {'seed': s.seed, 'image_size': s.image_size,
-          'model': dataclasses.asdict(s.model), 'source': s.pretrain_source,
+          'model': s.model.identity(), 'source': s.pretrain_source,
           'root': s.pretrain_root, 'engine': _PRETRAIN_VERSION,
           'num_images': s.pretrain_images, 'train': dataclasses.asdict(s.pretrain)}
 
@@ -90,7 +90,7 @@ def experiment_fingerprint(s: SweepSettings, exp: Experiment) -> str:
   return _hash({'pretrain': _pretrain_fingerprint(s) if exp.init == 'pretrained' else None,
                 'data': [s.target_source, s.target_root, s.on_bad, s.target_images,
                          s.test_fraction, s.val_fraction, s.folds, s.image_size, s.seed],
-                'model': dataclasses.asdict(s.model), 'engine': _ENGINE_VERSION,
+                'model': s.model.identity(), 'engine': _ENGINE_VERSION,
                 'finetune': [s.rewarmup_steps], 'experiment': _identity(exp)})
 
 
@@ -201,7 +201,12 @@ def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[di
   """The summary.json of one trained experiment."""
   last = exp.schedule.stages[-1]
   mask = jax.tree.leaves(freeze.trainable_mask(weights.params, last))
-  trainable = sum(int(x.size) for x, m in zip(jax.tree.leaves(weights.params), mask) if m)
+  sizes = [int(x.size) for x in jax.tree.leaves(weights.params)]
+  trainable = sum(n for n, m in zip(sizes, mask) if m)
+  # Adapters an experiment trains are parameters added to the network; the
+  # others stay zero and leave it as it was.
+  extra = sum(n for n, m, kind in zip(sizes, mask, freeze.leaf_kinds(weights.params))
+              if m and kind == 'adapter')
   report = result.report
   return ExperimentSummary(
       name=exp.name, base=exp.base, seed=exp.seed, variant=exp.variant,
@@ -212,7 +217,9 @@ def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[di
       schedule=_stage_records(s, weights.params, exp.schedule),
       schedule_kind=exp.schedule.describe_kind(),
       frozen=freeze.frozen_paths(weights.params, exp.schedule.stages[0]),
-      trainable_params=trainable, total_params=count_params(weights.params),
+      trainable_params=trainable, extra_params=extra,
+      total_params=count_params(weights.params) - sum(
+          n for n, kind in zip(sizes, freeze.leaf_kinds(weights.params)) if kind == 'adapter'),
       train_images=len(split.fit), val_images=len(split.val),
       seconds=report.seconds / len(report.experiments), bundle=bundle,
       own_seconds=(report.seconds_per_step[index] * exp.steps
@@ -244,7 +251,10 @@ def _score_fields(s: SweepSettings, rows: list[dict], norm: dict | None) -> dict
 def _describe_schedule(s: SweepSettings, params, exp: Experiment) -> str:
   """rules.txt: per stage, each parameter's action or learning-rate multiplier."""
   scale = exp.block_scale(s.model)
-  head = ''.join(f'# {k}: {v}\n' for k, v in exp.strategy_fields().items())
+  fields = exp.strategy_fields()
+  if 'layer_decay' in fields:
+    fields['decay_order'] = exp.decay_order
+  head = ''.join(f'# {k}: {v}\n' for k, v in fields.items())
   parts = []
   for start, rules in zip(exp.schedule.starts, exp.schedule.stages):
     parts.append(f'# stage from step {start}\n' + freeze.describe_labels(params, rules, scale))

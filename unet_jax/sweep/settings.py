@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
 from typing import Any
 
 from unet_jax import data, resnet
@@ -19,7 +20,7 @@ from unet_jax.engine.choices import LOOPS, STRATEGIES
 from unet_jax.engine.experiment import LR_SCALINGS, Experiment
 from unet_jax.errors import UserError
 from unet_jax.freeze import FROZEN_NORM
-from unet_jax.model import NORMS, UNetSpec
+from unet_jax.model import NORMS, UNetSpec, adapter_limit
 from unet_jax.schedules import Schedule, parse_schedule
 from unet_jax.sweep.grid import AXES, STRATEGY_AXES, expand
 
@@ -182,14 +183,43 @@ def _model(config) -> UNetSpec:
       raise UserError(f'config field {field!r} must be five integers >= 1, the widths of '
                       f'dec5..dec1; got {channels!r}')
     resnet_fields['decoder_channels'] = tuple(channels)
-  return UNetSpec(
+  spec = UNetSpec(
       base_width=_int(config, 'model.base_width', 1),
       depth=_int(config, 'model.depth', 1),
       norm=_choice(config, 'model.norm', NORMS),
       in_channels=_int(config, 'model.in_channels', 1),
       group_size=_int(config, 'model.group_size', 1),
       bn_momentum=_float(config, 'model.bn_momentum', 0.0, 1.0),
-      encoder=encoder, **resnet_fields)
+      encoder=encoder, **resnet_fields, **_adapters(config, encoder))
+  if spec.adapter_rank:
+    limit, block = adapter_limit(spec)
+    if not limit:
+      raise UserError(f"config field 'model.adapter_blocks' {spec.adapter_blocks!r} matches "
+                      f'no block with 3x3 convolutions; blocks: '
+                      f'{", ".join(b for b in spec.block_names() if b != "head")}')
+    if spec.adapter_rank > limit:
+      raise UserError(f"config field 'model.adapter_rank' is {spec.adapter_rank}; valid: 1 to "
+                      f'{limit} (a rank-r update of a kernel needs r <= min(kernel inputs, '
+                      f'outputs); {block} allows {limit}), or 0 for no adapters')
+  return spec
+
+
+def _adapters(config, encoder: str) -> dict:
+  """model.adapter_rank (0: none) and model.adapter_blocks; absent means none."""
+  rank = _optional(config, 'model.adapter_rank', 0)
+  problem = _int_problem(rank, 0)
+  if problem:
+    raise UserError(f"config field 'model.adapter_rank' {problem}; got {rank!r}")
+  blocks = str(_optional(config, 'model.adapter_blocks', UNetSpec.adapter_blocks))
+  try:
+    re.compile(blocks)
+  except re.error as e:
+    raise UserError(f"config field 'model.adapter_blocks' is not a valid regular expression: "
+                    f'{e}') from None
+  if rank and encoder != UNET:
+    raise UserError(f"config field 'model.adapter_rank': adapters are built for the paper's "
+                    f"U-Net (model.encoder='unet'), not yet for {encoder}; set it to 0")
+  return {'adapter_rank': rank, 'adapter_blocks': blocks}
 
 
 def _sources(config, model: UNetSpec) -> dict:
@@ -294,6 +324,10 @@ _NUMBERS = {'seed': (int, 0), 'steps': (int, 1), 'batch_size': (int, 1),
 
 
 def _number_problem(axis: str, value) -> str:
+  if axis == 'layer_decay':  # a factor in (0, 1]: 1 is no decay
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or \
+        not 0 < value <= 1
+    return 'must be a number in (0, 1]' if bad else ''
   kind, *bounds = _NUMBERS[axis]
   return _int_problem(value, *bounds) if kind is int else _float_problem(value, *bounds)
 
