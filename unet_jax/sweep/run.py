@@ -98,6 +98,9 @@ def _identity(exp: Experiment) -> dict:
   """The experiment's fields, strategy fields only where they are not plain
   fine-tuning's (so runs made before the strategies existed are still found)."""
   out = {k: v for k, v in dataclasses.asdict(exp).items() if k not in STRATEGY_DEFAULTS}
+  # A rule's kind likewise, where it has none.
+  out['schedule']['stages'] = [[{k: v for k, v in rule.items() if k != 'kind' or v is not None}
+                                for rule in stage] for stage in out['schedule']['stages']]
   return {**out, **exp.strategy_fields()}
 
 
