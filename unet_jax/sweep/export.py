@@ -21,7 +21,7 @@ import numpy as np
 
 from unet_jax import files
 from unet_jax.errors import UserError
-from unet_jax.model import UNetSpec, init_model, merge_adapters
+from unet_jax.model import UNetSpec, merge_adapters, model_graphdef
 from unet_jax.model import predict as predict_batches
 from unet_jax.sweep import checkpoint
 from unet_jax.sweep.records import read_summary, read_sweep
@@ -69,7 +69,7 @@ def _load(checkpoint_dir: str):
                     'make one with launch/export.py')
   meta = files.read_json(exported.model)
   spec = UNetSpec(**meta['model'])
-  graphdef = init_model(spec, 0)[0]
+  graphdef = model_graphdef(spec)
   params, stats = checkpoint.load_weights(exported.weights)
   return spec, graphdef, params, stats, meta['image_size']
 
