@@ -1,7 +1,9 @@
 """Sweep throughput: experiment-steps per second, compile included, per strategy.
 
 Runs a sweep of N layer-subset experiments x S steps at the default model
-size (U-Net base 16, depth 4, BatchNorm, 64x64, batch 8) and measures:
+size (U-Net base 16, depth 4, BatchNorm, 64x64, batch 8), or on a ResNet
+U-Net (``--encoder=resnet34 --decoder_channels=256,128,64,32,16``), and
+measures:
 
 - baseline: what a user would write, one experiment at a time, each with its
   own jit and a static ``optax.partition`` freeze (``tests/reference_trainer.py``), timed
@@ -19,6 +21,8 @@ Prints a table and ends with one JSON line holding every figure.
   python benchmarks/sweep_throughput.py                      # 8 x 60, ~5 min on 2 CPU cores
   python benchmarks/sweep_throughput.py --experiments=16 --steps=200 --largest_bundle=1024
                                                              # an accelerator
+  python benchmarks/sweep_throughput.py --encoder=resnet34 --image_size=64
+                                                             # the ResNet U-Net
 """
 
 import argparse
@@ -32,11 +36,13 @@ import jax
 import numpy as np
 import tqdm
 
-from unet_jax import data
+from unet_jax import data, resnet
+from unet_jax.block_order import ENCODERS, UNET
 from unet_jax.engine import autotune
 from unet_jax.engine.experiment import Experiment
 from unet_jax.engine.run import BundleData, RunOptions, Weights, run_bundle
 from unet_jax.engine.step import BundleContext
+from unet_jax.errors import UserError
 from unet_jax.freeze import PRESETS, freeze_labels, norm_masks, preset_rules
 from unet_jax.model import UNetSpec, init_model
 from unet_jax.schedules import Schedule
@@ -45,12 +51,13 @@ from unet_jax.schedules import Schedule
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
 from reference_trainer import init_state, make_optimizer, make_train_chunk  # noqa: E402
 
-SUBSETS = [p for p in PRESETS if p != 'none']
+# Every preset that trains something and needs no adapters (model.adapter_rank).
+SUBSETS = [p for p in PRESETS if p not in ('none', 'lora')]
 
 
 def experiments(n, steps, spec, batch):
   return [Experiment(f'{SUBSETS[i % len(SUBSETS)]}-{i}', SUBSETS[i % len(SUBSETS)],
-                     Schedule.constant(preset_rules(SUBSETS[i % len(SUBSETS)], spec.depth)),
+                     Schedule.constant(preset_rules(SUBSETS[i % len(SUBSETS)], spec)),
                      'pretrained', i, 1e-3, 0.0, steps, batch, 'adapt') for i in range(n)]
 
 
@@ -157,13 +164,38 @@ def run_torch(n, steps, spec, size, batch):
   return time.perf_counter() - start
 
 
+def model_spec(parser: argparse.ArgumentParser, args) -> UNetSpec:
+  """The network of the flags; a ResNet U-Net's widths and image size checked."""
+  if args.encoder == UNET:
+    return UNetSpec(base_width=args.base_width, depth=4, norm='batch')
+  if args.torch:
+    parser.error('--torch times the paper U-Net only; leave it out with --encoder')
+  try:
+    channels = tuple(int(c) for c in args.decoder_channels.split(','))
+    spec = UNetSpec(encoder=args.encoder, norm='batch', decoder_channels=channels)
+    resnet.check_image_size(spec, args.image_size)
+  except (ValueError, UserError) as e:
+    parser.error(str(e))
+  return spec
+
+
+def describe(spec: UNetSpec, args) -> str:
+  if spec.encoder == UNET:
+    return f'U-Net base {args.base_width}'
+  return f'{spec.encoder} U-Net (decoder {"/".join(map(str, spec.decoder_channels))})'
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--experiments', type=int, default=8)
   parser.add_argument('--steps', type=int, default=60)
   parser.add_argument('--chunk', type=int, default=20)
   parser.add_argument('--image_size', type=int, default=64)
-  parser.add_argument('--base_width', type=int, default=16)
+  parser.add_argument('--base_width', type=int, default=16, help='the paper U-Net\'s')
+  parser.add_argument('--encoder', default=UNET, choices=ENCODERS,
+                      help='unet: the paper U-Net (depth 4); resnet*: a ResNet U-Net')
+  parser.add_argument('--decoder_channels', default='256,128,64,32,16',
+                      help='a ResNet U-Net\'s five decoder widths, comma-separated')
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--strategies', default='',
                       help='comma-separated; default: the autotuner candidates here')
@@ -177,7 +209,7 @@ def main():
                       help='time the baseline first and again last; the faster counts')
   args = parser.parse_args()
 
-  spec = UNetSpec(base_width=args.base_width, depth=4, norm='batch')
+  spec = model_spec(parser, args)
   _, params, stats = init_model(spec, 0)
   weights = Weights(params, stats)
   ds = data.make_dataset('ultrasound', 96, args.image_size, 0)
@@ -238,15 +270,16 @@ def main():
   if figures.get('auto_exp_steps_per_s'):
     figures['auto_over_baseline'] = (figures['auto_exp_steps_per_s']
                                      / figures['baseline_exp_steps_per_s'])
-  print(f'\n{args.experiments} experiments x {args.steps} steps, U-Net base '
-        f'{args.base_width}, {args.image_size}x{args.image_size}, batch {args.batch_size}; '
-        f'{backend} x{devices}')
+  print(f'\n{args.experiments} experiments x {args.steps} steps, {describe(spec, args)}, '
+        f'{args.image_size}x{args.image_size}, batch {args.batch_size}; {backend} x{devices}')
   print(f'{"run":<36} {"seconds":>8} {"exp-steps/s":>12} {"vs baseline":>12}')
   for label, sec, rate, ratio in rows:
     print(f'{label:<36} {sec:>8.1f} {rate:>12.2f} {ratio:>11.2f}x')
   figures.update(
       experiments=args.experiments, steps=args.steps, image_size=args.image_size,
-      base_width=args.base_width, batch_size=args.batch_size, backend=backend,
+      base_width=args.base_width, encoder=spec.encoder,
+      decoder_channels=list(spec.decoder_channels) if spec.encoder != UNET else None,
+      batch_size=args.batch_size, backend=backend,
       devices=devices, device_kind=jax.devices()[0].device_kind,
       machine=platform.machine(), processor=platform.processor(), jax=jax.__version__)
   print(json.dumps(figures))

@@ -155,7 +155,7 @@ def test_frozen_encoder_is_the_files(sweep_dir, weights):
   assert len(encoder) == len([k for k in state if not k.startswith('fc.')
                               and not k.endswith('num_batches_tracked')])
   for path, value in encoder.items():
-    np.testing.assert_allclose(value, _from_file(state, path), rtol=1e-6, err_msg=path)
+    np.testing.assert_array_equal(value, _from_file(state, path), err_msg=path)
   # The trained encoder moved.
   trained, _ = checkpoint.load_weights(os.path.join(workdir, 'experiments', 'contracting',
                                                     'weights'))
@@ -173,8 +173,8 @@ def test_pretraining_is_the_file_and_fingerprints_it(sweep_dir, weights):
                                             'bytes': os.path.getsize(weights[0])}
   assert meta['fingerprint']['source'] == 'torchvision' and meta['losses'] == []
   params, _ = checkpoint.load_weights(os.path.join(workdir, 'pretrain', 'weights'))
-  np.testing.assert_allclose(_by_path(params)['layer3/1/bn2/scale'],
-                             _from_file(weights[1], 'layer3/1/bn2/scale'))
+  np.testing.assert_array_equal(_by_path(params)['layer3/1/bn2/scale'],
+                                _from_file(weights[1], 'layer3/1/bn2/scale'))
 
 
 def test_results_summaries_and_report(sweep_dir):
