@@ -7,6 +7,7 @@ import os
 import jax
 import numpy as np
 import pytest
+import tqdm
 from flax import nnx
 from repo import CONFIGS
 from safetensors.numpy import save_file
@@ -17,8 +18,9 @@ from unet_jax.files import read_jsonl
 from unet_jax.freeze import leaf_paths
 from unet_jax.model import UNetSpec, split_model
 from unet_jax.sweep import checkpoint
-from unet_jax.sweep.run import pretrain_steps, run_sweep
+from unet_jax.sweep.run import pretrain, pretrain_steps, run_sweep
 from unet_jax.sweep.settings import SweepSettings, load_config
+from unet_jax.sweep.workdir import WorkdirPaths
 
 CHANNELS = (16, 8, 8, 4, 4)
 
@@ -175,6 +177,16 @@ def test_pretraining_is_the_file_and_fingerprints_it(sweep_dir, weights):
   params, _ = checkpoint.load_weights(os.path.join(workdir, 'pretrain', 'weights'))
   np.testing.assert_array_equal(_by_path(params)['layer3/1/bn2/scale'],
                                 _from_file(weights[1], 'layer3/1/bn2/scale'))
+
+
+def test_pretraining_from_the_file_is_reused(sweep_dir, weights, capsys):
+  workdir, _ = sweep_dir
+  settings = SweepSettings.from_config(resnet_config(weights[0], **{'finetune.steps': 3}))
+  # No initial weights: a reused pretraining reads them from the work directory.
+  params = pretrain(settings, None, WorkdirPaths(workdir), tqdm.tqdm(disable=True)).params
+  assert 'reusing pretrained weights' in capsys.readouterr().err
+  np.testing.assert_array_equal(_by_path(params)['layer1/0/conv1/kernel'],
+                                _from_file(weights[1], 'layer1/0/conv1/kernel'))
 
 
 def test_results_summaries_and_report(sweep_dir):

@@ -115,7 +115,8 @@ def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqd
   With ``pretrain.source='torchvision'`` nothing trains: ``init`` with its encoder
   read from the weights file, saved like a pretraining run's weights.
   """
-  fingerprint = _pretrain_fingerprint(s)
+  # As meta.json reads back (tuples as lists: a ResNet's decoder widths).
+  fingerprint = json.loads(json.dumps(_pretrain_fingerprint(s)))
   if os.path.exists(paths.pretrain_meta):
     if files.read_json(paths.pretrain_meta).get('fingerprint') == fingerprint:
       bar.write(f'reusing pretrained weights from {paths.pretrain_dir}', file=sys.stderr)
