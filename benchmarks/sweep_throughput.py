@@ -43,22 +43,52 @@ from unet_jax.engine.experiment import Experiment
 from unet_jax.engine.run import BundleData, RunOptions, Weights, run_bundle
 from unet_jax.engine.step import BundleContext
 from unet_jax.errors import UserError
-from unet_jax.freeze import PRESETS, freeze_labels, norm_masks, preset_rules
+from unet_jax.freeze import freeze_labels, norm_masks
 from unet_jax.model import UNetSpec, init_model
-from unet_jax.schedules import Schedule
+from unet_jax.schedules import parse_schedule
 
 # The baseline a user would write lives with the tests that hold the engine to it.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
 from reference_trainer import init_state, make_optimizer, make_train_chunk  # noqa: E402
 
 # Every preset that trains something and needs no adapters (model.adapter_rank).
-SUBSETS = [p for p in PRESETS if p not in ('none', 'lora')]
+# The paper's layer subsets, the mix every earlier row of BENCHMARKS.md used.
+SUBSETS = ('full', 'contracting', 'expanding', 'shallow', 'deep', 'last', 'head')
+# --mix=strategies: one experiment of each fine-tuning strategy, in turn
+# (name, rules, Experiment strategy fields); README "Fine-tuning strategies".
+STRATEGY_MIX = (
+    ('full', 'full', {}),
+    ('l2sp', 'full', {'l2sp': 1.0}),
+    ('auto_rgn', 'full', {'lr_scaling': 'rgn'}),
+    ('layer_decay', 'full', {'layer_decay': 0.8}),
+    ('encoder_lr', (('enc.*|bottleneck', 0.1), ('.*', 'train')), {}),
+    ('bitfit_head', 'bitfit_head', {}),
+    ('norm_head', 'norm_head', {}),
+    ('lp_ft', {'lp_ft': 0.5}, {}),
+)
 
 
-def experiments(n, steps, spec, batch):
-  return [Experiment(f'{SUBSETS[i % len(SUBSETS)]}-{i}', SUBSETS[i % len(SUBSETS)],
-                     Schedule.constant(preset_rules(SUBSETS[i % len(SUBSETS)], spec)),
-                     'pretrained', i, 1e-3, 0.0, steps, batch, 'adapt') for i in range(n)]
+def experiments(n, steps, spec, batch, mix='subsets'):
+  """n experiments cycling through the mix; seeds differ, so none is a copy."""
+  out = []
+  for i in range(n):
+    if mix == 'subsets':
+      name, rules, fields = SUBSETS[i % len(SUBSETS)], SUBSETS[i % len(SUBSETS)], {}
+    else:
+      name, rules, fields = STRATEGY_MIX[i % len(STRATEGY_MIX)]
+    out.append(Experiment(f'{name}-{i}', name, parse_schedule(rules, spec, steps),
+                          'pretrained', i, 1e-3, 0.0, steps, batch, 'adapt', **fields))
+  return out
+
+
+def run_alone(exps, spec, weights, images, masks, chunk):
+  """Each experiment trained by itself, its own jit (the static strategy on a bundle of
+  one: its freeze compiled in): the one-at-a-time baseline of strategies the
+  optax.partition reference cannot express (L2-SP, Auto-RGN, layer-wise rates)."""
+  start = time.perf_counter()
+  for e in exps:
+    run_strategy('static', [e], spec, weights, images, masks, chunk)
+  return time.perf_counter() - start
 
 
 def run_baseline(exps, spec, weights, images, masks, chunk):
@@ -197,6 +227,9 @@ def main():
   parser.add_argument('--decoder_channels', default='256,128,64,32,16',
                       help='a ResNet U-Net\'s five decoder widths, comma-separated')
   parser.add_argument('--batch_size', type=int, default=8)
+  parser.add_argument('--mix', default='subsets', choices=('subsets', 'strategies'),
+                      help='subsets: the paper\'s layer subsets; strategies: one of each '
+                           'fine-tuning strategy (baseline: each alone, its own jit)')
   parser.add_argument('--strategies', default='',
                       help='comma-separated; default: the autotuner candidates here')
   parser.add_argument('--torch', action='store_true', help='also time plain PyTorch')
@@ -213,7 +246,10 @@ def main():
   _, params, stats = init_model(spec, 0)
   weights = Weights(params, stats)
   ds = data.make_dataset('ultrasound', 96, args.image_size, 0)
-  exps = experiments(args.experiments, args.steps, spec, args.batch_size)
+  exps = experiments(args.experiments, args.steps, spec, args.batch_size, args.mix)
+  baseline = run_baseline if args.mix == 'subsets' else run_alone
+  baseline_label = ('baseline (one jit per experiment)' if args.mix == 'subsets' else
+                    'baseline (each alone, own jit)')
   total = args.experiments * args.steps
   backend, devices = jax.default_backend(), jax.device_count()
   strategies = (args.strategies.split(',') if args.strategies else
@@ -222,10 +258,10 @@ def main():
   rows, figures = [], {}
   # The baseline runs first and, with --baseline_runs=2, once more at the
   # end: the faster of the two counts, so run order cannot favour the engine.
-  seconds = run_baseline(exps, spec, weights, ds.images, ds.masks, args.chunk)
+  seconds = baseline(exps, spec, weights, ds.images, ds.masks, args.chunk)
   figures['baseline_exp_steps_per_s'] = total / seconds
   figures['baseline_runs_s'] = [seconds]
-  rows.append(('baseline (one jit per experiment)', seconds, total / seconds, 1.0))
+  rows.append((baseline_label, seconds, total / seconds, 1.0))
   print(f'baseline: {seconds:.1f}s', flush=True)
   for strategy in strategies + ['auto']:
     try:
@@ -243,12 +279,12 @@ def main():
                  (total / seconds) / figures['baseline_exp_steps_per_s']))
     print(f'{label}: {seconds:.1f}s', flush=True)
   if args.baseline_runs > 1:
-    again = run_baseline(exps, spec, weights, ds.images, ds.masks, args.chunk)
+    again = baseline(exps, spec, weights, ds.images, ds.masks, args.chunk)
     print(f'baseline again: {again:.1f}s', flush=True)
     figures['baseline_runs_s'].append(again)
     seconds = min(figures['baseline_runs_s'])
     figures['baseline_exp_steps_per_s'] = total / seconds
-    rows[0] = ('baseline (one jit per experiment)', seconds, total / seconds, 1.0)
+    rows[0] = (baseline_label, seconds, total / seconds, 1.0)
     rows[1:] = [(label, sec, rate, rate / figures['baseline_exp_steps_per_s'])
                 for label, sec, rate, _ in rows[1:]]
   if args.torch:
@@ -276,7 +312,7 @@ def main():
   for label, sec, rate, ratio in rows:
     print(f'{label:<36} {sec:>8.1f} {rate:>12.2f} {ratio:>11.2f}x')
   figures.update(
-      experiments=args.experiments, steps=args.steps, image_size=args.image_size,
+      mix=args.mix, experiments=args.experiments, steps=args.steps, image_size=args.image_size,
       base_width=args.base_width, encoder=spec.encoder,
       decoder_channels=list(spec.decoder_channels) if spec.encoder != UNET else None,
       batch_size=args.batch_size, backend=backend,

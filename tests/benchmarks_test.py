@@ -34,3 +34,16 @@ def test_tiny_benchmark_prints_a_table_and_one_json_line(tmp_path):
   assert figures['largest_bundle'] == 4 and figures['first_out_of_memory'] is None
   assert [n for n, outcome, _ in figures['largest_bundle_trials']] == [2, 4]
   assert figures['backend'] == 'cpu' and figures['devices'] >= 1
+
+
+def test_mixed_strategy_benchmark_runs_each_alone_as_its_baseline(tmp_path):
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', 'sweep_throughput.py'),
+       '--mix=strategies', '--experiments=3', '--steps=2', '--chunk=1', '--image_size=32',
+       '--base_width=4', '--strategies=vmap', '--baseline_runs=1'],
+      capture_output=True, text=True, timeout=600, cwd=tmp_path)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.strip().splitlines()
+  assert any(line.startswith('baseline (each alone, own jit)') for line in lines)
+  figures = json.loads(lines[-1])
+  assert figures['mix'] == 'strategies' and figures['vmap_exp_steps_per_s'] > 0
