@@ -238,7 +238,9 @@ def _sources(config, model: UNetSpec) -> dict:
 
 def _pretrained_weights(config, source: str, model: UNetSpec) -> dict:
   """pretrain.weights and pretrain.grey, checked against the source and the model."""
-  weights = os.path.expanduser(str(_optional(config, 'pretrain.weights', '')))
+  weights = str(_optional(config, 'pretrain.weights', ''))
+  # Absolute, so config.json says which file was read from wherever the sweep ran.
+  weights = os.path.abspath(os.path.expanduser(weights)) if weights else ''
   grey = _optional(config, 'pretrain.grey', 'sum')
   if grey not in resnet.GREY:
     raise UserError(f"config field 'pretrain.grey' is {grey!r}; valid choices: "
