@@ -54,7 +54,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from unet_jax.analysis import paired, stats
-from unet_jax.block_order import ORDERS, block_groups, cumulative
+from unet_jax.block_order import ORDERS, Layout, cumulative, layout_of_blocks
 
 if TYPE_CHECKING:
   from unet_jax.analysis.paired import PairedTest
@@ -192,23 +192,22 @@ def _subsets(res: Results, domain: str) -> dict:
   return out
 
 
-def _depth(res: Results, domain: str) -> int | None:
+def _layout(res: Results, domain: str) -> Layout | None:
+  """The network's block layout (paper U-Net or ResNet U-Net), from the blocks its runs record."""
   blocks = [b for b in _runs(res, domain)['blocks'] if b]
-  if not blocks:
-    return None
-  return sum(1 for name in blocks[0] if name.startswith('enc')) or None
+  return layout_of_blocks(blocks[0]) if blocks else None
 
 
 def _cumulative_pairs(res: Results, domain: str, order: str) -> list[tuple[int, str, str]]:
   """[(k, base training the k shallowest groups, base training the k deepest)]."""
-  depth = _depth(res, domain)
-  if depth is None:
+  layout = _layout(res, domain)
+  if layout is None:
     return []
   subsets = _subsets(res, domain)
   out = []
-  for k in range(1, len(block_groups(order, depth))):
-    a = subsets.get(cumulative(order, depth, k, _S2D))
-    b = subsets.get(cumulative(order, depth, k, _D2S))
+  for k in range(1, len(layout.groups(order))):
+    a = subsets.get(cumulative(order, layout, k, _S2D))
+    b = subsets.get(cumulative(order, layout, k, _D2S))
     if a and b and a != b:
       out.append((k, a, b))
   # One k alone is not the cumulative design (under flow its middle k is

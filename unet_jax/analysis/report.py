@@ -72,11 +72,11 @@ def predictions_from_weights(workdir: str, images: np.ndarray,
 
   The one place the analysis runs the network: JAX is imported only here.
   """
-  from unet_jax.model import UNetSpec, init_model, predict  # noqa: PLC0415 - JAX
+  from unet_jax.model import UNetSpec, model_graphdef, predict  # noqa: PLC0415 - JAX
   from unet_jax.sweep import checkpoint  # noqa: PLC0415 - orbax
   paths = WorkdirPaths(workdir)
   sweep = read_sweep(paths.config)
-  graphdef = init_model(UNetSpec(**sweep.model), 0)[0]
+  graphdef = model_graphdef(UNetSpec(**sweep.model))
   out = {}
   for name in experiments:
     path = paths.experiment(name).weights
