@@ -36,14 +36,17 @@ def test_tiny_benchmark_prints_a_table_and_one_json_line(tmp_path):
   assert figures['backend'] == 'cpu' and figures['devices'] >= 1
 
 
-def test_mixed_strategy_benchmark_runs_each_alone_as_its_baseline(tmp_path):
-  out = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'benchmarks', 'sweep_throughput.py'),
-       '--mix=strategies', '--experiments=3', '--steps=2', '--chunk=1', '--image_size=32',
-       '--base_width=4', '--strategies=vmap', '--baseline_runs=1'],
-      capture_output=True, text=True, timeout=600, cwd=tmp_path)
-  assert out.returncode == 0, out.stderr[-2000:]
-  lines = out.stdout.strip().splitlines()
-  assert any(line.startswith('baseline (each alone, own jit)') for line in lines)
-  figures = json.loads(lines[-1])
-  assert figures['mix'] == 'strategies' and figures['vmap_exp_steps_per_s'] > 0
+def test_mixed_strategy_benchmark_trains_each_strategy_alone_and_bundled():
+  """--mix=strategies: its experiments and its baseline (each alone), in process."""
+  from unet_jax import data
+  from unet_jax.engine.run import Weights
+  from unet_jax.model import UNetSpec, init_model
+  spec = UNetSpec(base_width=4, depth=2)
+  exps = sweep_throughput.experiments(8, 2, spec, 4, mix='strategies')
+  assert [e.base for e in exps] == [name for name, _, _ in sweep_throughput.STRATEGY_MIX]
+  assert exps[1].l2sp == 1.0 and exps[2].lr_scaling == 'rgn' and exps[3].layer_decay == 0.8
+  assert exps[7].schedule.starts == (0, 1)  # LP-FT: the head for half the steps
+  weights = Weights(*init_model(spec, 0)[1:])
+  ds = data.make_dataset('ultrasound', 8, 16, 0)
+  # L2-SP and Auto-RGN, the two with data of their own in the step.
+  assert sweep_throughput.run_alone(exps[1:3], spec, weights, ds.images, ds.masks, 1) > 0

@@ -114,9 +114,7 @@ def _strategies():
       _experiment('l2sp', rules('full'), l2sp=5.0),
       _experiment('rgn', rules('full'), lr_scaling='rgn'),
       _experiment('bitfit', rules('bitfit_head')),
-      _experiment('norm', rules('norm_only')),
       _experiment('lp_ft', rules({'lp_ft': 0.5})),
-      _experiment('surgical', rules('surgical:enc2')),
   ]
 
 
