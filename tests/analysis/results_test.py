@@ -207,3 +207,19 @@ def test_paired_tests_keep_their_error_rate_end_to_end():
     rejected.append(analysis.from_frame(pd.DataFrame(rows)).paired('a', 'b').favours()
                     is not None)
   assert np.mean(rejected) <= 0.1
+
+
+def test_two_pretrainings_of_one_domain_are_one_set_of_conditions(tmp_path):
+  """The same data fine-tuned from two pretrainings (two work directories): runs
+  are named <folder>:<experiment> and the answer ranks them together."""
+  paper = fake_workdir.write(tmp_path / 'paper-unet', {'full': 0.80, 'head': 0.60})
+  imagenet = fake_workdir.write(tmp_path / 'resnet34', {'full': 0.86, 'head': 0.70},
+                                histories={'full': fake_workdir.curve(10, 0.86)})
+  res = analysis.load([paper, imagenet])
+  assert res.domains == ['ultrasound']
+  assert set(res.groups()) == {'paper-unet:full', 'paper-unet:head', 'resnet34:full',
+                               'resnet34:head'}
+  table = res.recommend()
+  assert table['condition'].iloc[0] == 'resnet34:full'
+  assert dict(zip(table['condition'], table['verdict']))['paper-unet:head'] == 'worse'
+  assert res.history('resnet34:full-seed1') is not None  # read from its own folder

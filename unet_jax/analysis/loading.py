@@ -19,6 +19,7 @@ was added, left out or is still missing.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Sequence
 
@@ -36,15 +37,19 @@ def load(workdirs: str | os.PathLike | Sequence[str | os.PathLike]) -> Results:
   """Loads one work directory, or several (for instance one per domain).
 
   Each directory's domain is its sweep's target source (``config.json``).
-  Raises UserError when a directory has no results, or when two directories
-  share a domain and an experiment name.
+  Directories of one domain are compared as one set of conditions, their
+  runs named ``<folder>:<experiment>`` (:func:`_labels`): for instance the
+  same data from two pretrainings. Raises UserError when a directory has no
+  results.
   """
   if isinstance(workdirs, (str, os.PathLike)):
     workdirs = [workdirs]
   notes: list[str] = []
   frames, loaded, sweeps = [], [], {}
-  for w in workdirs:
-    rows, runs, sweep = _load_one(WorkdirPaths(os.path.abspath(os.fspath(w))), notes)
+  roots = [os.path.abspath(os.fspath(w)) for w in workdirs]
+  labels = _labels(roots)
+  for root in roots:
+    rows, runs, sweep = _load_one(WorkdirPaths(root), notes, labels.get(root, ''))
     frames.append(rows)
     loaded += runs
     sweeps.setdefault(sweep.target_source, sweep)
@@ -56,9 +61,26 @@ def load(workdirs: str | os.PathLike | Sequence[str | os.PathLike]) -> Results:
   return _results(pd.concat(frames, ignore_index=True), runs, loaded, sweeps, notes)
 
 
-def _load_one(paths: WorkdirPaths, notes: list[str]
+def _labels(roots: Sequence[str]) -> dict[str, str]:
+  """Work directory -> label, for directories whose domain another one shares.
+
+  Two sweeps of one target domain (the paper's U-Net and an ImageNet ResNet
+  encoder on the same data, say) are compared as one set of conditions:
+  their runs are named ``<label>:<experiment>``, the label being the folder's
+  name (its parent's too where two folders share a name).
+  """
+  domains = {r: read_sweep(WorkdirPaths(r).config).target_source for r in roots}
+  shared = [r for r in roots if list(domains.values()).count(domains[r]) > 1]
+  names = {r: os.path.basename(r) for r in shared}
+  if len(set(names.values())) < len(names):
+    names = {r: '/'.join(r.split(os.sep)[-2:]) for r in shared}
+  return names
+
+
+def _load_one(paths: WorkdirPaths, notes: list[str], label: str = ''
               ) -> tuple[pd.DataFrame, list[LoadedRun], SweepRecord]:
-  """Rows, runs and settings of one work directory (module docstring)."""
+  """Rows, runs and settings of one work directory (module docstring); with a
+  ``label``, its runs and experiments are named ``<label>:<name>``."""
   sweep = read_sweep(paths.config)
   listed = paths.listed_experiments()
   records = files.read_jsonl(paths.results) if os.path.exists(paths.results) else []
@@ -82,6 +104,11 @@ def _load_one(paths: WorkdirPaths, notes: list[str]
   runs = [_loaded_run(paths, name, rows, sweep.target_source, notes)
           for name in dict.fromkeys(rows['experiment'])]
   _note_missing(paths, sweep, listed, set(rows['experiment']), runs, notes)
+  if label:
+    rows['experiment'] = label + ':' + rows['experiment'].astype(str)
+    runs = [dataclasses.replace(r, folder=r.summary.name, summary=dataclasses.replace(
+        r.summary, name=f'{label}:{r.summary.name}', base=f'{label}:{r.summary.base}'))
+            for r in runs]
   return rows, runs, sweep
 
 
@@ -222,4 +249,4 @@ def _run_row(run: LoadedRun) -> dict:
           'frozen_norm': s.frozen_norm, 'trained': s.trained_blocks,
           'blocks': frozenset(s.blocks) or None,
           'train_images': s.train_images if s.train_images is not None else np.nan,
-          'workdir': run.workdir}
+          'workdir': run.workdir, 'folder': run.folder or s.name}

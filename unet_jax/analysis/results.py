@@ -73,6 +73,7 @@ class LoadedRun:
   domain: str
   workdir: str | None  # None: from_frame, no files behind it
   summary: ExperimentSummary
+  folder: str = ''  # its folder under experiments/ when the name carries a label
 
 
 @dataclasses.dataclass
@@ -295,7 +296,7 @@ class Results:
     run = self._run(experiment, domain)
     if run['workdir'] is None:  # from_frame: no files behind the rows
       return None
-    path = WorkdirPaths(run['workdir']).experiment(experiment).history
+    path = WorkdirPaths(run['workdir']).experiment(run.get('folder') or experiment).history
     if not os.path.exists(path):
       return None
     return pd.DataFrame(files.read_jsonl(path))
