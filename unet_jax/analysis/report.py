@@ -330,7 +330,11 @@ def console_summary(res: Results, alpha: float = 0.05) -> str:
       mine = runs[runs['condition'] == r.condition]
       run_means = res.df[(res.df['domain'] == domain) & (res.df['condition'] == r.condition)
                          ].groupby(['seed'])['dice'].mean()
-      seconds = [res.record(e, domain).seconds or np.nan for e in mine['experiment']]
+      # Its own training time where the bundle ran one experiment at a time,
+      # else its share of the bundle's.
+      records = [res.record(e, domain) for e in mine['experiment']]
+      seconds = [(r.own_seconds if r.own_seconds is not None else r.seconds) or np.nan
+                 for r in records]
       steps = sorted({int(x) for x in mine['steps'].dropna()})
       rows.append((r.condition, _percent(r.trainable_fraction), f'{r.mean:.3f}',
                    '-' if np.isnan(r.seed_sd) else f'{r.seed_sd:.3f}',
