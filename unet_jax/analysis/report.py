@@ -382,7 +382,8 @@ def write_report(workdir: str, *, overlays: Overlays | None = None,
            f'{_hd95_conventions(res)}.', '']
   if res.notes:
     lines += ['**Incomplete results:**', ''] + [f'- {n}' for n in res.notes] + ['']
-  for domain in res.domains:
+  ordered = [main_domain] + [d for d in res.domains if d != main_domain]
+  for domain in ordered:  # the work directory's own domain first
     tag = '' if domain == main_domain else f'-{domain}'
     lines += [f'## What to train ({domain})', '']
     lines += _answer_section(res, domain, alpha, folder, tag)
