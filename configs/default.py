@@ -14,8 +14,8 @@ Overrides:  --config.finetune.steps=300 --config.only=full,contracting
 ResNet:     --config.model.encoder=resnet34 --config.pretrain.source=torchvision
             --config.pretrain.weights=resnet34.pth  (ImageNet encoder, no
             pretraining steps; image_size a multiple of 32; not yet timed)
-Time:       4 min 43 s on a 2-core CPU with no accelerator, fresh work
-            directory and compilation cache (2026-12-01, README).
+Time:       5 min 3 s on a 2-core CPU with no accelerator, fresh work
+            directory and no compilation cache (2026-12-02, README).
 Result:     a table sorted by test Dice with the seed spread (full 0.86,
             contracting 0.84, expanding 0.82, scratch 0.81, shallow 0.77,
             last 0.71, deep 0.61, head 0.46) and report.md: F3 holds, F5 does

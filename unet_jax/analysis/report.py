@@ -144,7 +144,8 @@ def _answer_section(res: Results, domain: str, alpha: float, folder: str, tag: s
          f'Holm-corrected over {len(table) - 1} comparisons, alpha = {alpha} '
          '(`Results.recommend`). Trainable: parameters trained in the last stage; extra: '
          'parameters added (adapters); time/run: seconds of its own training steps where '
-         "its bundle ran one experiment at a time ('-' where one program trained them all).",
+         'its bundle ran experiment by experiment (on a CPU two at a time, so they compare '
+         "strategies; '-' where one program trained them all).",
          '']
   for x, title, name in (('trainable_params', 'Dice against trainable parameters', 'params'),
                          ('seconds', 'Dice against training time', 'time')):
