@@ -125,21 +125,24 @@ def _make_norm(spec: UNetSpec, features: int, rngs: nnx.Rngs) -> nnx.Module:
   return _Identity()
 
 
+def im2col_conv(x, kernel):
+  """A stride-1 'SAME' convolution of NHWC ``x`` with an HWIO kernel as im2col + matmul."""
+  kh, kw, cin, cout = kernel.shape
+  if (kh, kw) == (1, 1):
+    return x @ kernel[0, 0]
+  h, w = x.shape[-3:-1]
+  ph, pw = (kh - 1) // 2, (kw - 1) // 2
+  xp = jnp.pad(x, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
+  patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :]
+                             for i in range(kh) for j in range(kw)], axis=-1)
+  return patches @ kernel.reshape(kh * kw * cin, cout)
+
+
 class MatmulConv(nnx.Conv):
   """A stride-1 'SAME' convolution as im2col + matmul (same params as nnx.Conv)."""
 
   def __call__(self, x):
-    kernel = self.kernel[...]
-    kh, kw, cin, cout = kernel.shape
-    if (kh, kw) == (1, 1):
-      y = x @ kernel[0, 0]
-    else:
-      h, w = x.shape[-3:-1]
-      ph, pw = (kh - 1) // 2, (kw - 1) // 2
-      xp = jnp.pad(x, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
-      patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :]
-                                 for i in range(kh) for j in range(kw)], axis=-1)
-      y = patches @ kernel.reshape(kh * kw * cin, cout)
+    y = im2col_conv(x, self.kernel[...])
     return y + self.bias[...] if self.bias is not None else y
 
 
@@ -192,13 +195,7 @@ class LoRAConv(nnx.Conv):
     kernel = self.kernel[...]
     kernel = kernel + (self.lora_a[...] @ self.lora_b[...]).reshape(kernel.shape)
     if self._matmul:
-      kh, kw, cin, cout = kernel.shape
-      h, w = x.shape[-3:-1]
-      ph, pw = (kh - 1) // 2, (kw - 1) // 2
-      xp = jnp.pad(x, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
-      patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :]
-                                 for i in range(kh) for j in range(kw)], axis=-1)
-      y = patches @ kernel.reshape(kh * kw * cin, cout)
+      y = im2col_conv(x, kernel)
     else:
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tqdm
 from flax import nnx
-from repo import CONFIGS
+from repo import CONFIGS, set_fields
 from safetensors.numpy import save_file
 
 from unet_jax import resnet
@@ -73,13 +73,7 @@ def resnet_config(weights_path: str = '', **overrides):
   if weights_path:
     config.pretrain.source = 'torchvision'
     config.pretrain.weights = weights_path
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return set_fields(config, overrides)
 
 
 def test_settings_read_the_resnet_and_its_weights(weights):

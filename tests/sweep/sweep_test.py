@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from repo import ROOT  # noqa: E402
+from repo import ROOT, set_fields  # noqa: E402
 
 import unet_jax
 from unet_jax.errors import UserError
@@ -31,13 +31,7 @@ def tiny_config(**overrides):
   config = load_config(TINY)
   config.only = 'full,head'
   config.grid.seed = (0,)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return set_fields(config, overrides)
 
 
 @pytest.fixture(scope='module')

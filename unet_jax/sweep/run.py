@@ -33,7 +33,7 @@ from unet_jax.engine.resume import BundleCheckpoints, StopRequest
 from unet_jax.engine.run import BundleData, BundleResult, RunOptions, Weights, run_bundle
 from unet_jax.engine.step import BundleContext
 from unet_jax.errors import UserError
-from unet_jax.model import count_params, init_model
+from unet_jax.model import init_model
 from unet_jax.schedules import Schedule
 from unet_jax.sweep import checkpoint, evaluate, grid
 from unet_jax.sweep.records import ExperimentSummary, StageRecord
@@ -206,11 +206,11 @@ def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[di
   last = exp.schedule.stages[-1]
   mask = jax.tree.leaves(freeze.trainable_mask(weights.params, last))
   sizes = [int(x.size) for x in jax.tree.leaves(weights.params)]
+  adapter = [kind == 'adapter' for kind in freeze.leaf_kinds(weights.params)]
   trainable = sum(n for n, m in zip(sizes, mask) if m)
   # Adapters an experiment trains are parameters added to the network; the
   # others stay zero and leave it as it was.
-  extra = sum(n for n, m, kind in zip(sizes, mask, freeze.leaf_kinds(weights.params))
-              if m and kind == 'adapter')
+  extra = sum(n for n, m, a in zip(sizes, mask, adapter) if m and a)
   report = result.report
   return ExperimentSummary(
       name=exp.name, base=exp.base, seed=exp.seed, variant=exp.variant,
@@ -222,8 +222,7 @@ def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[di
       schedule_kind=exp.schedule.describe_kind(),
       frozen=freeze.frozen_paths(weights.params, exp.schedule.stages[0]),
       trainable_params=trainable, extra_params=extra,
-      total_params=count_params(weights.params) - sum(
-          n for n, kind in zip(sizes, freeze.leaf_kinds(weights.params)) if kind == 'adapter'),
+      total_params=sum(n for n, a in zip(sizes, adapter) if not a),
       train_images=len(split.fit), val_images=len(split.val),
       seconds=report.seconds / len(report.experiments), bundle=bundle,
       own_seconds=(report.seconds_per_step[index] * exp.steps
