@@ -158,7 +158,7 @@ def test_diverging_experiment_is_frozen_and_others_unaffected(problem, strategy)
 
 
 def test_the_strategy_choice_is_a_value_and_times_only_when_it_must():
-  restored = Restored(4, None, [[]], 'vmap', [{'strategy': 'vmap'}])
+  restored = Restored(4, None, None, [[]], 'vmap', [{'strategy': 'vmap'}], [])
   calls = []
   def choose(requested, candidates, cached=None, restored_=None):
     return choose_strategy(BundleContext(SPEC, 4), requested, candidates, cached=cached,

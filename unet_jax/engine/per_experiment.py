@@ -78,17 +78,22 @@ class PerExperimentChunk:
 
   def __call__(self, state, setup, images, masks, num_steps: int):
     num = np.shape(setup.starts)[0]
-    start = int(np.asarray(state.step)[0])
+    starts = np.asarray(state.step)
+    # Experiments that early stopping ended are not run at all: their state
+    # stays bitwise as it was, and their losses are NaN.
+    training = [e for e in range(num) if np.asarray(state.stopped_at)[e] < 0]
     parts = split_experiments((state, setup), num)
-    if self.workers > 1 and num > 1:
-      order = self._longest_first(setup, num)
-      one = functools.partial(self._timed, start, num_steps, images, masks)
-      with concurrent.futures.ThreadPoolExecutor(min(self.workers, num)) as pool:
-        done = dict(zip(order, pool.map(one, order, [parts[e] for e in order])))
-      outs = [done[e] for e in range(num)]
+    outs = [(part[0], jnp.full((num_steps,), jnp.nan, jnp.float32)) for part in parts]
+    if self.workers > 1 and len(training) > 1:
+      order = [e for e in self._longest_first(setup, num) if e in training]
+      with concurrent.futures.ThreadPoolExecutor(min(self.workers, len(order))) as pool:
+        done = dict(zip(order, pool.map(
+            lambda e: self._timed(int(starts[e]), num_steps, images, masks, e, parts[e]),
+            order)))
     else:
-      outs = [self._timed(start, num_steps, images, masks, e, part)
-              for e, part in enumerate(parts)]
+      done = {e: self._timed(int(starts[e]), num_steps, images, masks, e, parts[e])
+              for e in training}
+    outs = [done.get(e, out) for e, out in enumerate(outs)]
     states, losses = merge_experiments(outs)
     return states, losses.T
 

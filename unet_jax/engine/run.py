@@ -3,9 +3,11 @@
 ``run_bundle`` is four steps: restore the newest checkpoint (if any),
 choose a strategy (``choose_strategy`` returns a :class:`StrategyChoice`
 and changes nothing), the chunk loop (:class:`_ChunkLoop`: after every
-chunk each experiment's loss and validation Dice go to its history and
-TensorBoard, the state is checkpointed every ``checkpoint_every`` steps or
-when a stop is asked for), and collecting the per-experiment results.
+chunk each training experiment's loss and validation Dice go to its
+history and TensorBoard, early stopping decides who goes on
+(``engine.stopping``) and the best-validation weights are kept, the state
+is checkpointed every ``checkpoint_every`` steps or when a stop is asked
+for), and collecting the per-experiment results.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from unet_jax.engine.step import (
   stack,
   unstack,
 )
+from unet_jax.engine.stopping import RunProgress, StopRule, StopTracker
 from unet_jax.engine.strategies import experiment_mesh, make_bundle_chunk
 from unet_jax.model import apply_model
 from unet_jax.schedules import stage_index
@@ -69,6 +72,12 @@ class RunOptions:
   loop: str = 'auto'  # engine.choices.LOOPS
   chunk_steps: int = 50  # steps between host updates
   checkpoint_every: int = 0  # steps between checkpoints; 0 = only on a stop request
+  # Early stopping on validation Dice (engine.stopping); with validation sets
+  # every experiment's result is its best-validation network.
+  early_stop: StopRule = StopRule()
+  # Keep every evaluation's per-image validation Dice in the result
+  # (BundleResult.val_per_image; memory only, for studies of the stopping rule).
+  keep_val_per_image: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,13 +155,20 @@ class _Inputs:
 class BundleResult:
   """A trained bundle: per experiment weights, logged history and divergence."""
 
+  # Per experiment, its best-validation weights (the last ones without
+  # validation sets), BatchNorm statistics of the same step.
   weights: list[Weights]
-  # Per experiment, one row per chunk: step, loss (chunk mean), val_dice,
-  # learning_rate, trainable_fraction.
+  # Per experiment, one row per chunk it trained in: step, loss (chunk
+  # mean), val_dice, learning_rate, trainable_fraction.
   history: list[list[dict]]
   diverged_at: list[int | None]  # the step whose update was not finite
   report: BundleReport
   resumed_from: int = 0  # the step training resumed at (0: from the start)
+  # Per experiment: best step and validation Dice, where and why it stopped.
+  progress: list[RunProgress] = dataclasses.field(default_factory=list)
+  # With RunOptions.keep_val_per_image: per experiment, (step, per-image
+  # validation Dice) of each evaluation since the start or resume.
+  val_per_image: list[list] = dataclasses.field(default_factory=list)
 
   @property
   def losses(self) -> list[list[float]]:
@@ -161,16 +177,19 @@ class BundleResult:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _val_dice(graphdef, params, stats, images, masks):
+  """Per-image Dice of the network in evaluation mode (running statistics)."""
   logits, _ = apply_model(graphdef, params, stats, images, train=False)
-  return jnp.mean(metrics.dice((logits > 0).astype(jnp.float32), masks))
+  return metrics.dice((logits > 0).astype(jnp.float32), masks)
 
 
 def validation_dice(ctx: BundleContext, state: ExperimentState,
-                    val: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-  """Mean validation Dice of the first ``len(val)`` experiments of a stacked state.
+                    val: Sequence[tuple[np.ndarray, np.ndarray]],
+                    which: Sequence[bool] | None = None) -> list[np.ndarray | None]:
+  """Per-image validation Dice of the first ``len(val)`` experiments of a stacked state.
 
   ``val[e]`` is experiment e's (images, masks); cross-validation folds have
-  their own. One compiled single-experiment evaluation per set shape,
+  their own. Only experiments with ``which[e]`` are scored (None for the
+  others). One compiled single-experiment evaluation per set shape,
   called per experiment: on XLA:CPU a lax.map over convolutions runs many
   times slower. States spread over several processes are gathered first.
   """
@@ -181,8 +200,9 @@ def validation_dice(ctx: BundleContext, state: ExperimentState,
   else:
     host = to_host(trees)
     parts = [unstack(host, e) for e in range(len(val))]
-  return np.asarray([_val_dice(graphdef, params, stats, images, masks)
-                     for (params, stats), (images, masks) in zip(parts, val)])
+  which = [True] * len(val) if which is None else which
+  return [np.asarray(_val_dice(graphdef, params, stats, images, masks)) if on else None
+          for (params, stats), (images, masks), on in zip(parts, val, which)]
 
 
 def _trainable_fractions(params: PyTree, setup: ExperimentSetup) -> np.ndarray:
@@ -212,22 +232,34 @@ def strategy_setup(ctx: BundleContext, exp: Experiment, bundle: Sequence[Experim
           else None}
 
 
+class Saved(NamedTuple):
+  """What a bundle checkpoint holds as arrays: the training state, and each
+  experiment's best-validation weights so far (host copies)."""
+
+  state: ExperimentState
+  best_params: PyTree  # stacked [E, ...]
+  best_stats: PyTree
+
+
 class Restored(NamedTuple):
   step: int
   state: ExperimentState
+  best: Saved
   history: list[list[dict]]
   strategy: str
   trials: list[dict]
+  progress: list[dict]
 
 
-def restore(checkpoints: BundleCheckpoints | None, state: ExperimentState, fingerprint: str,
+def restore(checkpoints: BundleCheckpoints | None, template: Saved, fingerprint: str,
             warn) -> Restored | None:
   """The newest sound checkpoint saved for these settings, or None."""
-  found = checkpoints.restore_latest(state, fingerprint, warn) if checkpoints else None
+  found = checkpoints.restore_latest(template, fingerprint, warn) if checkpoints else None
   if found is None:
     return None
-  step, state, meta = found
-  return Restored(step, state, meta['history'], meta['strategy'], meta['trials'])
+  step, saved, meta = found
+  return Restored(step, saved.state, saved, meta['history'], meta['strategy'],
+                  meta['trials'], meta['progress'])
 
 
 def bundle_signature(ctx: BundleContext, num_members: int, image_shape, loop: str) -> str:
@@ -262,43 +294,66 @@ def choose_strategy(ctx: BundleContext, requested: str, candidates: Sequence[str
 
 
 class _ChunkLoop:
-  """Trains a bundle chunk by chunk from ``start`` to the last step, logging each chunk."""
+  """Trains a bundle chunk by chunk from ``start`` until every experiment has
+  stopped or reached the cap, logging each chunk and keeping the best weights."""
 
   def __init__(self, ctx: BundleContext, experiments: Sequence[Experiment], chunk,
-               setup: ExperimentSetup, fractions: np.ndarray, *, val, checkpoints,
-               checkpoint_every: int, meta: dict, stop, writers, bar, warn):
+               setup: ExperimentSetup, fractions: np.ndarray, *, val, tracker: StopTracker,
+               best: Saved, checkpoints, checkpoint_every: int, meta: dict, stop, writers,
+               bar, warn, keep_per_image: bool = False):
     self.ctx, self.experiments, self.chunk, self.setup = ctx, experiments, chunk, setup
     self.fractions, self.val, self.checkpoints = fractions, val, checkpoints
+    self.tracker, self.best = tracker, best
     self.checkpoint_every, self.meta, self.stop = checkpoint_every, meta, stop
     self.writers, self.bar, self.warn = writers, bar, warn
     self.starts = np.asarray(setup.starts)
+    self.last_step = 0  # the last step any experiment trained to
+    self.keep_per_image = keep_per_image
+    self.per_image: list[list] = [[] for _ in experiments]
 
   def run(self, state, inputs, start: int, n: int):
     """(state, history) after training from step ``start``; ``n`` is the chunk length.
 
     Chunks end on a grid of ``n`` steps (a resumed run may first finish a
-    shorter chunk if ``chunk_steps`` changed).
+    shorter chunk if ``chunk_steps`` changed). The loop ends early once
+    every experiment has stopped.
     """
     steps = self.experiments[0].steps
     ends = sorted({min(steps, (start // n + k) * n) for k in range(1, steps // n + 2)})
-    step = start
+    step = self.last_step = start
     for end in (e for e in ends if e > start):
+      if not self.tracker.active.any():
+        break
+      training = int(self.tracker.active.sum())
       state, losses = self.chunk(state, *inputs, num_steps=end - step)
       previous, step = step, end
-      self._log(state, losses, step)
-      self.bar.update((step - previous) * len(self.experiments))
+      state = self._log(state, losses, step)
+      self.last_step = step
+      self.bar.update((step - previous) * training)
       if step == steps:
         break
       self._maybe_stop_or_save(state, step, previous)
+    self.tracker.finish(steps, self.val is not None)
+    self.meta['progress'] = self.tracker.to_json()
     return state
 
-  def _log(self, state, chunk_losses, step: int) -> None:
+  def _log(self, state, chunk_losses, step: int):
+    """Logs the chunk that ended at ``step``, decides who stops, keeps the best
+    weights; returns the state with the stopped experiments marked."""
     num = len(self.experiments)
+    active = self.tracker.active
     means = to_host(chunk_losses).mean(axis=0)[:num]
-    dice = (validation_dice(self.ctx, state, self.val) if self.val is not None
-            else np.full(num, np.nan))
+    per_image = (validation_dice(self.ctx, state, self.val, active)
+                 if self.val is not None else [None] * num)
+    dice = np.asarray([np.nan if d is None else float(np.mean(d, dtype=np.float64))
+                       for d in per_image])
+    for i, scores in enumerate(per_image):
+      if scores is not None and self.keep_per_image:
+        self.per_image[i].append((step, scores))
     stage = stage_index(self.starts, np.full(len(self.starts), step - 1))  # the last step
     for i, exp in enumerate(self.experiments):
+      if not active[i]:
+        continue
       row = {'step': step, 'loss': float(means[i]), 'val_dice': float(dice[i]),
              'learning_rate': float(exp.learning_rate),
              'trainable_fraction': float(self.fractions[i, stage[i]])}
@@ -307,6 +362,18 @@ class _ChunkLoop:
         if self.writers and key != 'step':
           self.writers[i].add_scalar(key, value, step)
     self.bar.set_postfix(loss=f'{np.nanmean(means):.3f}', refresh=False)
+    diverged = to_host(state.diverged_at)[:num] >= 0
+    improved, stopped = self.tracker.update(step, dice, diverged)
+    if improved.any():
+      self.best = _keep(self.best, to_host((state.params, state.stats)), improved)
+    if stopped.any():
+      state = state._replace(stopped_at=_mark_stopped(state.stopped_at, stopped, step))
+      for i in np.flatnonzero(stopped):
+        run = self.tracker.runs[i]
+        self.bar.update(self.experiments[i].steps - step)  # steps it will not train
+        self.warn(f'{self.experiments[i].name}: {run.reason} at step {step} '
+                  f'(best validation Dice {run.best_val_dice:.3f} at step {run.best_step})')
+    return state
 
   def _maybe_stop_or_save(self, state, step: int, previous: int) -> None:
     names = [e.name for e in self.experiments]
@@ -323,7 +390,34 @@ class _ChunkLoop:
 
   def save(self, step: int, state, *, wait: bool = False) -> bool:
     host = jax.tree.map(lambda x: x[:len(self.experiments)], to_host(state))
-    return self.checkpoints.save(step, host, self.meta, wait=wait, warn=self.warn)
+    self.meta['progress'] = self.tracker.to_json()
+    return self.checkpoints.save(step, Saved(host, self.best.best_params, self.best.best_stats),
+                                 self.meta, wait=wait, warn=self.warn)
+
+
+def _keep(best: Saved, current: tuple, improved: np.ndarray) -> Saved:
+  """``best`` with the experiments that ``improved`` replaced by their current
+  (host) parameters and statistics: bitwise copies."""
+  params, stats = current
+
+  def take(old, new):
+    out = np.array(old)
+    out[improved] = np.asarray(new)[:len(improved)][improved]
+    return out
+
+  return best._replace(best_params=jax.tree.map(take, best.best_params, params),
+                       best_stats=jax.tree.map(take, best.best_stats, stats))
+
+
+def _mark_stopped(stopped_at: jax.Array, stopped: np.ndarray, step: int) -> jax.Array:
+  """``state.stopped_at`` with ``step`` written for the experiments that stopped,
+  placed as it was (padding copies of the last experiment follow it)."""
+  host = np.array(to_host(stopped_at))
+  flags = np.concatenate([stopped, np.repeat(stopped[-1:], len(host) - len(stopped))])
+  host[flags] = step
+  if isinstance(stopped_at, jax.Array):
+    return jax.make_array_from_callback(host.shape, stopped_at.sharding, lambda i: host[i])
+  return host
 
 
 def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
@@ -369,9 +463,13 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
                             **strategy_setup(ctx, e, experiments))
                  for e, w, index in zip(experiments, inits, data.train_index)])
   state = stack([init_experiment_state(w.params, w.stats) for w in inits])
-  restored = restore(checkpoints, state, fingerprint, warn)
+  best = Saved(state, *stack([(w.params, w.stats) for w in inits]))
+  restored = restore(checkpoints, best, fingerprint, warn)
+  last_stages = [e.schedule.starts[-1] for e in experiments]
+  tracker = StopTracker(options.early_stop, last_stages)
   if restored is not None:
-    state = restored.state
+    state, best = restored.state, restored.best
+    tracker = StopTracker.from_json(options.early_stop, last_stages, restored.progress)
     warn(f'resuming {names[0] if len(names) == 1 else f"a bundle of {len(names)}"} '
          f'at step {restored.step} of {steps} from {checkpoints.directory}')
   start = restored.step if restored is not None else 0
@@ -398,14 +496,17 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
       mesh=mesh if choice.strategy in SHARDED else None)
   state, *arrays = inputs.get(choice.strategy)
   meta = {'fingerprint': fingerprint, 'strategy': choice.strategy, 'trials': choice.trials,
-          'history': restored.history if restored is not None else [[] for _ in names]}
+          'history': restored.history if restored is not None else [[] for _ in names],
+          'progress': tracker.to_json()}
   writers = _event_writers(events_dir, names, start)
   bar.set_description(names[0] if len(names) == 1 else f'bundle of {len(names)}')
-  bar.update(start * len(experiments))
+  # Runs that had stopped before a resume count as done.
+  bar.update(sum(start if r.stopped_at is None else steps for r in tracker.runs))
   loop = _ChunkLoop(ctx, experiments, chunk, setup, _trainable_fractions(inits[0].params, setup),
-                    val=data.val, checkpoints=checkpoints,
+                    val=data.val, tracker=tracker, best=best, checkpoints=checkpoints,
                     checkpoint_every=options.checkpoint_every, meta=meta, stop=stop,
-                    writers=writers, bar=bar, warn=warn)
+                    writers=writers, bar=bar, warn=warn,
+                    keep_per_image=options.keep_val_per_image)
   began = time.perf_counter()
   try:
     state = loop.run(state, arrays, start, n)
@@ -418,10 +519,15 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
   seconds = time.perf_counter() - began
   own = (chunk.seconds_per_step(len(experiments)) if hasattr(chunk, 'seconds_per_step')
          else [None] * len(experiments))
+  trained = sum(max(0, r.stopped_at - start) for r in tracker.runs) + padded * (
+      loop.last_step - start)
   report = BundleReport(names, choice.strategy, chunk.loop, padded, choice.trials, seconds,
-                        (len(experiments) + padded) * (steps - start) / seconds,
+                        trained / seconds if seconds > 0 else 0.0,
                         signature, choice.how, own)
-  return _collect(host, len(experiments), meta['history'], report, start)
+  weights = loop.best if data.val is not None else None
+  result = _collect(host, weights, len(experiments), meta['history'], report, start,
+                    tracker.runs)
+  return dataclasses.replace(result, val_per_image=loop.per_image)
 
 
 def _mesh_and_padding(experiments: Sequence[Experiment], strategy: str,
@@ -437,9 +543,14 @@ def _mesh_and_padding(experiments: Sequence[Experiment], strategy: str,
   return mesh, (-len(experiments)) % shards if may_shard else 0
 
 
-def _collect(host, num: int, history, report: BundleReport, start: int) -> BundleResult:
-  """The per-experiment results from the host copy of (params, stats, diverged_at)."""
+def _collect(host, best: Saved | None, num: int, history, report: BundleReport, start: int,
+             progress: list[RunProgress]) -> BundleResult:
+  """The per-experiment results: the best-validation weights where there were
+  validation sets (``best``), else the last ones (``host``: params, stats,
+  diverged_at)."""
   params, stats, diverged_at = host
+  if best is not None:
+    params, stats = best.best_params, best.best_stats
   weights = [Weights(*unstack((params, stats), i)) for i in range(num)]
   diverged = [int(d) if d >= 0 else None for d in diverged_at[:num]]
-  return BundleResult(weights, history, diverged, report, start)
+  return BundleResult(weights, history, diverged, report, start, progress)

@@ -75,6 +75,10 @@ class ExperimentState(NamedTuple):
   # From that step on the experiment's weights and optimiser state stay as
   # they were (the other experiments of the bundle are unaffected).
   diverged_at: jax.Array  # int32 scalar
+  # The step early stopping ended the run at (engine.stopping), -1 while it
+  # trains: from then on its steps are rejected like a diverged one's, so
+  # its weights, statistics and Adam state stay bitwise as they were.
+  stopped_at: jax.Array  # int32 scalar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +128,8 @@ def make_setup(params: PyTree, stats: PyTree, schedule: Schedule, *, num_stages:
 
 def init_experiment_state(params: PyTree, stats: PyTree) -> ExperimentState:
   return ExperimentState(params, stats, masked_adam().init(params),
-                         jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
+                         jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32),
+                         jnp.full((), -1, jnp.int32))
 
 
 def stack(trees: Sequence[PyTree]) -> PyTree:
@@ -199,8 +204,10 @@ def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
   if data_shards > 1:
     loss, grads, new_stats = jax.lax.pmean((loss, grads, new_stats), 'data')
   finite = _finite_step(loss, grads, mask)
-  accept = finite & (state.diverged_at < 0)
-  diverged_at = jnp.where((state.diverged_at < 0) & ~finite, state.step, state.diverged_at)
+  training = state.stopped_at < 0
+  accept = finite & (state.diverged_at < 0) & training
+  diverged_at = jnp.where((state.diverged_at < 0) & ~finite & training, state.step,
+                          state.diverged_at)
   # A rejected step is a frozen step: masks and accept are and-ed, so the
   # selects sit inside the update's own elementwise work.
   mask = jax.tree.map(lambda m: _both(m, accept), mask)
@@ -213,7 +220,8 @@ def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
   params = apply_masked(state.params, updates, mask)
   new_stats = jax.tree.map(lambda m, new, old: old if m is False else jnp.where(m, new, old),
                            stats_mask, new_stats, state.stats)
-  return ExperimentState(params, new_stats, opt_state, state.step + 1, diverged_at), loss
+  return ExperimentState(params, new_stats, opt_state, state.step + 1, diverged_at,
+                         state.stopped_at), loss
 
 
 def _lr_scale(state: ExperimentState, setup: ExperimentSetup, grads: PyTree,
