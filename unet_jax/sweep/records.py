@@ -51,7 +51,7 @@ class ExperimentSummary:
   learning_rate: float | None = None
   weight_decay: float | None = None
   frozen_norm: str | None = None  # freeze.FROZEN_NORM
-  steps: int | None = None
+  steps: int | None = None  # the step cap
   batch_size: int | None = None
   schedule: list[StageRecord] = dataclasses.field(default_factory=list)
   # {'kind': 'gradual', 'order', 'direction', 'stage_steps'} or
@@ -74,7 +74,19 @@ class ExperimentSummary:
   resumed_from_step: int = 0
   diverged_at_step: int | None = None  # weights are those before that step
   chunk_losses: list[float] = dataclasses.field(default_factory=list)
-  final_val_dice: float | None = None
+  final_val_dice: float | None = None  # at its last evaluation (stopped_at_step)
+  # Training to convergence (engine.stopping): its weights are those of
+  # best_step, the evaluation with the best validation Dice; it trained to
+  # stopped_at_step ('converged': patience ran out; 'cap': still improving
+  # at the step cap, ``steps``; 'diverged'; 'no_validation': no validation
+  # images, last weights). seconds_to_best: its own seconds per step x
+  # best_step, where its time is separable (own_seconds).
+  stop_reason: str | None = None
+  stopped_at_step: int | None = None
+  best_step: int | None = None
+  best_val_dice: float | None = None
+  seconds_to_best: float | None = None
+  early_stop: dict = dataclasses.field(default_factory=dict)  # {'patience', 'min_delta'}
   fingerprint: str = ''  # of everything its weights depend on
   # Scores on its test images, and how they were computed.
   mean_dice: float | None = None

@@ -43,8 +43,9 @@ from unet_jax.sweep.workdir import WorkdirLock, WorkdirPaths, prepare_workdir
 # Part of every fingerprint: results made by an engine that drew batches or
 # treated BatchNorm differently, or summaries of another shape, are never
 # reused (2: common random numbers and finetune.frozen_norm; 3: the typed
-# summary record). Pretraining was last changed by 2: its weights are reused.
-_ENGINE_VERSION = 3
+# summary record; 4: runs train to convergence and keep their best-validation
+# weights). Pretraining was last changed by 2: its weights are reused.
+_ENGINE_VERSION = 4
 _PRETRAIN_VERSION = 2
 
 
@@ -91,7 +92,8 @@ def experiment_fingerprint(s: SweepSettings, exp: Experiment) -> str:
                 'data': [s.target_source, s.target_root, s.on_bad, s.target_images,
                          s.test_fraction, s.val_fraction, s.folds, s.image_size, s.seed],
                 'model': s.model.identity(), 'engine': _ENGINE_VERSION,
-                'finetune': [s.rewarmup_steps], 'experiment': _identity(exp)})
+                'finetune': [s.rewarmup_steps, dataclasses.asdict(s.early_stop)],
+                'experiment': _identity(exp)})
 
 
 def _identity(exp: Experiment) -> dict:
@@ -148,7 +150,7 @@ def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqd
       BundleContext(s.model, s.pretrain.batch_size), [run], [init],
       BundleData(dataset.images, dataset.masks, [np.arange(len(dataset))]),
       RunOptions('static', s.loop, s.chunk_steps, s.checkpoint_every), bar=bar,
-      checkpoints=checkpoints, fingerprint=key, stop=stop)
+      checkpoints=checkpoints, fingerprint=key, stop=stop)  # no validation: all steps
   if result.diverged_at[0] is not None:
     raise UserError(f'pretraining diverged at step {result.diverged_at[0]} (a loss or '
                     'weight became NaN or Inf); lower pretrain.learning_rate')
@@ -212,6 +214,8 @@ def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[di
   # others stay zero and leave it as it was.
   extra = sum(n for n, m, a in zip(sizes, mask, adapter) if m and a)
   report = result.report
+  run = result.progress[index]
+  per_step = report.seconds_per_step[index] if report.seconds_per_step else None
   return ExperimentSummary(
       name=exp.name, base=exp.base, seed=exp.seed, variant=exp.variant,
       finetune_strategy=exp.strategy_fields(),
@@ -225,12 +229,16 @@ def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[di
       total_params=sum(n for n, a in zip(sizes, adapter) if not a),
       train_images=len(split.fit), val_images=len(split.val),
       seconds=report.seconds / len(report.experiments), bundle=bundle,
-      own_seconds=(report.seconds_per_step[index] * exp.steps
-                   if report.seconds_per_step and report.seconds_per_step[index] is not None
-                   else None),
+      own_seconds=per_step * run.stopped_at if per_step is not None else None,
       strategy=report.strategy, resumed_from_step=result.resumed_from,
       diverged_at_step=result.diverged_at[index], chunk_losses=result.losses[index],
       final_val_dice=result.history[index][-1]['val_dice'], fingerprint=fingerprint,
+      stop_reason=run.reason, stopped_at_step=run.stopped_at,
+      best_step=run.best_step if run.best_step else None,
+      best_val_dice=run.best_val_dice if run.best_step else None,
+      seconds_to_best=(per_step * run.best_step if per_step is not None and run.best_step
+                       else None),
+      early_stop=dataclasses.asdict(s.early_stop),
       **_score_fields(s, rows, norm))
 
 
@@ -339,6 +347,10 @@ class _Sweep:
   """One run of a sweep inside its work directory's lock: plan, train, write."""
 
   def __init__(self, s: SweepSettings, paths: WorkdirPaths, stop: StopRequest):
+    self.target = load_target(s, paths)
+    # A cap in epochs becomes steps once the training split's size is known.
+    fit = [len(split.fit) for split in self.target.splits]
+    s = s.with_train_images(round(sum(fit) / len(fit)))
     self.s, self.paths, self.stop = s, paths, stop
     self.writer = is_writer()
     self.runs = s.runs()
@@ -357,7 +369,7 @@ class _Sweep:
     s = self.s
     if self.writer:
       files.write_json(self.paths.config, s.to_json())
-    target = load_target(s, self.paths)
+    target = self.target
     if self.writer:  # for report figures and for looking at what was tested
       tested = target.part(np.unique(np.concatenate([target.split(r).test
                                                      for r in self.runs])))
@@ -406,7 +418,8 @@ class _Sweep:
     result = run_bundle(
         BundleContext(s.model, members[0].batch_size, rewarmup_steps=s.rewarmup_steps),
         members, inits, BundleData(images, masks, [sp.fit for sp in splits], val),
-        RunOptions(s.strategy, s.loop, s.chunk_steps, s.checkpoint_every), bar=bar,
+        RunOptions(s.strategy, s.loop, s.chunk_steps, s.checkpoint_every, s.early_stop),
+        bar=bar,
         tuning=self.tuning, checkpoints=checkpoints, fingerprint=key, stop=self.stop,
         events_dir=self.paths.tensorboard)
     report = result.report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 import re
 from typing import Any
@@ -18,6 +19,7 @@ from unet_jax.block_order import ENCODERS, ORDERS, RESNET_ENCODERS, UNET
 from unet_jax.conventions import HD95_CONVENTIONS
 from unet_jax.engine.choices import LOOPS, STRATEGIES
 from unet_jax.engine.experiment import LR_SCALINGS, Experiment
+from unet_jax.engine.stopping import StopRule
 from unet_jax.errors import UserError
 from unet_jax.freeze import FROZEN_NORM
 from unet_jax.model import NORMS, UNetSpec, adapter_limit
@@ -86,6 +88,10 @@ class SweepSettings:
   strategy: str  # 'auto' or one of engine.choices.STRATEGIES
   max_bundle: int  # 0 = no limit
   rewarmup_steps: int
+  early_stop: StopRule  # finetune.patience, finetune.min_delta (engine.stopping)
+  # finetune.epochs: the step cap in epochs of the training set (0: finetune.steps);
+  # resolved into steps by with_train_images once the split is known.
+  epochs: float
   bootstrap_samples: int
   compilation_cache: str  # '' = off
 
@@ -94,12 +100,30 @@ class SweepSettings:
     return expand([(e.name, e.schedule_for, e.init, e.strategy) for e in self.experiments],
                   self.grid)
 
+  def with_train_images(self, train_images: int) -> 'SweepSettings':
+    """The settings with ``finetune.epochs`` resolved into a step cap.
+
+    ``ceil(epochs * train_images / batch_size)`` steps, rounded up to whole
+    chunks (``chunk_steps``: validation is scored at chunk boundaries, so the
+    cap is an evaluation). Unchanged when ``epochs`` is 0.
+    """
+    if not self.epochs:
+      return self
+    batch = self.finetune.batch_size
+    steps = max(1, math.ceil(self.epochs * train_images / batch))
+    steps = math.ceil(steps / self.chunk_steps) * self.chunk_steps
+    experiments = tuple(dataclasses.replace(e, schedule=e.schedule_for(steps))
+                        for e in self.experiments)
+    return dataclasses.replace(self, finetune=dataclasses.replace(self.finetune, steps=steps),
+                               experiments=experiments, grid={**self.grid, 'steps': (steps,)})
+
   def to_json(self) -> dict:
     """The resolved settings as written to config.json (``records.SweepRecord`` reads them)."""
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     out['model'] = dataclasses.asdict(self.model)
     out['pretrain'] = dataclasses.asdict(self.pretrain)
     out['finetune'] = dataclasses.asdict(self.finetune)
+    out['early_stop'] = dataclasses.asdict(self.early_stop)
     out['experiments'] = [{'name': e.name, 'init': e.init,
                            'schedule': [{'start': start, 'rules': [r.as_list() for r in rules]}
                                         for start, rules in zip(e.schedule.starts,
@@ -150,6 +174,8 @@ class SweepSettings:
         strategy=_choice(config, 'strategy', ('auto',) + STRATEGIES),
         max_bundle=_int(config, 'max_bundle', 0),
         rewarmup_steps=_int(config, 'finetune.rewarmup_steps', 0),
+        early_stop=_early_stop(config),
+        epochs=_epochs(config),
         bootstrap_samples=_int(config, 'bootstrap_samples', 100),
         compilation_cache=str(_get(config, 'compilation_cache')))
     for axis in STRATEGY_AXES:
@@ -165,6 +191,35 @@ class SweepSettings:
     # Split sizes are checked on the class labels once the data exist
     # (data.plan_splits), the same computation that makes the split.
     return settings
+
+
+def _early_stop(config) -> StopRule:
+  """finetune.patience and finetune.min_delta (configs written before them: the defaults)."""
+  default = StopRule()
+  patience = _optional(config, 'finetune.patience', default.patience)
+  if _int_problem(patience, 0):
+    raise UserError(f"config field 'finetune.patience' (evaluations without improvement "
+                    f"before a run stops; 0 = train to the cap) must be an integer >= 0; "
+                    f"got {patience!r}")
+  min_delta = _optional(config, 'finetune.min_delta', default.min_delta)
+  if _float_problem(min_delta, 0.0, 1.0):
+    raise UserError(f"config field 'finetune.min_delta' (validation Dice an evaluation must "
+                    f"gain to count as an improvement) must be a number in [0, 1]; "
+                    f"got {min_delta!r}")
+  return StopRule(patience=patience, min_delta=float(min_delta))
+
+
+def _epochs(config) -> float:
+  """finetune.epochs: 0 (the cap is finetune.steps) or a positive number of epochs."""
+  epochs = _optional(config, 'finetune.epochs', 0)
+  if _float_problem(epochs, 0.0, 1e6):
+    raise UserError(f"config field 'finetune.epochs' (the step cap in epochs of the "
+                    f"training set; 0 = finetune.steps) must be a number >= 0; got {epochs!r}")
+  if epochs and tuple(_optional(config, 'grid.steps', ())):
+    raise UserError("config fields 'finetune.epochs' and 'grid.steps' are both set: the "
+                    "step cap is either in epochs (grid.steps=()) or a grid of steps "
+                    "(finetune.epochs=0)")
+  return float(epochs)
 
 
 def _model(config) -> UNetSpec:
