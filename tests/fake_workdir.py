@@ -64,7 +64,8 @@ def _stage_blocks(rules) -> list[str]:
 
 def write(workdir, means: dict[str, float], *, seeds=(1, 2, 3, 4, 5), images=20,
           source='ultrasound', noise=0.03, seed_sd=0.01, histories=None,
-          distances=False, shared_noise=False, seed=0, folds=0, specs=None) -> str:
+          distances=False, shared_noise=False, seed=0, folds=0, specs=None, stops=None,
+          early_stop=None, old=False) -> str:
   """Writes results.jsonl, summaries and config.json; returns the directory.
 
   Dice of (experiment, seed, image) = mean + image effect + run effect
@@ -74,6 +75,14 @@ def write(workdir, means: dict[str, float], *, seeds=(1, 2, 3, 4, 5), images=20,
   so equal means give identical scores. With ``folds`` >= 2 each image is
   scored by the run of its fold (image i in fold i % folds). ``specs`` maps
   a base to its (schedule, init) where the name does not say it.
+
+  Every run converged by default (:func:`stopping`: best step 15, stopped at
+  40, or the best and last step of its history); ``stops`` maps a base to
+  summary fields that replace those (``stop_reason``, ``best_step``,
+  ``stopped_at_step``, ``best_val_dice``, ``seconds_to_best``,
+  ``own_seconds``), or to a function of the seed returning them;
+  ``early_stop`` is the rule recorded (default patience 5, min_delta 0).
+  ``old`` writes summaries as an older version did, without those fields.
   """
   rng = np.random.default_rng(seed)
   workdir = os.fspath(workdir)
@@ -105,7 +114,7 @@ def write(workdir, means: dict[str, float], *, seeds=(1, 2, 3, 4, 5), images=20,
           exp_rows.append(row)
         rows += exp_rows
         _write_run(workdir, name, base, s, fold, folds, schedule, init, exp_rows,
-                   histories, images)
+                   histories, images, stops, early_stop, old)
   paths = WorkdirPaths(workdir)
   files.write_jsonl(paths.results, rows)
   runs = [name for name in _names(means, seeds, fold_list)]
@@ -127,8 +136,23 @@ def _names(means, seeds, folds) -> list[str]:
   return [_name(b, s, seeds, f) for b in means for s in seeds for f in folds]
 
 
+# Summary fields of training to convergence, absent from an older version's summaries.
+STOP_FIELDS = ('stop_reason', 'stopped_at_step', 'best_step', 'best_val_dice',
+               'seconds_to_best', 'early_stop')
+
+
+def stopping(history=None) -> dict:
+  """A converged run's stop fields: best at 15 and stopped at 40, or as its history says."""
+  if not history:
+    return {'stop_reason': 'converged', 'best_step': 15, 'stopped_at_step': 40,
+            'best_val_dice': None}
+  best = max(history, key=lambda row: row['val_dice'])  # the first of equal maxima
+  return {'stop_reason': 'converged', 'best_step': best['step'],
+          'stopped_at_step': history[-1]['step'], 'best_val_dice': best['val_dice']}
+
+
 def _write_run(workdir, name, base, seed, fold, folds, schedule, init, rows, histories,
-               images):
+               images, stops=None, early_stop=None, old=False):
   where = WorkdirPaths(workdir).experiment(name)
   os.makedirs(where.folder, exist_ok=True)
   stages = []
@@ -138,6 +162,11 @@ def _write_run(workdir, name, base, seed, fold, folds, schedule, init, rows, his
                               {b: float(b in trained) for b in BLOCKS}))
   trained = stages[-1].trained
   dice = [r['dice'] for r in rows]
+  history = (histories or {}).get(base)
+  history = history(seed) if callable(history) else history
+  fields = stopping(history)
+  given = (stops or {}).get(base) or {}
+  fields.update(given(seed) if callable(given) else given)
   summary = ExperimentSummary(
       name=name, base=base, seed=seed, init=init, fold=fold, folds=folds,
       learning_rate=1e-3, weight_decay=0.0, frozen_norm='inference', steps=40,
@@ -145,12 +174,16 @@ def _write_run(workdir, name, base, seed, fold, folds, schedule, init, rows, his
       frozen=[f'{b}/kernel' for b in BLOCKS if b not in stages[0].trained],
       trainable_params=int(TOTAL_PARAMS * len(trained) / len(BLOCKS)),
       total_params=TOTAL_PARAMS, train_images=4 * images, test_images=len(rows),
-      mean_dice=float(np.mean(dice)), dice_ci95=[0.0, 1.0])
-  files.write_json(where.summary, summary.to_json())
+      mean_dice=float(np.mean(dice)), dice_ci95=[0.0, 1.0],
+      early_stop=early_stop or {'patience': 5, 'min_delta': 0.0}, **fields)
+  record = summary.to_json()
+  if old:
+    for key in STOP_FIELDS:
+      del record[key]
+  files.write_json(where.summary, record)
   files.write_jsonl(where.results, rows)
-  if histories and base in histories:
-    history = histories[base]
-    files.write_jsonl(where.history, history(seed) if callable(history) else history)
+  if history is not None:
+    files.write_jsonl(where.history, history)
 
 
 def curve(rise_steps: int, best: float, steps=40, every=5) -> list[dict]:

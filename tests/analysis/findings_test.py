@@ -158,6 +158,44 @@ def test_f5_when_every_seed_differs_by_the_same_steps(tmp_path):
   assert 'exact sign test over seeds p=0.031' in f.evidence
 
 
+def test_f5_states_its_convention_and_when_full_had_not_converged(tmp_path):
+  histories = {'shallow': _jittered_curve(10, 0.85),
+               'full': _jittered_curve(25, 0.85, phase=1)}
+  convention = ("steps until validation Dice first reaches 90% of full's best-validation "
+                "Dice in the same seed; full's best is its converged value")
+  converged = _findings(analysis.load(fake_workdir.write(
+      tmp_path / 'a', {'full': 0.85, 'shallow': 0.8}, histories=histories)))['F5']
+  assert converged.evidence.startswith(convention + ': shallow median')
+  assert 'had not converged' not in converged.evidence
+  capped = _findings(analysis.load(fake_workdir.write(
+      tmp_path / 'b', {'full': 0.85, 'shallow': 0.8}, histories=histories,
+      stops={'full': lambda seed: {'stop_reason': 'cap'} if seed <= 2 else {}})))['F5']
+  assert (convention + " (full had not converged in 2 run(s): its best is a lower bound)"
+          in capped.evidence)
+  # The statistics do not depend on how the runs stopped.
+  assert capped.verdict == converged.verdict == HOLDS
+  def numbers(finding):
+    return finding.evidence[finding.evidence.index('shallow median'):]
+  assert numbers(capped) == numbers(converged)
+  old = _findings(analysis.load(fake_workdir.write(
+      tmp_path / 'c', {'full': 0.85, 'shallow': 0.8}, histories=histories, old=True)))['F5']
+  assert 'converged' not in old.evidence and 'older version' in old.evidence
+
+
+def test_f5_a_run_that_stopped_short_of_the_target_counts_as_past_its_cap(tmp_path):
+  # shallow converges at 0.5 and stops at step 15 (history ends there), never
+  # reaching 90% of full's best: it counts as its cap (40) + 1, not as 16.
+  histories = {'shallow': fake_workdir.curve(10, 0.5)[:3],
+               'full': _jittered_curve(25, 0.85, phase=1)}
+  res = analysis.load(fake_workdir.write(tmp_path, {'full': 0.85, 'shallow': 0.8},
+                                        histories=histories))
+  assert (res.runs.loc[res.runs['base'] == 'shallow', 'stopped_at_step'] == 15).all()
+  f = _findings(res)['F5']
+  assert f.verdict == DOES_NOT_HOLD
+  assert 'shallow median 41' in f.evidence
+  assert 'shallow never reached it in 5 run(s) (counted as its step cap + 1)' in f.evidence
+
+
 def test_convergence_is_judged_fold_by_fold(tmp_path):
   histories = {'full': _jittered_curve(25, 0.85), 'shallow': _jittered_curve(10, 0.85)}
   res = analysis.load(fake_workdir.write(tmp_path, {'full': 0.85, 'shallow': 0.8},

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from repo import ROOT  # noqa: E402
 
+from unet_jax import analysis
 from unet_jax.analysis import report
 
 PNG = b'\x89PNG\r\n\x1a\n'
@@ -76,3 +77,76 @@ def test_launcher_reports_a_bad_workdir_in_one_line(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       f'error: no results in {tmp_path}: not a sweep work directory (no config.json), or '
       'its sweep has not started']
+
+
+def _capped(seed):
+  """head reached the cap (40) still improving in seeds 1 and 2."""
+  if seed < 3:
+    return {'stop_reason': 'cap', 'best_step': 40, 'stopped_at_step': 40, 'best_val_dice': 0.4}
+  return {'stop_reason': 'converged', 'best_step': 20, 'stopped_at_step': 35,
+          'best_val_dice': 0.38}
+
+
+def _stopped_report(folder, **kwargs):
+  workdir = fake_workdir.write(folder, {'full': 0.85, 'head': 0.4}, seeds=(1, 2, 3), images=8,
+                               **kwargs)
+  with open(report.write_report(workdir)) as f:
+    return workdir, f.read()
+
+
+def _answer(text) -> str:
+  return text[text.index('## What to train'):text.index('## Findings')]
+
+
+def _row(text, name) -> list[str]:
+  """The cells of the first table row of ``name`` in ``text``."""
+  line = next(ln for ln in text.splitlines() if ln.startswith(f'| {name} |'))
+  return [c.strip() for c in line.strip('|').split('|')]
+
+
+def test_report_says_which_runs_reached_the_cap(tmp_path):
+  workdir, text = _stopped_report(tmp_path, stops={'head': _capped})
+  answer = _answer(text)
+  assert ('**head** (2/3 runs) reached the step cap still improving: their Dice is a lower '
+          'bound and the ranking may change with a longer cap (raise `finetune.steps` or '
+          '`finetune.epochs`).') in answer
+  assert 'The other runs converged (patience 5 evaluations, min_delta 0)' in answer
+  assert 'Every run converged' not in text
+  header = _row(answer, 'strategy')
+  head = dict(zip(header, _row(answer, 'head')))
+  full = dict(zip(header, _row(answer, 'full')))
+  assert (head['steps to best'], head['at cap'], full['steps to best'], full['at cap']) == (
+      '33.3', '2/3', '15', '0/3')
+  assert full['time to best'] == '-'  # no separable time recorded
+  convergence = text[text.index('## Convergence'):text.index('## Figures')]
+  cells = _row(convergence, 'head')
+  assert cells[1:5] == ['0.393', '40', '40', '2/3']  # best val Dice from the summaries
+  assert "90% of full's best-validation Dice in the same seed" in convergence
+  res = analysis.load(workdir)
+  console = report.console_summary(res)
+  assert re.search(r'^head .* 40/40\* ', console, re.M)
+  assert re.search(r'^full .* 15/40 ', console, re.M)
+  assert '\n* a run reached the step cap still improving' in console
+
+
+def test_report_says_every_run_converged(tmp_path):
+  workdir, text = _stopped_report(tmp_path, early_stop={'patience': 3, 'min_delta': 0.01},
+                                  stops={'head': {'seconds_to_best': 2.5}})
+  answer = _answer(text)
+  assert ("Every run converged (patience 3 evaluations, min_delta 0.01): the weights scored "
+          "are each run's best-validation ones.") in answer
+  assert 'still improving: their Dice' not in text and 'older version' not in text
+  head = dict(zip(_row(answer, 'strategy'), _row(answer, 'head')))
+  assert (head['at cap'], head['time to best']) == ('0/3', '2.5 s')
+  console = report.console_summary(analysis.load(workdir))
+  assert '*' not in console and re.search(r'^head .* 15/40 ', console, re.M)
+
+
+def test_report_of_an_older_version_claims_no_convergence(tmp_path):
+  workdir, text = _stopped_report(tmp_path, old=True)
+  answer = _answer(text)
+  assert 'trained a fixed number of steps (older version of unet_jax' in answer
+  assert 'converged' not in answer and 'still improving: their Dice' not in answer
+  assert dict(zip(_row(answer, 'strategy'), _row(answer, 'head')))['at cap'] == '-'
+  console = report.console_summary(analysis.load(workdir))
+  assert re.search(r'^head .* -/40 ', console, re.M) and '*' not in console

@@ -223,3 +223,52 @@ def test_two_pretrainings_of_one_domain_are_one_set_of_conditions(tmp_path):
   assert table['condition'].iloc[0] == 'resnet34:full'
   assert dict(zip(table['condition'], table['verdict']))['paper-unet:head'] == 'worse'
   assert res.history('resnet34:full-seed1') is not None  # read from its own folder
+
+
+def _capped(seed):
+  """Stop fields of a run that reached the cap (40) still improving in seeds 1 and 2."""
+  if seed < 3:
+    return {'stop_reason': 'cap', 'best_step': 40, 'stopped_at_step': 40}
+  return {'stop_reason': 'converged', 'best_step': 20, 'stopped_at_step': 35}
+
+
+def test_recommend_gives_the_cost_to_reach_the_dice(tmp_path):
+  stops = {'full': lambda seed: {'best_step': 10 * seed, 'stopped_at_step': 10 * seed + 25,
+                                 'seconds_to_best': 0.5 * seed, 'best_val_dice': 0.8},
+           'head': _capped}
+  res = analysis.load(fake_workdir.write(tmp_path, {'full': 0.85, 'head': 0.4},
+                                        seeds=(1, 2, 3), stops=stops))
+  runs = res.runs.set_index('experiment')
+  assert list(runs.loc[['head-seed1', 'head-seed3'], 'stop_reason']) == ['cap', 'converged']
+  assert runs.loc['full-seed2', ['best_step', 'stopped_at_step', 'seconds_to_best',
+                                 'best_val_dice']].tolist() == [20, 45, 1.0, 0.8]
+  assert np.isnan(runs.loc['head-seed1', 'seconds_to_best'])
+  table = res.recommend().set_index('condition')
+  assert list(table.index) == ['full', 'head']  # verdicts and order as before
+  assert table.loc['head', 'verdict'] == 'worse'
+  full, head = table.loc['full'], table.loc['head']
+  assert (full['best_step'], full['stopped_step'], full['seconds_to_best'], full['at_cap']) == (
+      20, 45, 1.0, 0)
+  assert head['best_step'] == pytest.approx(100 / 3)
+  assert head['stopped_step'] == pytest.approx(115 / 3)
+  assert np.isnan(head['seconds_to_best']) and head['at_cap'] == 2
+
+
+def test_summaries_of_an_older_version_load_without_stop_fields(tmp_path):
+  workdir = fake_workdir.write(tmp_path, {'full': 0.85, 'head': 0.4}, seeds=(1, 2, 3),
+                               old=True)
+  with open(os.path.join(workdir, 'experiments', 'full-seed1', 'summary.json')) as f:
+    assert 'stop_reason' not in json.load(f)
+  res = analysis.load(workdir)
+  assert res.runs['stop_reason'].isna().all()
+  assert res.runs[['stopped_at_step', 'best_step', 'best_val_dice',
+                   'seconds_to_best']].isna().all().all()
+  table = res.recommend()
+  assert (table['at_cap'] == 0).all() and table['best_step'].isna().all()
+  assert list(table['verdict']) == ['best', 'worse']
+
+
+def test_from_frame_has_no_stop_fields():
+  table = analysis.from_frame(_frame()).recommend()
+  assert table[['best_step', 'stopped_step', 'seconds_to_best']].isna().all().all()
+  assert (table['at_cap'] == 0).all()

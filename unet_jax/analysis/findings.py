@@ -38,7 +38,10 @@ names counts once, and the cumulative subsets of F2 are found by content.
   within a seed), a t-test on the per-seed differences; when every seed
   differs by the same number of steps there is no spread for a t-test and
   the exact sign test decides (p = 2^(1-R): at least 6 seeds to reach 0.05).
-  A run that never gets there counts as its last logged step + 1.
+  A run that never gets there counts as its step cap + 1 (runs stop early
+  once converged, so their last logged step is not where they would have
+  got there). Full's best is its converged value (the evidence says in how
+  many runs full reached the cap still improving: there it is a lower bound).
 - F6: F2 under each of the two orders (flow, depth): holds when it holds
   under both; does not hold when it does not hold under one of them (or
   both); otherwise inconclusive.
@@ -360,8 +363,12 @@ def _f5(res: Results, domain: str, alpha: float, fraction: float = 0.9) -> Findi
   if conv['best_val_dice'].isna().all():
     return _finding('F5', INCONCLUSIVE, 'no validation curves: the engine wrote no '
                     'experiments/<name>/history.jsonl with val_dice')
-  # Never reaching the target ranks after every run that did.
-  steps = conv['steps'].fillna(conv['last_step'] + 1)
+  # Never reaching the target ranks after every run that did: a run that
+  # stopped early (converged) without reaching it would not have reached it by
+  # its cap, so it counts as its step cap + 1 (its last logged step + 1 where
+  # the cap is unknown, or logged later).
+  cap = conv['experiment'].map(_runs(res, domain).set_index('experiment')['steps'])
+  steps = conv['steps'].fillna(np.fmax(cap, conv['last_step']) + 1)
   never = conv[conv['steps'].isna()].groupby('base').size()
   # Folds of one seed are pooled: a seed's steps are the mean over its folds.
   table = conv.assign(steps=steps).pivot_table(index=['variant', 'seed'], columns='base',
@@ -369,11 +376,11 @@ def _f5(res: Results, domain: str, alpha: float, fraction: float = 0.9) -> Findi
   if table.empty:
     return _finding('F5', INCONCLUSIVE, 'no seed has curves for both shallow and full')
   d = (table['full'] - table['shallow']).to_numpy()
-  evidence = (f'steps to {fraction:.0%} of full\'s best validation Dice: shallow median '
+  evidence = (f'{_f5_convention(res, domain, fraction)}: shallow median '
               f'{table["shallow"].median():g}, full median {table["full"].median():g}; '
               f'shallow faster in {int((d > 0).sum())} of {d.size} seeds'
-              + ''.join(f'; {base} never reached it in {n} run(s) (counted as '
-                        'last step + 1)' for base, n in never.items())
+              + ''.join(f'; {base} never reached it in {n} run(s) (counted as its step '
+                        'cap + 1)' for base, n in never.items())
               + _train_size(res, domain))
   if d.size < 2:
     return _finding('F5', INCONCLUSIVE, f'{evidence}; {ONE_SEED}')
@@ -386,6 +393,24 @@ def _f5(res: Results, domain: str, alpha: float, fraction: float = 0.9) -> Findi
   if p < alpha:
     return _finding('F5', HOLDS if d.mean() > 0 else DOES_NOT_HOLD, evidence)
   return _finding('F5', INCONCLUSIVE, evidence)
+
+
+def _f5_convention(res: Results, domain: str, fraction: float) -> str:
+  """What F5 counts, and how far full's best (the bar) is from its converged value."""
+  full = _runs(res, domain)
+  full = full[full['base'] == 'full']
+  unit = 'seed and fold' if full['fold'].notna().any() else 'seed'
+  head = (f'steps until validation Dice first reaches {fraction:.0%} of full\'s '
+          f'best-validation Dice in the same {unit}')
+  reasons = full['stop_reason']
+  if reasons.isna().all():  # older summaries: no claim about convergence
+    return (head + '; full\'s best is that of its fixed number of steps (older version: '
+            'no early stopping)')
+  head += '; full\'s best is its converged value'
+  capped = int((reasons == 'cap').sum())
+  if capped:
+    head += f' (full had not converged in {capped} run(s): its best is a lower bound)'
+  return head
 
 
 def _paired_t(d: np.ndarray) -> float:

@@ -227,8 +227,20 @@ def _metric_columns(frame: pd.DataFrame, higher: dict[str, bool], keys: set[str]
   return metrics
 
 
+def _number(value) -> float:
+  """A summary's optional number as a float; NaN when it is absent (None)."""
+  return np.nan if value is None else float(value)
+
+
 def _run_row(run: LoadedRun) -> dict:
-  """One row of ``Results.runs``, from a run's summary record."""
+  """One row of ``Results.runs``, from a run's summary record.
+
+  ``stop_reason`` (``'converged'``, ``'cap'``, ``'diverged'``,
+  ``'no_validation'``), ``stopped_at_step``, ``best_step`` (the step whose
+  weights were scored), ``best_val_dice`` and ``seconds_to_best`` come from
+  runs trained to convergence; a summary written before them (an older work
+  directory, or ``from_frame``) gives None and NaN.
+  """
   s = run.summary
   kind = s.schedule_kind or {}
   gradual = kind.get('kind') == 'gradual'
@@ -246,6 +258,9 @@ def _run_row(run: LoadedRun) -> dict:
                                else np.nan),
           'extra_params': s.extra_params,
           'seconds': s.own_seconds if s.own_seconds is not None else np.nan,
+          'stop_reason': s.stop_reason, 'stopped_at_step': _number(s.stopped_at_step),
+          'best_step': _number(s.best_step), 'best_val_dice': _number(s.best_val_dice),
+          'seconds_to_best': _number(s.seconds_to_best),
           'frozen_norm': s.frozen_norm, 'trained': s.trained_blocks,
           'blocks': frozenset(s.blocks) or None,
           'train_images': s.train_images if s.train_images is not None else np.nan,

@@ -133,19 +133,27 @@ def _answer_section(res: Results, domain: str, alpha: float, folder: str, tag: s
   else:
     sentence = (f'Train **{best["condition"]}** (Dice {best["mean"]:.3f}): every other '
                 'strategy is significantly worse.')
+  stops = _stops(res, domain)
   rows = [(r.condition, f'**{r.verdict}**', r.mean, f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]',
            r.diff_vs_best, _p(r.p_holm), int(r.n_runs), _count(r.trainable_params),
-           _count(r.extra_params), _seconds(r.seconds), 'yes' if r.pareto else '')
+           _count(r.extra_params), _seconds(r.seconds), _step(r.best_step),
+           _seconds(r.seconds_to_best), _at_cap(stops[stops['condition'] == r.condition]),
+           'yes' if r.pareto else '')
           for r in table.itertuples()]
   out = [sentence, '',
          markdown_table(('strategy', 'verdict', 'Dice', '95% CI', 'vs best', 'p (Holm)',
-                         'runs', 'trainable', 'extra', 'time/run', 'Pareto'), rows), '',
+                         'runs', 'trainable', 'extra', 'time/run', 'steps to best',
+                         'time to best', 'at cap', 'Pareto'), rows), '',
+         _stopping_sentence(stops), '',
          f'Verdicts: run-aware paired tests against the best (matched seeds and images), '
          f'Holm-corrected over {len(table) - 1} comparisons, alpha = {alpha} '
          '(`Results.recommend`). Trainable: parameters trained in the last stage; extra: '
          'parameters added (adapters); time/run: seconds of its own training steps where '
          'its bundle ran experiment by experiment (on a CPU two at a time, so they compare '
-         "strategies; '-' where one program trained them all).",
+         "strategies; '-' where one program trained them all). Steps to best: mean step of "
+         "each run's best validation Dice, whose weights were scored; time to best: its own "
+         'seconds per step x that step; at cap: runs that reached the step cap still '
+         'improving, of those trained.',
          '']
   for x, title, name in (('trainable_params', 'Dice against trainable parameters', 'params'),
                          ('seconds', 'Dice against training time', 'time')):
@@ -153,6 +161,90 @@ def _answer_section(res: Results, domain: str, alpha: float, folder: str, tag: s
     if figure:
       out += [f'![{title}]({os.path.relpath(figure, os.path.dirname(folder))})', '']
   return out
+
+
+def _stops(res: Results, domain: str) -> pd.DataFrame:
+  """One row per run of ``domain``: condition, base, stop_reason and its early-stopping rule.
+
+  ``kind`` sorts the runs for the report: 'converged'; 'cap' (reached the step
+  cap still improving); 'budget' (at the cap with ``finetune.patience`` = 0:
+  no early stopping); 'old' (a summary from before training to convergence,
+  stop_reason None); 'diverged'; 'no_validation'.
+  """
+  runs = res.runs[res.runs['domain'] == domain]
+  out = []
+  for run in runs.itertuples():
+    rule = res.record(run.experiment, domain).early_stop or {}
+    reason = run.stop_reason
+    kind = ('old' if reason is None else
+            'budget' if reason == 'cap' and rule.get('patience') == 0 else reason)
+    out.append({'experiment': run.experiment, 'condition': run.condition, 'base': run.base,
+                'stop_reason': reason, 'kind': kind, 'patience': rule.get('patience'),
+                'min_delta': rule.get('min_delta')})
+  return pd.DataFrame(out, columns=['experiment', 'condition', 'base', 'stop_reason', 'kind',
+                                    'patience', 'min_delta'])
+
+
+def _at_cap(stops: pd.DataFrame) -> str:
+  """'k/n': runs of a group at the cap still improving, of n; '-' for older summaries only."""
+  known = stops[stops['kind'] != 'old']
+  return '-' if known.empty else f'{int((known["kind"] == "cap").sum())}/{len(known)}'
+
+
+def _rules(stops: pd.DataFrame) -> str:
+  """The early-stopping rules of ``stops``' runs, as 'patience P evaluations, min_delta D'."""
+  rules = sorted({(int(r.patience), float(r.min_delta)) for r in stops.itertuples()
+                  if r.patience is not None and r.min_delta is not None})
+  return '; '.join(f'patience {p} evaluations, min_delta {d:g}' for p, d in rules) \
+      or 'early-stopping rule not recorded'
+
+
+def _named(stops: pd.DataFrame, kind: str, by: str = 'condition') -> str:
+  """The groups with runs of ``kind``, bold, each with 'k/n' of its runs."""
+  parts = []
+  for name, group in stops.groupby(by, sort=False):
+    k = int((group['kind'] == kind).sum())
+    if k:
+      parts.append(f'**{name}** ({k}/{len(group)} runs)')
+  return ', '.join(parts)
+
+
+def _stopping_sentence(stops: pd.DataFrame) -> str:
+  """Whether the Dice of the table is converged: at the cap, converged, or an older budget."""
+  kinds = set(stops['kind'])
+  if kinds == {'converged'}:
+    return (f'Every run converged ({_rules(stops)}): the weights scored are each run\'s '
+            'best-validation ones.')
+  if kinds == {'old'}:
+    return ('Every run trained a fixed number of steps (older version of unet_jax, no early '
+            'stopping): this is a ranking at that budget, not at convergence.')
+  parts = []
+  if 'cap' in kinds:
+    parts.append(f'{_named(stops, "cap")} reached the step cap still improving: their Dice '
+                 'is a lower bound and the ranking may change with a longer cap (raise '
+                 '`finetune.steps` or `finetune.epochs`).')
+  if 'budget' in kinds:
+    parts.append(f'{_named(stops, "budget")} trained to the step cap without early stopping '
+                 '(`finetune.patience` = 0): a ranking at that budget.')
+  if 'old' in kinds:
+    parts.append(f'{_named(stops, "old")} trained a fixed number of steps (older version): '
+                 'ranking at a budget.')
+  if 'diverged' in kinds:
+    parts.append(f'{_named(stops, "diverged")} diverged: scored with their best weights '
+                 'before it.')
+  if 'no_validation' in kinds:
+    parts.append(f'{_named(stops, "no_validation")} had no validation images: their last '
+                 'weights were scored.')
+  if 'converged' in kinds:
+    converged = stops[stops['kind'] == 'converged']
+    parts.append(f'The other runs converged ({_rules(converged)}) and are scored with their '
+                 'best-validation weights.')
+  return ' '.join(parts)
+
+
+def _step(value: float) -> str:
+  """A step count (a mean or median), to one decimal where it has one; '-' when unknown."""
+  return '-' if not np.isfinite(value) else f'{round(float(value), 1):g}'
 
 
 def _count(value: float) -> str:
@@ -222,19 +314,41 @@ def _stability_section(res: Results, domain: str) -> list[str]:
                               for name, row in ranks.iterrows()]), '']
 
 
+F5_CONVENTION = ("F5 (shallow reaches good Dice faster) is judged on the steps until validation "
+                 "Dice first reaches 90% of full's best-validation Dice in the same seed "
+                 "(interpolated between evaluations); full's best is its converged value, a "
+                 "lower bound where full reached the step cap.")
+
+
 def _convergence_section(res: Results, domain: str) -> list[str]:
+  """Per base: best validation Dice, when it was reached, when training stopped, at what cost."""
+  runs = res.runs[res.runs['domain'] == domain]
   conv = res.convergence(0.9)
-  conv = conv[conv['domain'] == domain]
-  if conv['best_val_dice'].isna().all():
-    return ['No validation curves (`experiments/<name>/history.jsonl`): convergence '
-            'speed (F5) cannot be judged.', '']
-  without = sorted(set(conv.loc[conv['best_val_dice'].isna(), 'base']))
-  conv = conv.dropna(subset=['best_val_dice'])
-  table = conv.groupby('base').agg(best=('best_val_dice', 'mean'), steps=('steps', 'median'),
-                                   runs=('experiment', 'count'))
-  out = [markdown_table(('experiment', 'best val Dice', 'median steps to 90% of best', 'runs'),
-                        [(r.Index, r.best, f'{r.steps:g}', r.runs)
-                         for r in table.itertuples()]), '']
+  conv = conv[conv['domain'] == domain].set_index('experiment')
+  # The summary's best validation Dice (the weights scored); else the curve's best.
+  best = runs.set_index('experiment')['best_val_dice'].fillna(conv['best_val_dice'])
+  if best.isna().all():
+    return ['No validation Dice (no `experiments/<name>/history.jsonl`, none in the '
+            'summaries): convergence speed (F5) cannot be judged.', '']
+  with_full = 'full' in set(runs['base']) and conv.loc[
+      conv['base'] == 'full', 'best_val_dice'].notna().any()
+  reach = (res.convergence(0.9, reference='full') if with_full else res.convergence(0.9))
+  reach = reach[reach['domain'] == domain].set_index('experiment')['steps']
+  stops = _stops(res, domain).set_index('experiment')
+  rows = []
+  for base, group in runs.groupby('base', sort=False):
+    names = group['experiment']
+    rows.append((base, float(best[names].mean()), _step(group['best_step'].median()),
+                 _step(group['stopped_at_step'].median()), _at_cap(stops.loc[names]),
+                 _seconds(group['seconds_to_best'].mean()), _step(reach[names].median())))
+  target = "full's best" if with_full else 'own best'
+  out = [markdown_table(('experiment', 'best val Dice', 'median best step',
+                         'median stopped step', 'at cap', 'mean time to best',
+                         f'median steps to 90% of {target}'), rows), '',
+         F5_CONVENTION + ('' if with_full else ' (No curves of full here: the last column '
+                          "is against each run's own best.)"), '']
+  without = sorted(set(runs.loc[runs['experiment'].map(conv['best_val_dice']).isna(),
+                                'base']))
   if without:
     out += [f'No validation curves for: {", ".join(without)}.', '']
   return out
@@ -316,16 +430,25 @@ def saved_overlays(workdir: str, res: Results) -> Overlays | None:
   return Overlays(images, masks, ids, predictions_from_weights(workdir, images, names))
 
 
+def _mean_seconds(seconds: list[float]) -> str:
+  finite = [s for s in seconds if np.isfinite(s)]
+  return f'{np.mean(finite):.1f}' if finite else '-'
+
+
 def console_summary(res: Results, alpha: float = 0.05) -> str:
   """The table a sweep prints: one row per experiment and variant, best first, then verdicts.
 
   ``dice`` is the mean over seeds and test images with its run-aware 95%
-  CI; ``seed SD`` and ``seeds`` show how much single runs differ.
+  CI; ``seed SD`` and ``seeds`` show how much single runs differ;
+  ``best@/stop`` is the median step of the best validation Dice (whose
+  weights were scored) over the median step training stopped at, marked
+  ``*`` when a run reached the step cap still improving (a footnote says so).
   """
-  blocks = []
+  blocks, marked = [], False
   for domain in res.domains:
     table = res.summary('condition', domain=domain)
     runs = res.runs[res.runs['domain'] == domain]
+    stops = _stops(res, domain).set_index('experiment')
     rows = []
     for r in table.itertuples():
       mine = runs[runs['condition'] == r.condition]
@@ -336,20 +459,29 @@ def console_summary(res: Results, alpha: float = 0.05) -> str:
       records = [res.record(e, domain) for e in mine['experiment']]
       seconds = [(r.own_seconds if r.own_seconds is not None else r.seconds) or np.nan
                  for r in records]
-      steps = sorted({int(x) for x in mine['steps'].dropna()})
+      # Median step of the best validation Dice / median step it stopped at
+      # (older summaries: the steps it trained); '*': a run at the cap still improving.
+      stopped = mine['stopped_at_step'].fillna(mine['steps'])
+      capped = bool((stops.loc[mine['experiment'], 'kind'] == 'cap').any())
+      marked |= capped
       rows.append((r.condition, _percent(r.trainable_fraction), f'{r.mean:.3f}',
                    '-' if np.isnan(r.seed_sd) else f'{r.seed_sd:.3f}',
                    f'{run_means.min():.3f}-{run_means.max():.3f} ({len(run_means)})',
-                   f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]', '/'.join(map(str, steps)),
-                   f'{np.nanmean(seconds):.1f}'))
+                   f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]',
+                   f'{_step(mine["best_step"].median())}/{_step(stopped.median())}'
+                   + ('*' if capped else ''),
+                   _mean_seconds(seconds)))
     header = ('experiment', 'trained', 'dice', 'seed SD', 'seed means (n)', '95% CI',
-              'steps', 's/run')
+              'best@/stop', 's/run')
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
     line = lambda cells: '  '.join(c.ljust(w) if i == 0 else c.rjust(w)
                                    for i, (c, w) in enumerate(zip(cells, widths)))
     title = [f'{domain}:'] if len(res.domains) > 1 else []
     blocks.append('\n'.join(title + [line(header), line(['-' * w for w in widths])]
                             + [line(row) for row in rows]))
+  if marked:
+    blocks[-1] += ('\n* a run reached the step cap still improving: its Dice is a lower bound '
+                   '(raise finetune.steps or finetune.epochs)')
   found = res.findings(alpha)
   verdicts = '\n'.join(f'{f.id} {f.verdict:<13} {f.claim}' for f in found)
   return '\n\n'.join(blocks + [verdicts])

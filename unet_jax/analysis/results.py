@@ -81,7 +81,7 @@ class Results:
   """A sweep's results: ``df`` has one row per (run, test image)."""
 
   df: pd.DataFrame
-  runs: pd.DataFrame  # one row per run: keys, init, schedule, sizes, workdir
+  runs: pd.DataFrame  # one row per run: keys, init, schedule, sizes, how it stopped, workdir
   loaded: list[LoadedRun]  # every run's summary record
   sweeps: dict[str, SweepRecord]  # domain -> its sweep's resolved settings
   notes: list[str]
@@ -232,6 +232,18 @@ class Results:
     own training time per run (``seconds``; NaN where the bundle ran as one
     program and one run's time is not separable).
 
+    The cost of reaching that Dice, from the runs' summaries (runs train
+    until validation Dice stops improving and are scored with their
+    best-validation weights): ``best_step``, the mean step of the
+    best-validation evaluation whose weights were scored; ``stopped_step``,
+    the mean step training stopped at; ``seconds_to_best``, the mean of each
+    run's own seconds per step x its best step (NaN where unknown, as for
+    ``seconds``); ``at_cap``, how many of its runs reached the step cap still
+    improving (``stop_reason == 'cap'``): their Dice is a lower bound, and a
+    longer cap may change the ranking. Summaries written before training to
+    convergence give NaN steps and ``at_cap`` 0 (``Results.runs['stop_reason']``
+    is None for them).
+
     Example::
 
       analysis.load('runs/strategies').recommend()
@@ -262,7 +274,11 @@ class Results:
                   'p_holm': np.nan if t is None else p_holm[name], 'n_runs': row.n_runs,
                   'trainable_params': float(members['trainable_params'].mean()),
                   'extra_params': float(members['extra_params'].mean()),
-                  'seconds': float(members['seconds'].mean())})
+                  'seconds': float(members['seconds'].mean()),
+                  'best_step': float(members['best_step'].mean()),
+                  'stopped_step': float(members['stopped_at_step'].mean()),
+                  'seconds_to_best': float(members['seconds_to_best'].mean()),
+                  'at_cap': int((members['stop_reason'] == 'cap').sum())})
     frame = pd.DataFrame(out)
     frame['pareto'] = _pareto(frame['mean'].to_numpy() * (1 if self.higher[metric] else -1),
                               frame['trainable_params'].to_numpy())
