@@ -38,12 +38,14 @@ udiat_b, montgomery, jsrt_scr, folder) with ``root=<folder>``; ``seeds=N``;
 ``smoke``.
 
 Size and time. The full design is 43 base experiments x 5 seeds = 215
-fine-tuning runs (one scheme: flow 32, depth 20 bases) of 1,000 steps at 128 x 128,
-base width 32: about 215,000 experiment-steps, sized for one accelerator,
-not yet measured on one. ``smoke`` is the same design on a depth-2, width-4
-U-Net at 32 x 32 with 8 steps per run: 25 x 5 = 125 runs, 2 min 4 s on a
-2-core CPU (2026-12-01); at 8 steps its numbers only show that every finding
-can be decided (it gave F1, F2 and F6 "holds").
+fine-tuning runs (one scheme: flow 32, depth 20 bases) of at most 1,000 steps at
+128 x 128, base width 32: each run stops once validation Dice (56 images, scored every
+50 steps) has not gained 0.005 in 5 evaluations, so at most about 215,000
+experiment-steps, sized for one accelerator, not yet measured on one. ``smoke`` is
+the same design on a depth-2, width-4 U-Net at 32 x 32 with at most 8 steps per run:
+25 x 5 = 125 runs, 2 min 4 s on a 2-core CPU (2026-12-01, before runs stopped early);
+its numbers only show that every finding can be decided (it gave F1, F2 and F6
+"holds").
 
 What it measures: test Dice, IoU, HD95 and ASSD per image and seed, the
 validation Dice curve of every run, and the findings F1-F6 in report.md
@@ -168,7 +170,11 @@ def get_config(arg=None):
   config.data = dict(source=dataset, num_images=40 if smoke else 400, test_fraction=0.3,
                      val_fraction=0.2, folds=0, root=options['root'], on_bad='error')
   steps = 8 if smoke else 1000
-  config.finetune = dict(steps=steps, batch_size=8 if smoke else 16, learning_rate=1e-3,
+  # Every run to convergence (configs/default.py): steps is the cap, validation
+  # Dice is scored every chunk_steps, patience evaluations without a gain of
+  # min_delta stop it (counted from a gradual schedule's last stage).
+  config.finetune = dict(steps=steps, epochs=0, patience=2 if smoke else 5, min_delta=0.005,
+                         batch_size=8 if smoke else 16, learning_rate=1e-3,
                          weight_decay=0.0, frozen_norm='adapt', rewarmup_steps=0)
   # The default's policy and check (docs/DESIGN.md section 3); cross both
   # policies with grid.frozen_norm=('inference', 'adapt').
@@ -181,7 +187,7 @@ def get_config(arg=None):
   config.strategy = 'auto'
   config.max_bundle = 0
   config.compilation_cache = '~/.cache/unet_jax/jax'
-  config.chunk_steps = 4 if smoke else 100
+  config.chunk_steps = 2 if smoke else 50
   config.checkpoint_every = 4 if smoke else 200
   config.loop = 'auto'
   config.bootstrap_samples = 500 if smoke else 2000

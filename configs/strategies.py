@@ -107,7 +107,5 @@ def get_config(arg=None):
     experiments = {k: experiments[k] for k in keep}
     config.grid.layer_decay = ()  # the entries' own values: 0.8 and 1.0
     config.grid.l2sp = ()
-  if variant == 'smoke':
-    config.finetune.steps = 40
   config.experiments = ml_collections.ConfigDict(experiments)
   return config

@@ -67,7 +67,7 @@ def test_report_links_existing_pngs(fake_report):
 
 def test_markdown_table_escapes_and_formats():
   table = report.markdown_table(('a', 'b'), [('x|y', 0.12345), ('z', float('nan'))])
-  assert table.splitlines() == ['| a | b |', '|---|---|', '| x\\|y | 0.123 |', '| z | nan |']
+  assert table.splitlines() == ['| a | b |', '|---|---|', '| x\\|y | 0.123 |', '| z | - |']
 
 
 def test_launcher_reports_a_bad_workdir_in_one_line(tmp_path):

@@ -99,6 +99,29 @@ def test_checkpoints_read_back_with_plain_orbax(sweep_dir):
   assert summary['train_images'] + summary['val_images'] + summary['test_images'] == 16
 
 
+def test_summary_records_where_each_run_stopped_and_its_best(sweep_dir):
+  workdir, summaries = sweep_dir
+  for summary in summaries:
+    history = read_jsonl(os.path.join(workdir, 'experiments', summary.name, 'history.jsonl'))
+    assert summary.stop_reason in ('converged', 'cap')
+    assert summary.stopped_at_step == history[-1]['step'] <= summary.steps
+    best = max(history, key=lambda h: h['val_dice'])  # min_delta 0.005: the first best
+    assert summary.best_val_dice == pytest.approx(best['val_dice'], abs=0.005)
+    assert summary.best_step in [h['step'] for h in history]
+    assert summary.early_stop == {'patience': 5, 'min_delta': 0.005}
+
+
+def test_a_cap_in_epochs_becomes_steps_of_whole_chunks(tmp_path):
+  # ceil(7 epochs x training images / batch 8), rounded up to whole chunks of 2.
+  config = tiny_config(**{'finetune.epochs': 7, 'only': 'head'})
+  summaries = run_sweep(config, str(tmp_path), progress=False)
+  train = summaries[0].train_images
+  steps = -(-7 * train // 8)
+  assert summaries[0].steps == -(-steps // 2) * 2  # chunk_steps = 2
+  written = json.load(open(os.path.join(tmp_path, 'config.json')))
+  assert written['finetune']['steps'] == summaries[0].steps and written['epochs'] == 7.0
+
+
 def test_sweep_ends_with_a_report_history_and_events(sweep_dir):
   workdir, summaries = sweep_dir
   with open(os.path.join(workdir, 'report.md')) as f:
@@ -201,6 +224,11 @@ def test_pretraining_is_reused(sweep_dir, tmp_path, capsys):
     ({'finetune.update_frozen_stats': True}, "'finetune.update_frozen_stats' was replaced by "
                                              "finetune.frozen_norm"),
     ({'pretrain.source': 'xpie'}, 'valid choices: ultrasound, chest_xray, dead_leaves'),
+    ({'finetune.patience': -1}, "'finetune.patience' (evaluations without improvement"),
+    ({'finetune.min_delta': 2.0}, "'finetune.min_delta' (validation Dice an evaluation"),
+    ({'finetune.epochs': -3}, "'finetune.epochs' (the step cap in epochs"),
+    ({'finetune.epochs': 2, 'grid.steps': (4, 8)}, "'finetune.epochs' and 'grid.steps' are "
+                                                   'both set'),
 ])
 def test_bad_config_fields_are_named(tmp_path, overrides, message):
   with pytest.raises(UserError) as e:

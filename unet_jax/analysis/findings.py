@@ -377,7 +377,7 @@ def _f5(res: Results, domain: str, alpha: float, fraction: float = 0.9) -> Findi
     return _finding('F5', INCONCLUSIVE, 'no seed has curves for both shallow and full')
   d = (table['full'] - table['shallow']).to_numpy()
   evidence = (f'{_f5_convention(res, domain, fraction)}: shallow median '
-              f'{table["shallow"].median():g}, full median {table["full"].median():g}; '
+              f'{table["shallow"].median():.0f}, full median {table["full"].median():.0f}; '
               f'shallow faster in {int((d > 0).sum())} of {d.size} seeds'
               + ''.join(f'; {base} never reached it in {n} run(s) (counted as its step '
                         'cap + 1)' for base, n in never.items())

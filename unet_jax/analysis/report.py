@@ -47,7 +47,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
   """A GitHub-flavoured markdown table; floats with 3 decimals."""
   def cell(v) -> str:
     if isinstance(v, (float, np.floating)):
-      return 'nan' if np.isnan(v) else f'{v:.3f}'
+      return '-' if np.isnan(v) else f'{v:.3f}'
     return str(v).replace('|', '\\|').replace('\n', ' ')
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in rows]
