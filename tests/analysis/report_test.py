@@ -55,6 +55,22 @@ def test_report_has_tables_and_findings(fake_report):
   assert re.search(r'\| contracting \| 0\.7\d\d \| 0\.8\d\d \| -0\.0\d\d \|', text)
 
 
+def test_the_answer_uses_multiple_comparisons_with_the_best(fake_report):
+  _, text = fake_report
+  answer = _answer(text)
+  assert answer.index('Train **full** (Dice 0.8') < answer.index('| strategy |')
+  header = _row(answer, 'strategy')
+  assert header[:6] == ['strategy', 'verdict', 'Dice', '95% CI', 'vs best', 'MCB interval']
+  head = dict(zip(header, _row(answer, 'head')))
+  assert head['verdict'] == '**worse**' and head['MCB interval'].endswith(', 0.000]')
+  best = dict(zip(header, _row(answer, 'full')))
+  assert best['verdict'] == '**best**' and best['vs best'] == '-'
+  assert "Hsu's multiple comparisons with the best" in answer
+  assert 'Bonferroni-t critical value t(1 - alpha/5)' in answer and 'alpha = 0.05' in answer
+  assert '**not shown worse**: it reaches above 0' in answer and 'within delta' in answer
+  assert 'tied' not in text.lower() and 'p (Holm)' not in answer
+
+
 def test_report_links_existing_pngs(fake_report):
   workdir, text = fake_report
   for name in ('dice', 'curves', 'schedules', 'overlays'):
@@ -150,3 +166,28 @@ def test_report_of_an_older_version_claims_no_convergence(tmp_path):
   assert dict(zip(_row(answer, 'strategy'), _row(answer, 'head')))['at cap'] == '-'
   console = report.console_summary(analysis.load(workdir))
   assert re.search(r'^head .* -/40 ', console, re.M) and '*' not in console
+
+
+def test_report_with_a_margin_names_the_strategies_within_it(tmp_path):
+  # Two strategies 0.002 apart, 8 seeds: within 0.05 of the best with delta=0.05
+  # (their MCB intervals reach about -0.03).
+  workdir = fake_workdir.write(tmp_path, {'full': 0.85, 'contracting': 0.848, 'head': 0.4},
+                               seeds=tuple(range(1, 9)), images=12)
+  with open(report.write_report(workdir, delta=0.05)) as f:
+    answer = _answer(f.read())
+  best, close = ('full', 'contracting') if '| full | **best** |' in answer else (
+      'contracting', 'full')
+  assert f'Train **{best}** (Dice 0.8' in answer
+  assert f'; within 0.05 of the best: **{close}**.' in answer
+  assert 'are at most 0.05 below the best of the others' in answer
+  assert f'| {close} | **within 0.05** |' in answer and '| head | **worse** |' in answer
+  assert '**within 0.05**: the interval starts above -0.05' in answer
+
+
+def test_report_with_one_seed_decides_nothing(tmp_path):
+  workdir = fake_workdir.write(tmp_path, {'full': 0.85, 'head': 0.4}, seeds=(1,), images=8)
+  with open(report.write_report(workdir)) as f:
+    answer = _answer(f.read())
+  assert 'one seed run-to-run variation is unknown: no strategy is shown worse' in answer
+  assert '| head | **untested** |' in answer
+  assert dict(zip(_row(answer, 'strategy'), _row(answer, 'head')))['MCB interval'] == '-'

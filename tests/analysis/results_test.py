@@ -272,3 +272,96 @@ def test_from_frame_has_no_stop_fields():
   table = analysis.from_frame(_frame()).recommend()
   assert table[['best_step', 'stopped_step', 'seconds_to_best']].isna().all().all()
   assert (table['at_cap'] == 0).all()
+
+
+def _strategies(effects, seeds=3, images=24, run_sd=0.01, noise=0.02):
+  """Per-image Dice and HD95 of strategies crossed with seeds and images."""
+  rng = np.random.default_rng(0)
+  image = rng.normal(0, 0.1, images)
+  rows = []
+  for seed in range(seeds):
+    for name, effect in effects.items():
+      run = rng.normal(0, run_sd)
+      for i in range(images):
+        dice = 0.7 + effect + image[i] + run + rng.normal(0, noise)
+        rows.append({'experiment': name, 'seed': seed, 'image_id': f'im{i}', 'dice': dice,
+                     'hd95': 10 - 20 * dice})
+  return pd.DataFrame(rows)
+
+
+def test_recommend_gives_hsu_mcb_intervals():
+  res = analysis.from_frame(_strategies({'a': 0.1, 'b': 0.0, 'c': -0.1, 'd': -0.3}))
+  table = res.recommend(alpha=0.05)
+  assert list(table['condition']) == ['a', 'b', 'c', 'd']
+  assert list(table['verdict']) == ['best', 'worse', 'worse', 'worse']
+  best = table.iloc[0]
+  assert best['mcb_lo'] == 0 and best['mcb_hi'] > 0.05  # shown the best, by about 0.1
+  assert (table['mcb_hi'].iloc[1:] == 0).all() and (table['mcb_lo'].iloc[1:] < 0).all()
+  assert table['diff_vs_best'].iloc[3] == pytest.approx(-0.4, abs=0.03)
+  assert 'tied' not in set(table['verdict'])
+  # The columns are stats.mcb of the run-aware paired tests of every pair.
+  names = list(table['condition'])
+  diff, se, df = (np.zeros((4, 4)) for _ in range(3))
+  for i, x in enumerate(names):
+    for j, y in enumerate(names):
+      if i != j:
+        t = res.paired(x, y, by='condition')
+        diff[i, j], se[i, j], df[i, j] = t.mean_diff, t.se, t.df
+  lo, hi = stats.mcb(diff, se, df, alpha=0.05)
+  np.testing.assert_allclose(table['mcb_lo'], lo)
+  np.testing.assert_allclose(table['mcb_hi'], hi)
+  np.testing.assert_allclose(table['p_holm'].iloc[1:], stats.holm(
+      [res.paired(n, 'a', by='condition').p for n in names[1:]]))
+  # Lower is better for HD95: the same answer, intervals signed so that + is better.
+  hd = res.recommend('hd95')
+  assert list(hd['condition']) == names and list(hd['verdict']) == list(table['verdict'])
+  assert hd['mcb_lo'].iloc[0] == 0 and (hd['mcb_hi'].iloc[1:] == 0).all()
+
+
+def test_recommend_within_delta_of_the_best():
+  # Two nearly equal strategies with 10 seeds: not shown worse without a margin,
+  # shown within 0.02 of the best with one; the clearly worse one stays worse.
+  res = analysis.from_frame(_strategies({'a': 0.0, 'b': -0.002, 'c': -0.2}, seeds=10))
+  plain = res.recommend().set_index('condition')
+  close = [n for n in 'ab' if plain.loc[n, 'verdict'] != 'best']  # either may lead
+  assert len(close) == 1 and plain.loc[close[0], 'verdict'] == 'not shown worse'
+  assert plain.loc[close[0], 'mcb_lo'] < 0 < plain.loc[close[0], 'mcb_hi']
+  assert plain.loc['c', 'verdict'] == 'worse'
+  table = res.recommend(delta=0.02).set_index('condition')
+  assert table.loc[close[0], 'verdict'] == 'within delta'
+  assert table.loc[close[0], 'mcb_lo'] > -0.02 and table.loc['c', 'verdict'] == 'worse'
+  # A margin wider than c's gap: worse, but by less than delta.
+  wide = res.recommend(delta=0.5).set_index('condition')
+  assert wide.loc['c', 'verdict'] == 'within delta' and wide.loc['c', 'mcb_hi'] == 0
+  with pytest.raises(UserError, match='delta must be a positive'):
+    res.recommend(delta=0)
+
+
+def test_recommend_with_one_seed_is_untested():
+  table = analysis.from_frame(_strategies({'a': 0.0, 'c': -0.2}, seeds=1)).recommend()
+  assert list(table['verdict']) == ['best', 'untested']
+  assert table[['mcb_lo', 'mcb_hi']].isna().all().all()
+
+
+def test_recommend_by_base_pools_a_strategy_grid_as_paired_does():
+  # 'ld' crossed with its own grid axis (two variants) against plain strategies:
+  # by base its variants are pooled cell by cell, as in paired().
+  res = analysis.from_frame(_strategies({'full': 0.0, 'ld1': 0.01, 'ld2': -0.02,
+                                         'head': -0.2}))
+  grid = res.df['base'].isin(['ld1', 'ld2'])
+  res.df.loc[grid, 'variant'] = '-' + res.df.loc[grid, 'base']
+  res.df.loc[grid, 'base'] = 'ld'
+  table = res.recommend(by='base')
+  names = list(table['base'])
+  assert sorted(names) == ['full', 'head', 'ld']
+  k = len(names)
+  diff, se, df = np.zeros((k, k)), np.ones((k, k)), np.ones((k, k))
+  for i, x in enumerate(names):
+    for j, y in enumerate(names):
+      if i != j:
+        t = res.paired(x, y)
+        diff[i, j], se[i, j], df[i, j] = t.mean_diff, t.se, t.df
+  lo, hi = stats.mcb(diff, se, df)
+  np.testing.assert_allclose(table['mcb_lo'], lo)
+  np.testing.assert_allclose(table['mcb_hi'], hi)
+  assert table.set_index('base').loc['head', 'verdict'] == 'worse'

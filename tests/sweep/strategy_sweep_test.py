@@ -84,10 +84,10 @@ def _frame(effects: dict[str, float], seeds=3, images=24, run_sd=0.01, noise=0.0
   return pd.DataFrame(rows)
 
 
-def test_recommend_names_the_best_the_tied_and_the_worse():
+def test_recommend_names_the_best_the_not_shown_worse_and_the_worse():
   table = analysis.from_frame(_frame({'a': 0.0, 'b': 0.002, 'c': -0.2})).recommend()
   verdicts = dict(zip(table['condition'], table['verdict']))
-  assert verdicts == {'b': 'best', 'a': 'tied', 'c': 'worse'}
+  assert verdicts == {'b': 'best', 'a': 'not shown worse', 'c': 'worse'}
   assert table['condition'].iloc[0] == 'b' and np.isnan(table['p_holm'].iloc[0])
   assert table['p_holm'][table['condition'] == 'c'].iloc[0] < 0.05
   assert table['diff_vs_best'][table['condition'] == 'c'].iloc[0] < -0.1

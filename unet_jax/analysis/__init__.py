@@ -5,6 +5,7 @@
 - ``paired``: :class:`PairedTest`, a run-aware paired comparison;
 - ``stats``: crossed seeds x images estimates, Holm, ranks, bootstrap;
 - ``findings``: the paper's findings F1-F6 judged on a Results;
+- ``race``: ``race(df, delta=...)``, a Kim-Nelson race: what is decided, what to run next;
 - ``report``, ``plots``: report.md and its figures.
 
 Example::
@@ -16,6 +17,7 @@ Example::
 
 from unet_jax.analysis.loading import from_frame, load
 from unet_jax.analysis.paired import PairedTest
+from unet_jax.analysis.race import RaceRecord, race
 from unet_jax.analysis.results import Results
 
-__all__ = ['PairedTest', 'Results', 'from_frame', 'load']
+__all__ = ['PairedTest', 'RaceRecord', 'Results', 'from_frame', 'load', 'race']

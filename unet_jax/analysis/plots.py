@@ -57,8 +57,8 @@ def plot_scores(res: Results, path: str, metric: str = 'dice', *, by: str = 'bas
   return _save(fig, path)
 
 
-_VERDICT_COLOURS = {'best': '#d62728', 'tied': '#ff7f0e', 'worse': '#7f7f7f',
-                    'untested': '#1f77b4'}
+_VERDICT_COLOURS = {'best': '#d62728', 'within delta': '#2ca02c',
+                    'not shown worse': '#ff7f0e', 'worse': '#7f7f7f', 'untested': '#1f77b4'}
 
 
 def plot_tradeoff(table: pd.DataFrame, path: str, x: str, *, by: str = 'condition',
@@ -190,3 +190,32 @@ def _contour(ax, mask, colour: str, width: float) -> None:
   mask = np.squeeze(np.asarray(mask, np.float32))
   if 0 < mask.sum() < mask.size:  # an empty or full mask has no contour
     ax.contour(mask, levels=[0.5], colors=colour, linewidths=width)
+
+
+def plot_race(race: Mapping, path: str) -> str | None:
+  """A race (race.json): each strategy's mean per look, a cross where it was
+  eliminated, and the indifference zone below the leader shaded."""
+  looks = race.get('looks') or []
+  if not looks:
+    return None
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  steps = [look['replicates'] for look in looks]
+  leader = [max(look['means'][n] for n in look['means']
+                if race['eliminated'].get(n, 10 ** 9) >= look['replicates']) for look in looks]
+  ax.fill_between(steps, np.asarray(leader) - race['delta'], leader, color='#ff7f0e',
+                  alpha=0.15, label=f'within delta = {race["delta"]:g} of the leader')
+  for name in race['strategies']:
+    out = race['eliminated'].get(name)
+    kept = [(look['replicates'], look['means'][name]) for look in looks
+            if out is None or look['replicates'] <= out]
+    xs, ys = zip(*kept)
+    line, = ax.plot(xs, ys, marker='.', label=name)
+    if out is not None:
+      ax.plot(xs[-1], ys[-1], marker='x', markersize=10, color=line.get_color())
+  ax.set_xlabel('replicates (seeds) per strategy')
+  ax.set_ylabel('mean test Dice so far')
+  ax.set_title(f'race: {"decided" if race["decided"] else "undecided"} '
+               f'(x: eliminated; alpha {race["alpha"]:g})')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc='best', ncol=2)
+  return _save(fig, path)

@@ -113,43 +113,55 @@ def _summary_section(res: Results, domain: str) -> list[str]:
   return out
 
 
-def _answer_section(res: Results, domain: str, alpha: float, folder: str, tag: str
-                    ) -> list[str]:
-  """The answer first: the best strategy and those statistically tied with it."""
-  table = res.recommend(domain=domain, alpha=alpha)
+def _answer_section(res: Results, domain: str, alpha: float, folder: str, tag: str,
+                    delta: float | None = None) -> list[str]:
+  """The answer first: the best strategy, and which others MCB shows worse (or within delta)."""
+  table = res.recommend(domain=domain, alpha=alpha, delta=delta)
   if table.empty:
     return []
   best = table.iloc[0]
-  tied = table[table['verdict'] == 'tied']['condition'].tolist()
+  named = lambda verdict: ', '.join(f'**{c}**' for c in
+                                    table[table['verdict'] == verdict]['condition'])
+  within, open_ = named('within delta'), named('not shown worse')
+  head = f'Train **{best["condition"]}** (Dice {best["mean"]:.3f})'
   if (table['verdict'] == 'untested').any():
     sentence = (f'**{best["condition"]}** scored best (Dice {best["mean"]:.3f}), but with '
-                'one seed run-to-run variation is unknown: no strategy is shown tied or '
-                'worse. Run 3 or more seeds (`grid.seed`) for an answer.')
-  elif tied:
-    sentence = (f'Train **{best["condition"]}** (Dice {best["mean"]:.3f}); not significantly '
-                f'worse than it: {", ".join(f"**{t}**" for t in tied)}. Among those, the one '
-                'with fewest trainable parameters or the shortest time is as good an answer '
-                'as this data can give.')
+                'one seed run-to-run variation is unknown: no strategy is shown worse or '
+                'close to it. Run 3 or more seeds (`grid.seed`) for an answer.')
+  elif len(table) == 1:
+    sentence = f'{head}: the only strategy in the results.'
+  elif within or open_:
+    parts = ([f'within {delta:g} of the best: {within}'] if within else []) + (
+        [f'not shown worse: {open_}'] if open_ else [])
+    sentence = f'{head}; ' + '; '.join(parts) + '.'
+    if within:
+      sentence += (f' Those within {delta:g} are at most {delta:g} below the best of the '
+                   'others: among them, the one with fewest trainable parameters or the '
+                   'shortest time gives up at most that.')
+    if open_:
+      sentence += (' Those not shown worse may or may not be as good as the best: this data '
+                   'cannot tell (more seeds narrow the intervals).')
   else:
-    sentence = (f'Train **{best["condition"]}** (Dice {best["mean"]:.3f}): every other '
-                'strategy is significantly worse.')
+    sentence = f'{head}: every other strategy is shown worse.'
   stops = _stops(res, domain)
-  rows = [(r.condition, f'**{r.verdict}**', r.mean, f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]',
-           r.diff_vs_best, _p(r.p_holm), int(r.n_runs), _count(r.trainable_params),
-           _count(r.extra_params), _seconds(r.seconds), _step(r.best_step),
+  verdict = lambda v: f'within {delta:g}' if v == 'within delta' else v
+  rows = [(r.condition, f'**{verdict(r.verdict)}**', r.mean, f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]',
+           r.diff_vs_best, _interval(r.mcb_lo, r.mcb_hi), int(r.n_runs),
+           _count(r.trainable_params), _count(r.extra_params), _seconds(r.seconds),
+           _step(r.best_step),
            _seconds(r.seconds_to_best), _at_cap(stops[stops['condition'] == r.condition]),
            'yes' if r.pareto else '')
           for r in table.itertuples()]
   out = [sentence, '',
-         markdown_table(('strategy', 'verdict', 'Dice', '95% CI', 'vs best', 'p (Holm)',
+         markdown_table(('strategy', 'verdict', 'Dice', '95% CI', 'vs best', 'MCB interval',
                          'runs', 'trainable', 'extra', 'time/run', 'steps to best',
                          'time to best', 'at cap', 'Pareto'), rows), '',
          _stopping_sentence(stops), '',
-         f'Verdicts: run-aware paired tests against the best (matched seeds and images), '
-         f'Holm-corrected over {len(table) - 1} comparisons, alpha = {alpha} '
-         '(`Results.recommend`). Trainable: parameters trained in the last stage; extra: '
-         'parameters added (adapters); time/run: seconds of its own training steps where '
-         'its bundle ran experiment by experiment (on a CPU two at a time, so they compare '
+         _mcb_sentence(len(table), alpha, delta), '',
+         'Vs best: mean paired difference from the best. Trainable: parameters trained in '
+         'the last stage; extra: parameters added (adapters); time/run: seconds of its own '
+         'training steps where its bundle ran experiment by experiment (on a CPU two at a '
+         'time, so they compare '
          "strategies; '-' where one program trained them all). Steps to best: mean step of "
          "each run's best validation Dice, whose weights were scored; time to best: its own "
          'seconds per step x that step; at cap: runs that reached the step cap still '
@@ -161,6 +173,26 @@ def _answer_section(res: Results, domain: str, alpha: float, folder: str, tag: s
     if figure:
       out += [f'![{title}]({os.path.relpath(figure, os.path.dirname(folder))})', '']
   return out
+
+
+def _interval(lo: float, hi: float) -> str:
+  return '-' if np.isnan(lo) or np.isnan(hi) else f'[{lo:.3f}, {hi:.3f}]'
+
+
+def _mcb_sentence(k: int, alpha: float, delta: float | None) -> str:
+  """How the answer's verdicts are made (``Results.recommend``, ``stats.mcb``)."""
+  margin = (f" **within {delta:g}**: the interval starts above -{delta:g}, so it is at most "
+            f'{delta:g} below the best of the others (whether or not also shown worse).'
+            if delta is not None else
+            " (`write_report(delta=...)` adds 'within delta': shown at most delta below.)")
+  return (f"Verdicts: Hsu's multiple comparisons with the best (constrained MCB, Hsu 1984). "
+          f'MCB interval: for each strategy, its Dice minus the best Dice of the others, '
+          f'simultaneous {1 - alpha:.0%} intervals for all {k} (alpha = {alpha}), from the '
+          'run-aware paired differences of every pair (matched seeds and images), with the '
+          f'one-sided Bonferroni-t critical value t(1 - alpha/{max(k - 1, 1)}), which is '
+          "conservative (`Results.recommend`). Every interval contains 0. **worse**: it "
+          'ends at 0, so another strategy is better. **not shown worse**: it reaches above '
+          '0, so the strategy may be the best; not a claim that it is as good.' + margin)
 
 
 def _stops(res: Results, domain: str) -> pd.DataFrame:
@@ -487,14 +519,41 @@ def console_summary(res: Results, alpha: float = 0.05) -> str:
   return '\n\n'.join(blocks + [verdicts])
 
 
+def _race_section(race: dict, folder: str) -> list[str]:
+  """The race's decision first (race.json), then who went out when, and its figure."""
+  settings = race['settings']
+  last = race['looks'][-1]['means'] if race['looks'] else {}
+  rows = []
+  for name in sorted(race['strategies'], key=lambda n: (race['eliminated'].get(n, 10 ** 9),
+                                                        last.get(n, 0.0)), reverse=True):
+    out = race['eliminated'].get(name)
+    rows.append((name, 'survivor' if out is None else f'after {out}',
+                 race['replicates'][name], last.get(name, float('nan'))))
+  out = ['## The race', '', f'**{race["answer"]}**', '',
+         markdown_table(('strategy', 'eliminated', 'replicates', 'mean at its last look'),
+                        rows), '',
+         f'Kim & Nelson (2001) fully sequential procedure on paired replicate means: delta '
+         f'= {settings["delta"]:g} Dice, alpha = {settings["alpha"]:g}, n0 = {settings["n0"]}, '
+         f'{settings["per_round"]} replicate(s) per round, at most '
+         f'{settings["max_replicates"]}; {len(race["rounds"])} round(s), '
+         f'{sum(race["replicates"].values())} runs in all. A replicate is a seed on this '
+         'sweep\'s data split: the guarantee is about this test set (docs/DESIGN.md 5e).', '']
+  figure = plots.plot_race(race, os.path.join(folder, 'race.png'))
+  if figure:
+    out += [f'![The race]({os.path.relpath(figure, os.path.dirname(folder))})', '']
+  return out
+
+
 def write_report(workdir: str, *, overlays: Overlays | None = None,
-                 also: Sequence[str] = (), alpha: float = 0.05) -> str:
+                 also: Sequence[str] = (), alpha: float = 0.05,
+                 delta: float | None = None) -> str:
   """Writes ``<workdir>/report.md`` and its figures; returns the report's path.
 
   ``also`` adds work directories of other domains (F4 compares ultrasound
   with chest X-ray); ``overlays`` adds a figure of predictions on the best and
   worst test images (of ``workdir``'s domain); by default they come from the
-  sweep's ``test_set.npz`` and saved weights.
+  sweep's ``test_set.npz`` and saved weights. ``delta`` (Dice units) adds the
+  answer's 'within delta' verdict (``Results.recommend``).
   """
   workdir = os.path.abspath(workdir)
   res = load([workdir, *also])
@@ -515,11 +574,15 @@ def write_report(workdir: str, *, overlays: Overlays | None = None,
            f'{_hd95_conventions(res)}.', '']
   if res.notes:
     lines += ['**Incomplete results:**', ''] + [f'- {n}' for n in res.notes] + ['']
+  if os.path.exists(paths.race):
+    race = files.read_json(paths.race)
+    lines += _race_section(race, folder)
+    delta = race['delta'] if delta is None else delta
   ordered = [main_domain] + [d for d in res.domains if d != main_domain]
   for domain in ordered:  # the work directory's own domain first
     tag = '' if domain == main_domain else f'-{domain}'
     lines += [f'## What to train ({domain})', '']
-    lines += _answer_section(res, domain, alpha, folder, tag)
+    lines += _answer_section(res, domain, alpha, folder, tag, delta)
   found = res.findings(alpha)
   lines += ['## Findings (DESIGN.md F1-F6)', '',
             markdown_table(('id', 'verdict', 'claim', 'evidence'),

@@ -9,7 +9,7 @@ make one. Its methods answer the study's questions::
   res.paired('contracting', 'expanding')      # run-aware paired test
   res.pairwise(reference='full')              # every experiment vs full, Holm
   res.findings()                              # F1..F6 of DESIGN.md, with numbers
-  res.recommend()                             # what to train: best and tied strategies
+  res.recommend()                             # what to train: Hsu's MCB against the best
 
 Vocabulary: a *run* is one trained network (one experiment name such as
 ``full-seed1``); its ``base`` is the entry of ``config.experiments`` it came
@@ -30,6 +30,7 @@ run-to-run variation is unknown.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from typing import TYPE_CHECKING, Sequence
 
@@ -162,11 +163,8 @@ class Results:
       if name not in names:
         raise UserError(f'no {by} named {name!r} in the results; valid: '
                         f'{", ".join(sorted(names))}')
-    identity = {'base': (), 'condition': ('variant',), 'experiment': ('variant', 'seed')}[by]
-    if by == 'base' and not (set(rows[rows[by] == a]['variant']) &
-                             set(rows[rows[by] == b]['variant'])):
-      identity = ('variant',)  # no variant in common (a strategy's grid): pool them
-    keys = ['domain'] + [k for k in _PAIR_KEYS if k not in identity]
+    keys = _pair_keys(by, set(rows[rows[by] == a]['variant']),
+                      set(rows[rows[by] == b]['variant']))
     side = [rows[rows[by] == n].groupby(keys)[metric].mean().rename(col)
             for n, col in ((a, 'a'), (b, 'b'))]
     return pd.concat(side, axis=1, join='inner').reset_index(), keys
@@ -215,22 +213,45 @@ class Results:
     return table
 
   def recommend(self, metric: str = 'dice', *, domain: str | None = None,
-                alpha: float = 0.05, by: str = 'condition') -> pd.DataFrame:
-    """What to train on this data: the best strategy and those statistically tied with it.
+                alpha: float = 0.05, by: str = 'condition', delta: float | None = None
+                ) -> pd.DataFrame:
+    """What to train on this data: the best strategy, and which others MCB shows worse.
 
     One row per strategy (``by='condition'``: each grid variant, such as a
-    layer-decay factor, counts as its own strategy), best mean first:
-    ``verdict`` is 'best'; 'tied' where the run-aware paired test against
-    the best (matched seeds and images, ``paired``), Holm-corrected over the
-    comparisons with the best, is not significant at ``alpha``; 'worse'
-    where it is; 'untested' with one seed (run-to-run variation unknown:
-    nothing is tied or worse). Choosing the best by its mean and then testing
-    the others against it favours the best a little (the winner's curse),
-    so read 'worse' near the boundary with care. ``pareto`` marks strategies
-    no other beats on both mean and trainable parameters. Columns also hold
-    each strategy's trainable and extra parameters (adapters) and its mean
-    own training time per run (``seconds``; NaN where the bundle ran as one
-    program and one run's time is not separable).
+    layer-decay factor, counts as its own strategy), best mean first.
+    ``mcb_lo``, ``mcb_hi``: Hsu's constrained multiple comparisons with the
+    best (``stats.mcb``), simultaneous ``1 - alpha`` intervals for each
+    strategy's mean minus the best mean of the others, from the run-aware
+    paired differences of every pair (matched seeds and images, as in
+    ``paired``; Bonferroni-t critical value, conservative). Signs follow
+    "better": for a lower-is-better metric (hd95) a positive value still
+    means better than the others. Every interval contains 0; ``mcb_hi == 0``
+    says some other strategy is better, ``mcb_lo == 0`` that this one is at
+    least as good as every other. Unlike testing each against the
+    best-by-mean, the intervals account for the best having been chosen
+    by the same data (no winner's curse). ``verdict``:
+
+    - 'best': the highest mean (lowest for hd95/assd);
+    - 'within delta' (``delta`` given, in the metric's units): ``mcb_lo >
+      -delta``, shown to be at most delta below the best of the others.
+      It takes precedence over 'worse': a strategy may also have ``mcb_hi ==
+      0`` (shown worse, but by less than delta; the interval says how much);
+    - 'worse': ``mcb_hi == 0``, shown not to be the best (and, with a
+      delta, not shown within it);
+    - 'not shown worse': neither; it may be the best or may not, the data
+      cannot tell (this is not a claim of equivalence: give a delta for that);
+    - 'untested': some of its comparisons have one seed (run-to-run
+      variation unknown) or no matched cells: its interval is NaN and
+      nothing is decided.
+
+    ``diff_vs_best`` is its mean paired difference from the best (metric
+    units, its matched cells); ``p_holm``, the run-aware paired test against
+    the best Holm-corrected over those comparisons, is kept for reference
+    and decides no verdict. ``pareto`` marks strategies no other beats on
+    both mean and trainable parameters. Columns also hold each strategy's
+    trainable and extra parameters (adapters) and its mean own training time
+    per run (``seconds``; NaN where the bundle ran as one program and one
+    run's time is not separable).
 
     The cost of reaching that Dice, from the runs' summaries (runs train
     until validation Dice stops improving and are scored with their
@@ -246,32 +267,61 @@ class Results:
 
     Example::
 
-      analysis.load('runs/strategies').recommend()
+      analysis.load('runs/strategies').recommend(delta=0.02)
     """
+    if delta is not None and not delta > 0:
+      raise UserError(f'delta must be a positive number of {metric} units, not {delta!r}')
     table = self.summary(by, metric, domain=domain)
     if table.empty:
       return table
-    best = table[by].iloc[0]
+    names = list(table[by])
+    k = len(names)
     rows = self._rows(metric, by, domain)
+    groups = {name: g for name, g in rows.groupby(by, sort=False)}
+    variants = {name: set(g['variant']) for name, g in groups.items()}
+    sides: dict[tuple, pd.Series] = {}  # (name, keys) -> its cells, as in matched()
+
+    def side(name: str, keys: list[str]) -> pd.Series:
+      if (name, *keys) not in sides:
+        sides[(name, *keys)] = groups[name].groupby(keys)[metric].mean()
+      return sides[(name, *keys)]
+
+    diff = np.full((k, k), np.nan)
+    se, df, p = diff.copy(), diff.copy(), diff.copy()
+    np.fill_diagonal(diff, 0.0)
+    for i, j in itertools.combinations(range(k), 2):
+      keys = _pair_keys(by, variants[names[i]], variants[names[j]])
+      est = _paired_estimate(side(names[i], keys), side(names[j], keys), keys)
+      if est is None:
+        continue  # nothing to pair: both stay untested
+      diff[i, j], diff[j, i] = est.mean, -est.mean
+      if est.runs_known:  # the numbers of paired(); with one seed nothing is decided
+        p[i, j] = p[j, i] = est.p_value()
+        se[i, j] = se[j, i] = est.se
+        df[i, j] = df[j, i] = est.df
+    sign = 1.0 if self.higher[metric] else -1.0
+    mcb_lo, mcb_hi = stats.mcb(sign * diff, se, df, alpha)
+    p_holm = stats.holm(p[1:, 0])
     runs = self.runs if domain is None else self.runs[self.runs['domain'] == domain]
-    tests = {name: self.paired(name, best, metric, by=by, domain=domain)
-             for name in table[by].iloc[1:]}
-    p = pd.Series({name: t.p for name, t in tests.items()}, dtype=np.float64)
-    p_holm = pd.Series(stats.holm(p.to_numpy()), index=p.index) if len(p) else p
     out = []
-    for row in table.itertuples():
+    for i, row in enumerate(table.itertuples()):
       name = getattr(row, by)
       members = runs[runs['experiment'].isin(rows[rows[by] == name]['experiment'].unique())]
-      t = tests.get(name)
-      if t is None:
+      lo, hi = mcb_lo[i], mcb_hi[i]
+      if i == 0:
         verdict = 'best'
-      elif not t.runs_known:
+      elif np.isnan(lo) or np.isnan(hi):
         verdict = 'untested'
+      elif delta is not None and lo > -delta:
+        verdict = 'within delta'
+      elif hi == 0:
+        verdict = 'worse'
       else:
-        verdict = 'worse' if p_holm[name] < alpha and t.favours(1.0) == best else 'tied'
+        verdict = 'not shown worse'
       out.append({by: name, 'verdict': verdict, 'mean': row.mean, 'ci_lo': row.ci_lo,
-                  'ci_hi': row.ci_hi, 'diff_vs_best': np.nan if t is None else t.mean_diff,
-                  'p_holm': np.nan if t is None else p_holm[name], 'n_runs': row.n_runs,
+                  'ci_hi': row.ci_hi, 'diff_vs_best': np.nan if i == 0 else diff[i, 0],
+                  'mcb_lo': lo, 'mcb_hi': hi,
+                  'p_holm': np.nan if i == 0 else p_holm[i - 1], 'n_runs': row.n_runs,
                   'trainable_params': float(members['trainable_params'].mean()),
                   'extra_params': float(members['extra_params'].mean()),
                   'seconds': float(members['seconds'].mean()),
@@ -280,7 +330,7 @@ class Results:
                   'seconds_to_best': float(members['seconds_to_best'].mean()),
                   'at_cap': int((members['stop_reason'] == 'cap').sum())})
     frame = pd.DataFrame(out)
-    frame['pareto'] = _pareto(frame['mean'].to_numpy() * (1 if self.higher[metric] else -1),
+    frame['pareto'] = _pareto(frame['mean'].to_numpy() * sign,
                               frame['trainable_params'].to_numpy())
     return frame
 
@@ -391,6 +441,31 @@ class Results:
     """
     from unet_jax.analysis import findings  # noqa: PLC0415 - it builds on this module
     return findings.evaluate(self, alpha, {**DOMAIN_KINDS, **(domain_kinds or {})})
+
+
+def _pair_keys(by: str, variants_a: set, variants_b: set) -> list[str]:
+  """The keys two groups are matched on (``Results.matched``)."""
+  identity = {'base': (), 'condition': ('variant',), 'experiment': ('variant', 'seed')}[by]
+  if by == 'base' and not variants_a & variants_b:
+    identity = ('variant',)  # no variant in common (a strategy's grid): pool them
+  return ['domain'] + [k for k in _PAIR_KEYS if k not in identity]
+
+
+def _paired_estimate(a: pd.Series, b: pd.Series, keys: list[str]) -> stats.Estimate | None:
+  """``stats.crossed_mean`` of a - b on their matched cells, as ``paired_test`` makes it.
+
+  ``a`` and ``b`` are cell means indexed by ``keys``; None when they share no
+  cell. The same cells and numbers as ``Results.paired`` (tested), without
+  its per-pair tables: ``recommend`` makes one per pair of strategies.
+  """
+  joined = pd.concat([a.rename('a'), b.rename('b')], axis=1, join='inner')
+  if joined.empty:
+    return None
+  d = joined['a'] - joined['b']
+  image_keys = [k for k in keys if k in ('domain', 'image_id')]
+  if len(image_keys) == len(keys):  # no run key: one run
+    return stats.crossed_mean(d.to_numpy()[None])
+  return stats.crossed_mean(d.unstack(image_keys).to_numpy())
 
 
 def _pareto(score: np.ndarray, cost: np.ndarray) -> np.ndarray:

@@ -6,8 +6,9 @@ runs and images are *crossed*. The training run is the unit of replication:
 :func:`crossed_mean` gives a mean's standard error and degrees of freedom
 with both sources of variation, and every CI, test and verdict of
 ``unet_jax.analysis`` (results, paired tests, findings) comes from it (its error rate
-is checked by simulation in ``tests/analysis/stats_test.py``). :func:`wilcoxon`
-describes one run's images.
+is checked by simulation in ``tests/analysis/stats_test.py``). :func:`mcb` gives
+Hsu's multiple comparisons with the best on such run-aware paired
+differences. :func:`wilcoxon` describes one run's images.
 """
 
 from __future__ import annotations
@@ -127,6 +128,75 @@ def welch(a: Estimate, b: Estimate) -> tuple[float, float, float]:
   parts = [e.se ** 4 / e.df for e in (a, b) if e.df > 0]
   df = se ** 4 / sum(parts) if parts and sum(parts) > 0 else float('nan')
   return a.mean - b.mean, se, df
+
+
+def paired_differences(matrices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(diff, se, df), each ``k x k``, of k matched ``runs x images`` matrices.
+
+  ``diff[i, j]`` estimates mu_i - mu_j by :func:`crossed_mean` of
+  ``matrices[i] - matrices[j]`` (same runs and images in each); ``se`` and
+  ``df`` are its run-aware SE and Satterthwaite df (NaN with one run:
+  run-to-run variation unknown). The diagonal is 0 (diff) and NaN. The input
+  :func:`mcb` takes.
+  """
+  m = [np.asarray(x, dtype=np.float64) for x in matrices]
+  k = len(m)
+  diff, se, df = np.zeros((k, k)), np.full((k, k), np.nan), np.full((k, k), np.nan)
+  for i, j in itertools.combinations(range(k), 2):
+    est = crossed_mean(m[i] - m[j])
+    diff[i, j], diff[j, i] = est.mean, -est.mean
+    if est.runs_known:
+      se[i, j] = se[j, i] = est.se
+      df[i, j] = df[j, i] = est.df
+  return diff, se, df
+
+
+def mcb(diff, se, df, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+  """Hsu's constrained multiple comparisons with the best (MCB; Hsu 1984).
+
+  ``diff[i, j]`` estimates mu_i - mu_j (higher is better; negate a
+  lower-is-better metric), ``se[i, j]`` and ``df[i, j]`` its standard error
+  and degrees of freedom (for paired runs: :func:`crossed_mean` of the
+  seeds x images differences, :func:`paired_differences`); diagonals are
+  ignored. Returns ``(lo, hi)``, arrays of k: simultaneous ``1 - alpha``
+  intervals for ``mu_i - max_{j != i} mu_j``, each strategy against the best
+  of the others::
+
+    hi_i = max(0, min_{j != i}(diff_ij + d_ij se_ij))
+    lo_i = min(0, min_{j != i}(diff_ij - d_ij se_ij))
+
+  ``hi_i == 0``: some other strategy is better than i (i is shown not to be
+  the best); ``lo_i == 0``: i is at least as good as every other (shown to
+  be the best); ``lo_i > -delta``: i is at most delta below the best of the
+  others. Every interval contains 0 (constrained MCB), which is what keeps
+  it valid with a one-sided critical value: all k statements hold whenever
+  the k - 1 one-sided comparisons of the true best with the others hold.
+
+  The critical value is the one-sided Bonferroni bound
+  ``d_ij = t_{1 - alpha / (k - 1), df_ij}``, per pair with its own df (the
+  seeds x images differences of each pair have their own variance). Hsu's
+  exact constant is the (k-1)-variate Dunnett-type quantile of the
+  correlated comparisons with the best; Bonferroni ignores that
+  correlation, so it is larger and the intervals conservative (coverage
+  at least 1 - alpha, up to the accuracy of each Satterthwaite df; checked by
+  simulation in ``tests/analysis/stats_test.py``). Hsu's lower bound, a
+  minimum over only the j whose ``hi_j > 0``, would be a little tighter;
+  the minimum over every j is the simpler, also valid, bound. An interval
+  whose comparisons include a NaN SE (one run) is NaN: nothing is decided.
+  """
+  diff = np.asarray(diff, dtype=np.float64)
+  se = np.asarray(se, dtype=np.float64)
+  df = np.asarray(df, dtype=np.float64)
+  k = diff.shape[0]
+  if k < 2:
+    return np.full(k, np.nan), np.full(k, np.nan)
+  other = ~np.eye(k, dtype=bool)
+  with np.errstate(invalid='ignore'):
+    d = sps.t.ppf(1 - alpha / (k - 1), np.where(other, df, 1.0))
+    margin = np.where(other, d * se, 0.0)
+  upper = np.where(other, diff + margin, np.inf).min(axis=1)  # NaN wins: nothing decided
+  lower = np.where(other, diff - margin, np.inf).min(axis=1)
+  return np.minimum(0.0, lower), np.maximum(0.0, upper)
 
 
 def wilcoxon(differences) -> float:

@@ -74,6 +74,7 @@ class WorkdirPaths:
   test_set = property(lambda self: self._at('test_set.npz'))
   bundles = property(lambda self: self._at('bundles.json'))
   autotune = property(lambda self: self._at('autotune.json'))
+  race = property(lambda self: self._at('race.json'))  # config.race: the decisions
   lock = property(lambda self: self._at('.lock'))
   experiments_dir = property(lambda self: self._at('experiments'))
   tensorboard = property(lambda self: self._at('tensorboard'))
