@@ -26,7 +26,7 @@ Result:     a table sorted by test Dice with the seed spread and the median
             best/stop steps (full 0.90, contracting 0.89, scratch 0.87,
             expanding 0.83, shallow 0.81, deep 0.76, last 0.72, head 0.46; 21
             of 24 runs converged, 1 scratch and 2 shallow runs at the cap) and
-            report.md: train full, contracting and scratch not shown worse; F1
+            report.md: train full; contracting and scratch not shown worse (MCB); F1
             holds (+0.059 [+0.012, +0.107]), F3 holds, F5 does not hold,
             F2/F4/F6 need configs/paper.py.
 """
@@ -110,6 +110,12 @@ def get_config(arg=None):
   config.grid = dict(seed=(0, 1, 2), learning_rate=(), weight_decay=(), steps=(),
                      batch_size=(), frozen_norm=(), fold=())
   config.only = ''  # comma-separated experiment names; empty = all
+  # A race instead of a fixed number of seeds (configs/race.py, README "The
+  # race"): every strategy gets n0 replicates (seeds), then only the survivors
+  # get more, until one is left (Kim & Nelson 2001: it is within delta Dice of
+  # the best with probability 1 - alpha) or max_replicates is reached.
+  config.race = dict(enabled=False, delta=0.02, alpha=0.05, n0=5, per_round=1,
+                     max_replicates=15)
   # How a bundle runs: 'auto' times the candidates on this hardware and keeps
   # the fastest; or one of static, per_experiment, sequential, vmap,
   # vmap_matmul, sharded_sequential, sharded_vmap (unet_jax/engine/strategies.py).

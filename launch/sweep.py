@@ -9,6 +9,7 @@ directory (one message, no traceback), 130 interrupted by Ctrl-C, 143 stopped
 by SIGTERM. A stop saves a checkpoint first; the same command resumes.
 """
 
+import json
 import os
 import shlex
 import signal
@@ -92,6 +93,10 @@ def main(argv) -> int:
     from unet_jax import analysis  # pandas and scipy, once results exist
     from unet_jax.analysis import report
     try:
+      race = WorkdirPaths(os.path.abspath(workdir)).race
+      if os.path.exists(race):  # a race opens with its decision
+        with open(race) as f:
+          print(f'race: {json.load(f)["answer"]}\n')
       print(report.console_summary(analysis.load(workdir)))
     except Exception as e:  # noqa: BLE001 - the results are written; say how to look
       print(f'warning: the summary table could not be made ({type(e).__name__}: {e}); '

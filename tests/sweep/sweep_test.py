@@ -108,7 +108,7 @@ def test_summary_records_where_each_run_stopped_and_its_best(sweep_dir):
     best = max(history, key=lambda h: h['val_dice'])  # min_delta 0.005: the first best
     assert summary.best_val_dice == pytest.approx(best['val_dice'], abs=0.005)
     assert summary.best_step in [h['step'] for h in history]
-    assert summary.early_stop == {'patience': 5, 'min_delta': 0.005}
+    assert summary.early_stop == {'patience': 4, 'min_delta': 0.005}
 
 
 def test_a_cap_in_epochs_becomes_steps_of_whole_chunks(tmp_path):

@@ -340,20 +340,25 @@ def run_sweep(config, workdir: str, *, progress: bool = True) -> list[Experiment
   paths = prepare_workdir(workdir) if writer else WorkdirPaths(os.path.abspath(workdir))
   # Only the writing process takes the work directory's lock.
   with WorkdirLock(paths.root) if writer else contextlib.nullcontext(), StopRequest() as stop:
+    if s.race is not None:
+      return _Race(s, paths, stop).run(progress)
     return _Sweep(s, paths, stop).run(progress)
 
 
 class _Sweep:
   """One run of a sweep inside its work directory's lock: plan, train, write."""
 
-  def __init__(self, s: SweepSettings, paths: WorkdirPaths, stop: StopRequest):
-    self.target = load_target(s, paths)
+  def __init__(self, s: SweepSettings, paths: WorkdirPaths, stop: StopRequest, *,
+               runs: list[Experiment] | None = None, target: Target | None = None,
+               report: bool = True):
+    self.target = target or load_target(s, paths)
     # A cap in epochs becomes steps once the training split's size is known.
     fit = [len(split.fit) for split in self.target.splits]
     s = s.with_train_images(round(sum(fit) / len(fit)))
     self.s, self.paths, self.stop = s, paths, stop
     self.writer = is_writer()
-    self.runs = s.runs()
+    self.report = report
+    self.runs = s.runs() if runs is None else runs
     self.fingerprints = {r.name: experiment_fingerprint(s, r) for r in self.runs}
     done = {r.name: found for r in self.runs
             if (found := _finished(paths, r, self.fingerprints[r.name])) is not None}
@@ -368,7 +373,7 @@ class _Sweep:
   def run(self, progress: bool) -> list[ExperimentSummary]:
     s = self.s
     if self.writer:
-      files.write_json(self.paths.config, s.to_json())
+      files.write_json(self.paths.config, s.to_json(self.runs))
     target = self.target
     if self.writer:  # for report figures and for looking at what was tested
       tested = target.part(np.unique(np.concatenate([target.split(r).test
@@ -392,8 +397,9 @@ class _Sweep:
       if self.writer:
         if not self.bundles:  # all finished before: the per-bundle writes did not run
           self._write_results()
-        bar.set_description('writing report')
-        _write_report(self.paths.root, bar)
+        if self.report:
+          bar.set_description('writing report')
+          _write_report(self.paths.root, bar)
     return [self.summaries[r.name] for r in self.runs]
 
   def _say_what_is_planned(self, bar: tqdm.tqdm) -> None:
@@ -483,6 +489,71 @@ class _Sweep:
   def _write_results(self) -> None:
     ordered = [r for run in self.runs if run.name in self.rows for r in self.rows[run.name]]
     files.write_jsonl(self.paths.results, ordered)
+
+
+class _Race:
+  """A sweep whose replicates come round by round, where the decision is (config.race).
+
+  Round 1 trains every strategy (an experiment and its variant: a
+  condition) on replicates 1..n0 (seeds 0..n0-1); every later round trains
+  the survivors on their next replicates; ``unet_jax.analysis.race`` decides
+  after each round from all results so far, a pure function of them, so a
+  race stopped at any moment and run again makes the same decisions (the
+  finished runs are read back, not trained again) and a finished race rerun
+  trains nothing. Each round is a sweep of the runs asked for so far.
+  """
+
+  def __init__(self, s: SweepSettings, paths: WorkdirPaths, stop: StopRequest):
+    self.target = load_target(s, paths)
+    fit = [len(split.fit) for split in self.target.splits]
+    self.s = s.with_train_images(round(sum(fit) / len(fit)))
+    self.paths, self.stop = paths, stop
+
+  def run(self, progress: bool) -> list[ExperimentSummary]:
+    from unet_jax.analysis.race import race  # pandas, scipy
+    s, settings = self.s, self.s.race
+    every = s.runs()
+    condition = {r.name: r.base + r.variant for r in every}
+    wanted = {(c, r) for c in dict.fromkeys(condition.values())
+              for r in range(1, settings.n0 + 1)}
+    rounds = []
+    while True:
+      runs = [r for r in every if (condition[r.name], r.seed + 1) in wanted]
+      sweep = _Sweep(s, self.paths, self.stop, runs=runs, target=self.target, report=False)
+      summaries = sweep.run(progress)
+      frame = _race_frame(sweep.rows, condition, runs)
+      costs = {condition[x.name]: x.trainable_params for x in summaries}
+      record = race(frame, delta=settings.delta, alpha=settings.alpha, n0=settings.n0,
+                    max_replicates=settings.max_replicates, per_round=settings.per_round,
+                    costs=costs, by='condition')
+      rounds.append({'runs': len(runs), 'survivors': record.survivors})
+      if is_writer():
+        files.write_json(self.paths.race, _race_json(record, settings, rounds))
+      print(f'race round {len(rounds)}: {record.answer}', file=sys.stderr)
+      if record.decided or record.budget_spent or not record.next_runs:
+        break
+      wanted |= {(c, r) for c in record.next_runs['strategies']
+                 for r in record.next_runs['replicates']}
+    if is_writer():
+      with tqdm.tqdm(disable=True) as bar:
+        _write_report(self.paths.root, bar)
+    return summaries
+
+
+def _race_frame(rows: dict, condition: dict, runs: list[Experiment]):
+  """The results so far as a table for ``analysis.race``: one row per run and test image."""
+  import pandas as pd
+  table = [{'condition': condition[r.name], 'seed': row['seed'], 'image_id': row['image_id'],
+            'dice': row['dice']} for r in runs for row in rows.get(r.name, [])]
+  return pd.DataFrame(table, columns=['condition', 'seed', 'image_id', 'dice'])
+
+
+def _race_json(record, settings, rounds: list[dict]) -> dict:
+  """race.json: the settings, every look and the decision (read by the report)."""
+  out = dataclasses.asdict(record)
+  out['settings'] = dataclasses.asdict(settings)
+  out['rounds'] = rounds
+  return json.loads(json.dumps(out, default=float))
 
 
 def _write_report(workdir: str, bar: tqdm.tqdm) -> None:

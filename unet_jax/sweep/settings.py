@@ -41,6 +41,21 @@ class TrainSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RaceSettings:
+  """config.race: a Kim-Nelson race over the strategies (unet_jax/analysis/race.py).
+
+  Replicate r (1-based) is seed ``r - 1``: the race chooses the seeds, so
+  ``grid.seed`` is replaced by ``0 .. max_replicates - 1``.
+  """
+
+  delta: float  # indifference zone, Dice
+  alpha: float
+  n0: int  # first-stage replicates of every strategy
+  per_round: int  # replicates a later round adds to every survivor
+  max_replicates: int  # the budget per strategy
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentSpec:
   """An entry of ``config.experiments``: a subset or schedule, an init, a strategy."""
 
@@ -92,6 +107,7 @@ class SweepSettings:
   # finetune.epochs: the step cap in epochs of the training set (0: finetune.steps);
   # resolved into steps by with_train_images once the split is known.
   epochs: float
+  race: RaceSettings | None  # config.race when enabled, else None
   bootstrap_samples: int
   compilation_cache: str  # '' = off
 
@@ -117,13 +133,18 @@ class SweepSettings:
     return dataclasses.replace(self, finetune=dataclasses.replace(self.finetune, steps=steps),
                                experiments=experiments, grid={**self.grid, 'steps': (steps,)})
 
-  def to_json(self) -> dict:
-    """The resolved settings as written to config.json (``records.SweepRecord`` reads them)."""
+  def to_json(self, runs: list[Experiment] | None = None) -> dict:
+    """The resolved settings as written to config.json (``records.SweepRecord`` reads them).
+
+    ``runs``: the runs the sweep has asked for so far, when not all of them
+    (a race adds its replicates round by round).
+    """
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     out['model'] = dataclasses.asdict(self.model)
     out['pretrain'] = dataclasses.asdict(self.pretrain)
     out['finetune'] = dataclasses.asdict(self.finetune)
     out['early_stop'] = dataclasses.asdict(self.early_stop)
+    out['race'] = dataclasses.asdict(self.race) if self.race else None
     out['experiments'] = [{'name': e.name, 'init': e.init,
                            'schedule': [{'start': start, 'rules': [r.as_list() for r in rules]}
                                         for start, rules in zip(e.schedule.starts,
@@ -132,7 +153,7 @@ class SweepSettings:
                            'strategy': e.strategy}
                           for e in self.experiments]
     out['grid'] = {axis: list(values) for axis, values in self.grid.items()}
-    out['runs'] = [r.name for r in self.runs()]
+    out['runs'] = [r.name for r in (self.runs() if runs is None else runs)]
     return out
 
   @classmethod
@@ -176,12 +197,16 @@ class SweepSettings:
         rewarmup_steps=_int(config, 'finetune.rewarmup_steps', 0),
         early_stop=_early_stop(config),
         epochs=_epochs(config),
+        race=_race(config),
         bootstrap_samples=_int(config, 'bootstrap_samples', 100),
         compilation_cache=str(_get(config, 'compilation_cache')))
     for axis in STRATEGY_AXES:
       if settings.grid[axis] and not any(axis in e.strategy for e in settings.experiments):
         raise UserError(f'config field {"grid." + axis!r} crosses the experiments whose '
                         f'entry sets {axis}, and none does; set experiments.<name>.{axis}')
+    if settings.race is not None:
+      seeds = tuple(range(settings.race.max_replicates))
+      settings = dataclasses.replace(settings, grid={**settings.grid, 'seed': seeds})
     names = [r.name for r in settings.runs()]
     if len(set(names)) != len(names):
       raise UserError(f'experiment names collide after grid expansion: {names}')
@@ -207,6 +232,24 @@ def _early_stop(config) -> StopRule:
                     f"gain to count as an improvement) must be a number in [0, 1]; "
                     f"got {min_delta!r}")
   return StopRule(patience=patience, min_delta=float(min_delta))
+
+
+def _race(config) -> RaceSettings | None:
+  """config.race (configs written before it, or enabled=False: None)."""
+  race = _optional(config, 'race', None)
+  if race is None or not _bool(config, 'race.enabled'):
+    return None
+  out = RaceSettings(delta=_float(config, 'race.delta', 1e-6, 1.0),
+                     alpha=_float(config, 'race.alpha', 1e-6, 0.5),
+                     n0=_int(config, 'race.n0', 2), per_round=_int(config, 'race.per_round', 1),
+                     max_replicates=_int(config, 'race.max_replicates', 2))
+  if out.max_replicates < out.n0:
+    raise UserError(f"config field 'race.max_replicates' ({out.max_replicates}) must be at "
+                    f"least race.n0 ({out.n0})")
+  if tuple(_get(config, 'grid.seed')) not in ((), (0, 1, 2), tuple(range(out.max_replicates))):
+    raise UserError("config field 'grid.seed' is set with race.enabled: the race chooses the "
+                    "seeds (replicate r is seed r - 1); leave grid.seed=()")
+  return out
 
 
 def _epochs(config) -> float:
