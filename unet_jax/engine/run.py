@@ -216,7 +216,12 @@ def _event_writers(events_dir: str | None, names: Sequence[str], start: int) -> 
   """One TensorBoard run folder per experiment (no TensorFlow needed)."""
   if not events_dir or not is_writer():
     return []
-  from tensorboardX import SummaryWriter
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:  # an accelerator image may lack it: the histories still hold every value
+    print('warning: tensorboardX is not installed: no TensorBoard event files (history.jsonl '
+          'has the same values)', file=sys.stderr)
+    return []
   # purge_step hides what an interrupted run logged after its checkpoint.
   return [SummaryWriter(os.path.join(events_dir, name), purge_step=start or None,
                         flush_secs=30) for name in names]

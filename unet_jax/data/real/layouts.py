@@ -43,9 +43,6 @@ import zipfile
 from collections import defaultdict
 from pathlib import Path
 
-import openpyxl
-from openpyxl.utils.exceptions import InvalidFileException
-
 from unet_jax.errors import UserError
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.gif')
@@ -242,6 +239,10 @@ def read_label_sheet(path: Path, stems: list[str]) -> dict[str, str]:
   The image column is the one whose cells match most image names (``000001``, ``1`` or
   ``000001.png``), the class column the one with most Benign/Malignant cells.
   """
+  # openpyxl only here: the UDIAT sheet is the one spreadsheet read, and an
+  # accelerator image without openpyxl can still import the data package.
+  import openpyxl
+  from openpyxl.utils.exceptions import InvalidFileException
   try:
     book = openpyxl.load_workbook(path, read_only=True, data_only=True)
   except (InvalidFileException, zipfile.BadZipFile, OSError, KeyError, ValueError) as e:
