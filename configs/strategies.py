@@ -11,14 +11,17 @@ Dice against both.
 Commands:   python launch/sweep.py --config=configs/strategies.py --workdir=runs/strategies
             python launch/sweep.py --config=configs/strategies.py:smoke   (CPU-sized)
             add --config.data.source=chest_xray for the X-ray answer
-Variants:   smoke: 11 strategies x 3 seeds x 40 steps; tiny: seconds (what the tests run).
-Time:       smoke 4 min 50 s (ultrasound), 4 min 56 s (chest X-ray) on a 2-core
-            CPU, fresh work directories, 2026-12-02; the full config (87 runs of
-            80 steps) is not yet measured.
-Result:     smoke, ultrasound: full best (Dice 0.841), tied with l2sp and
-            layer_decay; contracting 0.804, expanding 0.785, lora 0.706, head
-            0.459 significantly worse. Chest X-ray: full best (0.982), tied with
-            l2sp only. Table and discussion: README "Fine-tuning strategies".
+Variants:   smoke: 11 strategies x 3 seeds; tiny: seconds (what the tests run).
+            Every run trains to convergence (configs/default.py: validation
+            Dice every 20 steps, patience 4, min_delta 0.005, cap 300 steps).
+Time:       smoke 12 min 14 s (ultrasound) on a 2-core CPU, fresh work
+            directory, 2026-12-07; the full config (87 runs) is not yet
+            measured.
+Result:     smoke, ultrasound: full best (Dice 0.896); not shown worse (Hsu's
+            MCB): lp_ft, l2sp, contracting, lora, auto_rgn; layer_decay,
+            expanding, bitfit_head, surgical_enc1, head worse; six strategies
+            had runs at the 300-step cap (lower bounds). Table: README
+            "Fine-tuning strategies".
 """
 
 import importlib.util

@@ -95,3 +95,16 @@ def test_plan_splits_refuses_an_empty_part_with_its_sizes(kwargs, message):
   with pytest.raises(UserError, match='every part needs at least one') as e:
     data.plan_splits(labels, seed=0, **kwargs)
   assert message in str(e.value) and '9 images (3 a, 3 b, 3 c)' in str(e.value)
+
+
+@pytest.mark.parametrize('folds', [0, 3])
+def test_validation_images_are_never_test_images(folds):
+  """Early stopping selects on validation Dice: a validation image that is also a
+  test image would leak the selection into the score."""
+  splits = data.plan_splits(LABELS * 3, test_fraction=0.3, val_fraction=0.35, folds=folds,
+                            seed=4)
+  for split in splits:
+    fit, val, test = (set(x.tolist()) for x in (split.fit, split.val, split.test))
+    assert val and fit and test
+    assert not (val & test) and not (fit & test) and not (fit & val)
+    assert fit | val | test == set(range(len(LABELS) * 3))
