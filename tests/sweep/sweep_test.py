@@ -318,7 +318,7 @@ def test_cli_runs_and_prints_the_table_with_seed_spread(tmp_path):
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
   assert lines[0].split() == ['experiment', 'trained', 'dice', 'seed', 'SD', 'seed', 'means',
-                              '(n)', '95%', 'CI', 'steps', 's/run']
+                              '(n)', '95%', 'CI', 'best@/stop', 's/run']
   assert {lines[2].split()[0], lines[3].split()[0]} == {'head', 'full'}
   assert '(3)' in lines[2]  # three seeds each
   assert any(line.startswith('F1 ') for line in lines)
@@ -468,7 +468,7 @@ def test_sweep_on_a_real_set_from_its_folder(tmp_path):
                                        'pretrain.source': 'folder',
                                        'pretrain.root': str(tmp_path / 'set')}),
                         workdir, progress=False)
-  assert summaries[0].test_images == round(12 * 0.4)
+  assert summaries[0].test_images == round(12 * load_config(TINY).data.test_fraction)
   rows = read_jsonl(os.path.join(workdir, 'results.jsonl'))
   assert {r['image_id'] for r in rows} <= {f'img{i:02d}' for i in range(12)}
   assert os.listdir(os.path.join(workdir, 'cache'))  # preprocessed arrays kept
