@@ -23,6 +23,7 @@ import pandas as pd
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+import matplotlib.ticker  # noqa: E402
 
 from unet_jax import files  # noqa: E402
 from unet_jax.analysis.results import Results  # noqa: E402
@@ -212,6 +213,7 @@ def plot_race(race: Mapping, path: str) -> str | None:
     line, = ax.plot(xs, ys, marker='.', label=name)
     if out is not None:
       ax.plot(xs[-1], ys[-1], marker='x', markersize=10, color=line.get_color())
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel('replicates (seeds) per strategy')
   ax.set_ylabel('mean test Dice so far')
   ax.set_title(f'race: {"decided" if race["decided"] else "undecided"} '

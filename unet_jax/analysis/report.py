@@ -522,13 +522,17 @@ def console_summary(res: Results, alpha: float = 0.05) -> str:
 def _race_section(race: dict, folder: str) -> list[str]:
   """The race's decision first (race.json), then who went out when, and its figure."""
   settings = race['settings']
-  last = race['looks'][-1]['means'] if race['looks'] else {}
+  # Each strategy's mean at its last look: where it went out, or the final one.
+  at = {look['replicates']: look['means'] for look in race['looks']}
+  final = race['looks'][-1]['replicates'] if race['looks'] else 0
+  last = {n: at.get(race['eliminated'].get(n, final), {}).get(n, float('nan'))
+          for n in race['strategies']}
   rows = []
   for name in sorted(race['strategies'], key=lambda n: (race['eliminated'].get(n, 10 ** 9),
-                                                        last.get(n, 0.0)), reverse=True):
+                                                        last[n]), reverse=True):
     out = race['eliminated'].get(name)
     rows.append((name, 'survivor' if out is None else f'after {out}',
-                 race['replicates'][name], last.get(name, float('nan'))))
+                 race['replicates'][name], last[name]))
   out = ['## The race', '', f'**{race["answer"]}**', '',
          markdown_table(('strategy', 'eliminated', 'replicates', 'mean at its last look'),
                         rows), '',
