@@ -84,7 +84,6 @@ class RaceRecord:
   # one of them exceeds delta (more seeds cannot resolve delta on this test set).
   test_set_halfwidth: dict[str, float] = dataclasses.field(default_factory=dict)
   limited_by_test_set: bool = False
-  last_survivors: list[str] = dataclasses.field(default_factory=list)  # at the final look
 
 
 def kn_constants(k: int, n0: int, alpha: float) -> float:
@@ -192,7 +191,7 @@ def race(frame: pd.DataFrame, *, delta: float, alpha: float = 0.05, n0: int = 3,
   last = looks[-1] if looks else None
   means = {names[i]: float(sign * last[1][i]) for i in np.flatnonzero(alive)} if last else {}
   decided = len(survivors) == 1 or (last is not None and next_r is None and not spent)
-  best = max(means, key=lambda n: sign * means[n]) if means else None
+  leader = max(means, key=lambda n: sign * means[n]) if means else None
   next_runs = None
   if not decided and not spent:
     # The first stage: replicates 1..n0; later rounds: per_round more of each survivor.
@@ -201,19 +200,15 @@ def race(frame: pd.DataFrame, *, delta: float, alpha: float = 0.05, n0: int = 3,
       want = [r for r in want if r <= max_replicates] or want[:1]
     lacking = [n for n in survivors if counts[names.index(n)] < want[-1]]
     next_runs = {'strategies': lacking or survivors, 'replicates': want}
+  limits = _test_set_limits(frame, by, metric, leader, survivors)
   record = RaceRecord(
       strategies=names, survivors=survivors,
       eliminated={names[i]: r for i, r in out.items()}, decided=decided,
-      best=best if (decided or spent) else None, replicates=used,
+      best=leader if (decided or spent) else None, replicates=used,
       looks=[Look(r, {names[i]: float(sign * m[i]) for i in range(len(names))},
                   [names[i] for i in gone]) for r, m, gone in looks],
       answer='', next_runs=next_runs, budget_spent=spent, delta=delta, alpha=alpha, n0=n0,
-      h2=kn_constants(len(names), n0, alpha),
-      last_survivors=[names[i] for i in np.flatnonzero(alive)] if last else survivors)
-  limits = _test_set_limits(frame, by, metric, best or (max(means, key=means.get)
-                                                         if means else None), survivors)
-  record = dataclasses.replace(
-      record, test_set_halfwidth=limits,
+      h2=kn_constants(len(names), n0, alpha), test_set_halfwidth=limits,
       limited_by_test_set=bool(limits) and all(h > delta for h in limits.values()))
   return dataclasses.replace(record, answer=_answer(record, means, costs))
 

@@ -241,6 +241,18 @@ def _named(stops: pd.DataFrame, kind: str, by: str = 'condition') -> str:
   return ', '.join(parts)
 
 
+# What each kind of stop means for the Dice it leaves (``_stops``), in report order.
+_KIND_SENTENCES = {
+    'cap': 'reached the step cap still improving: their Dice is a lower bound and the '
+           'ranking may change with a longer cap (raise `finetune.steps` or `finetune.epochs`).',
+    'budget': 'trained to the step cap without early stopping (`finetune.patience` = 0): a '
+              'ranking at that budget.',
+    'old': 'trained a fixed number of steps (older version): ranking at a budget.',
+    'diverged': 'diverged: scored with their best weights before it.',
+    'no_validation': 'had no validation images: their last weights were scored.',
+}
+
+
 def _stopping_sentence(stops: pd.DataFrame) -> str:
   """Whether the Dice of the table is converged: at the cap, converged, or an older budget."""
   kinds = set(stops['kind'])
@@ -250,23 +262,8 @@ def _stopping_sentence(stops: pd.DataFrame) -> str:
   if kinds == {'old'}:
     return ('Every run trained a fixed number of steps (older version of unet_jax, no early '
             'stopping): this is a ranking at that budget, not at convergence.')
-  parts = []
-  if 'cap' in kinds:
-    parts.append(f'{_named(stops, "cap")} reached the step cap still improving: their Dice '
-                 'is a lower bound and the ranking may change with a longer cap (raise '
-                 '`finetune.steps` or `finetune.epochs`).')
-  if 'budget' in kinds:
-    parts.append(f'{_named(stops, "budget")} trained to the step cap without early stopping '
-                 '(`finetune.patience` = 0): a ranking at that budget.')
-  if 'old' in kinds:
-    parts.append(f'{_named(stops, "old")} trained a fixed number of steps (older version): '
-                 'ranking at a budget.')
-  if 'diverged' in kinds:
-    parts.append(f'{_named(stops, "diverged")} diverged: scored with their best weights '
-                 'before it.')
-  if 'no_validation' in kinds:
-    parts.append(f'{_named(stops, "no_validation")} had no validation images: their last '
-                 'weights were scored.')
+  parts = [f'{_named(stops, kind)} {text}' for kind, text in _KIND_SENTENCES.items()
+           if kind in kinds]
   if 'converged' in kinds:
     converged = stops[stops['kind'] == 'converged']
     parts.append(f'The other runs converged ({_rules(converged)}) and are scored with their '
