@@ -79,9 +79,14 @@ def get_config(arg=None):
   # leaves out unusable image/mask pairs (reported) instead of stopping.
   # folds >= 2: k-fold cross-validation instead of one hold-out split (every
   # image tested once per seed; test_fraction is then unused), crossed with
-  # the experiments through grid.fold.
+  # the experiments through grid.fold. split_per_seed=True: every seed draws
+  # its own stratified split (its own fold partition with folds >= 2), so a
+  # seed replicates the data split as well as the training (Bouthillier et
+  # al. 2021) and the statistics are about the data set, not one test set
+  # (README "What a replicate covers"); False: every seed shares one split.
   config.data = dict(source='ultrasound', num_images=200, test_fraction=0.32,
-                     val_fraction=0.35, folds=0, root='', on_bad='error')
+                     val_fraction=0.35, folds=0, split_per_seed=False, root='',
+                     on_bad='error')
   # Every run trains until validation Dice (scored every chunk_steps) has not
   # improved by more than min_delta for patience evaluations, or to the step
   # cap: steps, or epochs of the training images when epochs > 0. Its result

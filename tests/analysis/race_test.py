@@ -125,3 +125,47 @@ def test_too_few_test_images_to_resolve_delta_is_said():
 def test_bad_arguments_are_named(kwargs, message):
   with pytest.raises(UserError, match=message):
     analysis.race(_frame(np.zeros((2, 3)), ['a', 'b']), **kwargs)
+
+
+def _resampled_frame(rng, means, seeds, pool=60, tested=12):
+  """Every seed scores its own test images (data.split_per_seed), shared by the strategies."""
+  rows = []
+  for seed in range(seeds):
+    images = rng.choice(pool, tested, replace=False)
+    common = rng.normal(0, 0.01)
+    for name, mu in means.items():
+      for image in images:
+        rows.append({'experiment': name, 'seed': seed, 'image_id': f'i{image}',
+                     'dice': mu + common + rng.normal(0, 0.2)})
+  return pd.DataFrame(rows)
+
+
+def test_a_race_on_resampled_splits_says_so_and_is_not_limited_by_one_test_set():
+  """The same noisy images that limit a fixed split are averaged over when every
+  replicate draws its own: no test-set limit, and the answer says what it covers."""
+  rng = np.random.default_rng(6)
+  frame = _resampled_frame(rng, {'a': 0.80, 'b': 0.80}, seeds=8)
+  record = analysis.race(frame, delta=0.01, n0=3, max_replicates=8)
+  assert record.resampled and not record.limited_by_test_set
+  assert record.test_set_halfwidth == {}
+  assert 'on this data set (every replicate drew its own split)' in record.answer
+  fixed = analysis.race(_frame(np.full((2, 8), 0.8), ['a', 'b']), delta=0.01, n0=3,
+                        max_replicates=8)
+  assert not fixed.resampled and 'on this test set' in fixed.answer
+
+
+def test_results_of_resampled_splits_use_run_means_as_replicates():
+  rng = np.random.default_rng(7)
+  frame = _resampled_frame(rng, {'full': 0.85, 'head': 0.60, 'deep': 0.84}, seeds=5)
+  res = analysis.from_frame(frame)
+  assert res.resampled and not analysis.from_frame(_frame(np.zeros((2, 3)), 'ab')).resampled
+  table = res.summary()
+  assert (table['ci_over'] == 'seeds, each its own split').all()
+  assert (table['n_runs'] == 5).all() and table['n_images'].max() > 12
+  t = res.paired('full', 'head')
+  run_means = frame.groupby(['experiment', 'seed'])['dice'].mean().unstack('experiment')
+  d = run_means['full'] - run_means['head']
+  assert t.mean_diff == pytest.approx(d.mean())
+  assert t.se == pytest.approx(d.std(ddof=1) / np.sqrt(5)) and t.df == 4
+  answer = res.recommend(delta=0.02).set_index('condition')
+  assert answer.loc['head', 'verdict'] == 'worse'

@@ -192,3 +192,40 @@ def test_mcb_coverage_by_simulation():
   assert _mcb_coverage([0.05, 0, 0, 0, 0], 400, rng) >= 0.92
   assert _mcb_coverage([0.1, 0.05, 0.05, 0, -0.1], 400, rng) >= 0.92
   assert _mcb_coverage([0.05, 0, 0, 0, 0], 400, rng, alpha=0.2) < 0.9
+
+
+def test_resampled_mean_by_hand():
+  # Run 1 scored images 0, 1; run 2 images 1, 2; run 3 image 3: run means 2, 5, 3.
+  m = [[1, 3, np.nan, np.nan], [np.nan, 4, 6, np.nan], [np.nan, np.nan, np.nan, 3]]
+  est = stats.resampled_mean(m)
+  assert est.mean == pytest.approx(10 / 3) and est.df == 2
+  assert est.se == pytest.approx(np.std([2, 5, 3], ddof=1) / np.sqrt(3))
+  assert (est.n_runs, est.n_images) == (3, 4)
+  one = stats.resampled_mean([[1.0, np.nan, 3.0]])
+  assert not one.runs_known and one.df == 1 and one.se == pytest.approx(1.0)
+  assert stats.run_mean(m, resampled=True) == est
+  assert stats.run_mean([[1, 2], [3, 4]]) == stats.crossed_mean([[1, 2], [3, 4]])
+
+
+@pytest.mark.parametrize('runs', [3, 8])
+def test_resampled_mean_error_rate_when_every_run_draws_its_own_test_set(runs):
+  """Images nested in runs (data.split_per_seed): the test keeps its level.
+
+  A pool of 200 images whose per-image differences average exactly 0 (the
+  estimand is this data set's mean); every run draws its own 64 test images and
+  adds its own run effect. crossed_mean cannot be used here: almost no image is
+  scored by every run.
+  """
+  rng = np.random.default_rng(runs)
+  pool = rng.normal(0, 0.08, 200)
+  pool -= pool.mean()
+  rejections, sims = 0, 1000
+  for _ in range(sims):
+    m = np.full((runs, 200), np.nan)
+    for r in range(runs):
+      test = rng.choice(200, 64, replace=False)
+      m[r, test] = pool[test] + rng.normal(0, 0.02) + rng.normal(0, 0.05, 64)
+    rejections += stats.resampled_mean(m).p_value() < 0.05
+  assert rejections / sims <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / sims)
+  assert rejections / sims >= 0.05 - 3 * np.sqrt(0.05 * 0.95 / sims)  # not conservative
+  assert stats.crossed_mean(m).n_images < 10  # the crossed estimate would drop them

@@ -67,3 +67,32 @@ def test_a_finished_race_rerun_trains_nothing(raced, capsys):
   err = capsys.readouterr().err
   assert 'bundle 0' not in err and '6 of 6 experiment(s) already finished' in err
   assert _decisions(workdir) == before
+
+
+def test_a_batched_round_is_filled_with_the_survivors_next_replicates():
+  from unet_jax.sweep.run import fill_round
+  wanted = {(c, r) for c in 'abcd' for r in range(1, 6)} | {('a', 6), ('c', 6)}
+  new = {('a', 6), ('c', 6)}
+  # 8 slots (the first round's size in pairs), two survivors: 6 more, 7..9 of each.
+  extra = fill_round(new, ['a', 'c'], wanted, 8, 15)
+  assert extra == {(c, r) for c in 'ac' for r in (7, 8, 9)}
+  # The budget caps it: replicates 7 and 8 only.
+  assert fill_round(new, ['a', 'c'], wanted, 8, 8) == {(c, r) for c in 'ac' for r in (7, 8)}
+  # A survivor behind the others is brought level first.
+  assert fill_round(set(), ['a', 'b'], wanted | {('a', 7)}, 3, 15) == {
+      ('b', 6), ('b', 7), ('a', 8)}
+  assert fill_round(new, [], wanted, 8, 15) == set()
+
+
+def test_a_race_under_a_batched_executor_trains_rounds_of_one_size(tmp_path):
+  """Forced vmap (one program per bundle, as on an accelerator): round 2 asks for
+  replicate 3 of both strategies and takes replicate 4 too, filling the first
+  round's four slots, so both rounds have one shape."""
+  config = load_config(TINY_RACE)
+  config.strategy = 'vmap'
+  config.race.max_replicates = 4
+  workdir = str(tmp_path)
+  run_sweep(config, workdir, progress=False)
+  race = _decisions(workdir)
+  assert [r['runs'] for r in race['rounds']] == [4, 8]
+  assert race['replicates'] == {'full': 4, 'head': 4} and race['budget_spent']

@@ -169,7 +169,8 @@ def _pooled(res: Results, pairs: list[tuple[str, str]], domain: str) -> PairedTe
   for i, (a, b) in enumerate(pairs):
     matched, keys = res.matched(a, b, domain=domain)
     frames.append(matched.assign(pair=i))
-  return paired.paired_test(_S2D, _D2S, 'dice', pd.concat(frames), keys + ['pair'])
+  return paired.paired_test(_S2D, _D2S, 'dice', pd.concat(frames), keys + ['pair'],
+                           resampled=res.resampled)
 
 
 def _subsets(res: Results, domain: str) -> dict:
@@ -321,7 +322,7 @@ def _effect(res: Results, domain: str) -> stats.Estimate:
   cells = matched.assign(d=matched['a'] - matched['b']).pivot_table(
       index=[k for k in keys if k not in ('domain', 'image_id')], columns='image_id',
       values='d')
-  return stats.crossed_mean(cells.to_numpy())
+  return stats.run_mean(cells.to_numpy(), res.resampled)
 
 
 def _f4(res: Results, kinds: dict[str, str], alpha: float) -> Finding:

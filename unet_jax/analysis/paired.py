@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from unet_jax.analysis import stats
@@ -64,28 +65,38 @@ class PairedTest:
 
 
 def paired_test(a: str, b: str, metric: str, matched: pd.DataFrame, keys: Sequence[str], *,
-                higher_is_better: bool = True) -> PairedTest:
+                higher_is_better: bool = True, resampled: bool = False) -> PairedTest:
   """The PairedTest of matched cells: columns ``keys`` + a, b (see Results.matched).
 
   Keys other than ``domain`` and ``image_id`` identify runs; concatenating the
   matched cells of several pairs with an extra key pools them in one test.
   Every number comes from the same cells: images with a value in every run
-  on both sides (``n_excluded`` counts the matched cells left out).
+  on both sides (``n_excluded`` counts the matched cells left out). With
+  ``resampled`` (every run drew its own test images) a cell counts when both
+  sides have a value in its run, and the run means are the replicates
+  (``stats.resampled_mean``).
   """
   run_keys = [k for k in keys if k not in ('domain', 'image_id')] or ['run']
   image_keys = [k for k in keys if k in ('domain', 'image_id')]
   cells = matched.assign(run=0)
   side = {c: cells.pivot_table(index=run_keys, columns=image_keys, values=c, dropna=False)
           for c in ('a', 'b')}
-  complete = side['a'].notna().all() & side['b'].notna().all()
-  a_cells, b_cells = side['a'].loc[:, complete], side['b'].loc[:, complete]
-  est = stats.crossed_mean((a_cells - b_cells).to_numpy())
+  if resampled:
+    both = side['a'].notna() & side['b'].notna()
+    a_cells, b_cells = side['a'].where(both), side['b'].where(both)
+    used = int(both.to_numpy().sum())
+  else:
+    complete = side['a'].notna().all() & side['b'].notna().all()
+    a_cells, b_cells = side['a'].loc[:, complete], side['b'].loc[:, complete]
+    used = int(a_cells.size)
+  est = stats.run_mean((a_cells - b_cells).to_numpy(), resampled)
   per_image_a, per_image_b = a_cells.mean(), b_cells.mean()
   per_image = per_image_a - per_image_b
   return PairedTest(
       a=a, b=b, metric=metric, n_images=est.n_images, n_runs=est.n_runs,
-      n_excluded=len(matched) - int(a_cells.size),
-      mean_a=float(a_cells.to_numpy().mean()), mean_b=float(b_cells.to_numpy().mean()),
+      n_excluded=len(matched) - used,
+      mean_a=float(np.nanmean(a_cells.to_numpy())),
+      mean_b=float(np.nanmean(b_cells.to_numpy())),
       mean_diff=est.mean, diff_ci95=est.ci(), se=est.se, df=est.df,
       p=est.p_value() if est.runs_known else float('nan'),
       p_images=stats.wilcoxon(per_image), rank_biserial=stats.rank_biserial(per_image),

@@ -26,9 +26,11 @@ least ``1 - alpha``, over all looks. For configurations closer than
 worse than the best is named at most ``alpha`` of the time (at the
 slippage configuration, where every other is exactly ``delta`` worse, and
 with all equal). The observations are replicate means over one fixed test
-set: the guarantee is about that test set, unless every replicate resamples
-the data (its own split or fold), when it is about the data set; the record
-says when the test images alone are too few to resolve ``delta``.
+set: the guarantee is about that test set, unless every replicate draws its
+own split (``data.split_per_seed``; ``RaceRecord.resampled``, found from the
+table: the seeds' test images differ), when it is about the data set
+averaged over its splits; with a fixed split the record says when the test
+images alone are too few to resolve ``delta``.
 
 No JAX: ``race`` takes any results table (``from_frame`` columns).
 """
@@ -43,6 +45,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from unet_jax.analysis.results import resampled
 from unet_jax.errors import UserError
 
 
@@ -84,6 +87,10 @@ class RaceRecord:
   # one of them exceeds delta (more seeds cannot resolve delta on this test set).
   test_set_halfwidth: dict[str, float] = dataclasses.field(default_factory=dict)
   limited_by_test_set: bool = False
+  # Whether the replicates drew their own test images (data.split_per_seed):
+  # the guarantee is then about the data set averaged over its splits, and
+  # more replicates also average over test images (no test-set limit).
+  resampled: bool = False
 
 
 def kn_constants(k: int, n0: int, alpha: float) -> float:
@@ -200,7 +207,9 @@ def race(frame: pd.DataFrame, *, delta: float, alpha: float = 0.05, n0: int = 3,
       want = [r for r in want if r <= max_replicates] or want[:1]
     lacking = [n for n in survivors if counts[names.index(n)] < want[-1]]
     next_runs = {'strategies': lacking or survivors, 'replicates': want}
-  limits = _test_set_limits(frame, by, metric, leader, survivors)
+  resampled_design = resampled(frame, by)
+  limits = ({} if resampled_design else
+            _test_set_limits(frame, by, metric, leader, survivors))
   record = RaceRecord(
       strategies=names, survivors=survivors,
       eliminated={names[i]: r for i, r in out.items()}, decided=decided,
@@ -209,7 +218,8 @@ def race(frame: pd.DataFrame, *, delta: float, alpha: float = 0.05, n0: int = 3,
                   [names[i] for i in gone]) for r, m, gone in looks],
       answer='', next_runs=next_runs, budget_spent=spent, delta=delta, alpha=alpha, n0=n0,
       h2=kn_constants(len(names), n0, alpha), test_set_halfwidth=limits,
-      limited_by_test_set=bool(limits) and all(h > delta for h in limits.values()))
+      limited_by_test_set=bool(limits) and all(h > delta for h in limits.values()),
+      resampled=resampled_design)
   return dataclasses.replace(record, answer=_answer(record, means, costs))
 
 
@@ -233,6 +243,13 @@ def _test_set_limits(frame: pd.DataFrame, by: str, metric: str, leader: str | No
   return out
 
 
+def _covers(record: RaceRecord) -> str:
+  """What the replicates generalise over, as the end of the answer's sentence."""
+  if record.resampled:
+    return 'on this data set (every replicate drew its own split)'
+  return 'on this test set (every replicate shared one split)'
+
+
 def _answer(record: RaceRecord, means: dict[str, float], costs) -> str:
   """The decision in one sentence, then what it rests on."""
   delta, alpha = record.delta, record.alpha
@@ -250,18 +267,20 @@ def _answer(record: RaceRecord, means: dict[str, float], costs) -> str:
   if record.decided and len(record.survivors) == 1:
     best = record.best
     return (f'Train {best} (mean {means[best]:.3f}): with probability at least '
-            f'{1 - alpha:.0%} it is the best or within {delta:g} of the best.' + tail)
+            f'{1 - alpha:.0%} it is the best or within {delta:g} of the best '
+            f'{_covers(record)}.' + tail)
   if record.decided:  # exact ties at the procedure's end
     names = ' and '.join(record.survivors)
     cheapest = (f'; the cheapest is {min(record.survivors, key=lambda n: costs[n])}'
                 if costs and all(n in costs for n in record.survivors) else '')
-    return f'{names} are within {delta:g} of each other and of everything else{cheapest}.' \
-        + tail
+    return (f'{names} are within {delta:g} of each other and of everything else '
+            f'{_covers(record)}{cheapest}.' + tail)
   if record.budget_spent:
     listed = ', '.join(f'{n} ({means[n]:.3f})' for n in sorted(means, key=means.get,
                                                                  reverse=True))
     return (f'The budget ran out: the best is among {{{listed}}}; none could be separated '
-            f'from the others by {delta:g} with error rate {alpha:g}.' + tail)
+            f'from the others by {delta:g} with error rate {alpha:g} {_covers(record)}.'
+            + tail)
   runs = record.next_runs or {}
   return (f'Undecided after {record.looks[-1].replicates} replicates: '
           f'{len(record.survivors)} strategies left; run replicate(s) '

@@ -325,9 +325,24 @@ def _paired_section(res: Results, domain: str) -> list[str]:
   if (table['n_runs'] < 2).any():
     return out + ['One seed: differences and CIs over this run\'s test images only; no '
                   'p-values, since run-to-run variation is unknown.', '']
-  return out + ['Paired on seed and image; p from a t-test with seeds and images as '
-                'crossed random factors (`unet_jax.analysis.stats.crossed_mean`), Holm-corrected '
+  test = ('each run\'s mean as one replicate (every seed drew its own split: '
+          '`unet_jax.analysis.stats.resampled_mean`)' if res.resampled else
+          'seeds and images as crossed random factors '
+          '(`unet_jax.analysis.stats.crossed_mean`)')
+  return out + [f'Paired on seed and image; p from a t-test with {test}, Holm-corrected '
                 'over the rows of this table; rank-biserial over images.', '']
+
+
+def _ci_sentence(res: Results) -> str:
+  """How the scores' CIs were made, and what a replicate covers."""
+  if res.resampled:
+    return ('Means over seeds and test images; every seed drew its own split '
+            '(`data.split_per_seed`), so each run\'s mean is one replicate and the 95% CI is '
+            'over runs (`unet_jax.analysis.stats.resampled_mean`): it covers the training and '
+            'the choice of split, on this data set.')
+  return ('Means over seeds and test images; 95% CI with seeds and images as crossed random '
+          'factors (`unet_jax.analysis.stats.crossed_mean`): every seed shares one split, so '
+          'the statements are about this test set.')
 
 
 def _stability_section(res: Results, domain: str) -> list[str]:
@@ -516,29 +531,44 @@ def console_summary(res: Results, alpha: float = 0.05) -> str:
   return '\n\n'.join(blocks + [verdicts])
 
 
-def _race_section(race: dict, folder: str) -> list[str]:
-  """The race's decision first (race.json), then who went out when, and its figure."""
+def _race_section(race: dict, folder: str, res: Results, alpha: float) -> list[str]:
+  """The race's decision first (race.json), then who went out when, each strategy's
+  MCB interval against the best on all its replicates, and the race's figure."""
   settings = race['settings']
   # Each strategy's mean at its last look: where it went out, or the final one.
   at = {look['replicates']: look['means'] for look in race['looks']}
   final = race['looks'][-1]['replicates'] if race['looks'] else 0
   last = {n: at.get(race['eliminated'].get(n, final), {}).get(n, float('nan'))
           for n in race['strategies']}
+  domain = res.df['domain'].iloc[0]
+  table = res.recommend(domain=domain, alpha=alpha, delta=race['delta']).set_index('condition')
   rows = []
   for name in sorted(race['strategies'], key=lambda n: (race['eliminated'].get(n, 10 ** 9),
                                                         last[n]), reverse=True):
     out = race['eliminated'].get(name)
+    r = table.loc[name] if name in table.index else None
     rows.append((name, 'survivor' if out is None else f'after {out}',
-                 race['replicates'][name], last[name]))
+                 race['replicates'][name], last[name],
+                 '-' if r is None else _interval(r['mcb_lo'], r['mcb_hi']),
+                 '-' if r is None else _count(r['trainable_params']),
+                 '-' if r is None else _seconds(r['seconds'])))
+  kind = ('A replicate is a seed that drew its own split (`data.split_per_seed`): the '
+          'guarantee is about this data set, averaged over its splits; not about other data '
+          'sets of the same size (docs/DESIGN.md 5e).' if race.get('resampled') else
+          'A replicate is a seed on this sweep\'s one data split: the guarantee is about this '
+          'test set; `data.split_per_seed=True` makes it about the data set (docs/DESIGN.md '
+          '5e).')
   out = ['## The race', '', f'**{race["answer"]}**', '',
-         markdown_table(('strategy', 'eliminated', 'replicates', 'mean at its last look'),
-                        rows), '',
+         markdown_table(('strategy', 'eliminated', 'replicates', 'mean at its last look',
+                         f'MCB interval ({1 - alpha:.0%})', 'trainable', 'time/run'), rows), '',
          f'Kim & Nelson (2001) fully sequential procedure on paired replicate means: delta '
          f'= {settings["delta"]:g} Dice, alpha = {settings["alpha"]:g}, n0 = {settings["n0"]}, '
          f'{settings["per_round"]} replicate(s) per round, at most '
          f'{settings["max_replicates"]}; {len(race["rounds"])} round(s), '
-         f'{sum(race["replicates"].values())} runs in all. A replicate is a seed on this '
-         'sweep\'s data split: the guarantee is about this test set (docs/DESIGN.md 5e).', '']
+         f'{sum(race["replicates"].values())} runs in all. {kind} MCB interval: the '
+         "strategy's Dice minus the best of the others on all its replicates (Hsu's "
+         'multiple comparisons with the best, as in the next section); it describes the '
+         'results and decides nothing in the race, whose decisions are the eliminations.', '']
   figure = plots.plot_race(race, os.path.join(folder, 'race.png'))
   if figure:
     out += [f'![The race]({os.path.relpath(figure, os.path.dirname(folder))})', '']
@@ -577,7 +607,7 @@ def write_report(workdir: str, *, overlays: Overlays | None = None,
     lines += ['**Incomplete results:**', ''] + [f'- {n}' for n in res.notes] + ['']
   if os.path.exists(paths.race):
     race = files.read_json(paths.race)
-    lines += _race_section(race, folder)
+    lines += _race_section(race, folder, res, alpha)
     delta = race['delta'] if delta is None else delta
   ordered = [main_domain] + [d for d in res.domains if d != main_domain]
   for domain in ordered:  # the work directory's own domain first
@@ -593,9 +623,7 @@ def write_report(workdir: str, *, overlays: Overlays | None = None,
   for domain in res.domains:
     tag = '' if domain == main_domain else f'-{domain}'
     head = f' ({domain})' if len(res.domains) > 1 else ''
-    lines += [f'## Scores{head}', '', 'Means over seeds and test images; 95% CI with '
-              'seeds and images as crossed random factors '
-              '(`unet_jax.analysis.stats.crossed_mean`).', '']
+    lines += [f'## Scores{head}', '', _ci_sentence(res), '']
     lines += _summary_section(res, domain)
     lines += [f'## Against full fine-tuning{head}', ''] + _paired_section(res, domain)
     norm = _norm_section(res, domain)

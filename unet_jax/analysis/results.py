@@ -24,12 +24,15 @@ replication. A group's scores form a matrix of seeds x test images (with
 cross-validation each image scored by the fold model that did not train
 on it), and every CI and test treats seeds and images as crossed random
 factors (``stats.crossed_mean``); with one seed no test is made, since
-run-to-run variation is unknown.
+run-to-run variation is unknown. When every seed drew its own split
+(``data.split_per_seed``; ``Results.resampled``) the images are nested in
+the runs and each run's mean is one replicate (``stats.resampled_mean``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 from typing import TYPE_CHECKING, Sequence
@@ -89,6 +92,18 @@ class Results:
   # metric -> whether higher is better (METRICS' by default)
   higher: dict[str, bool] = dataclasses.field(default_factory=lambda: dict(HIGHER_IS_BETTER))
 
+  @functools.cached_property
+  def resampled(self) -> bool:
+    """Whether runs drew their own test images (``data.split_per_seed``).
+
+    True when some group's seeds were scored on different sets of images: the
+    images are then nested in the runs and every CI and test uses
+    ``stats.resampled_mean`` (run means as the replicates) instead of
+    ``stats.crossed_mean``. Cross-validation folds pooled per seed test every
+    image once, so k-fold sweeps stay crossed even with ``split_per_seed``.
+    """
+    return resampled(self.df)
+
   @property
   def domains(self) -> list[str]:
     return sorted(self.df['domain'].unique())
@@ -134,7 +149,7 @@ class Results:
       matrix = g.pivot_table(index=['variant', 'seed'], columns='image_id', values=metric,
                              aggfunc='mean', dropna=False)
       values = g[metric].to_numpy(dtype=np.float64)
-      est = stats.crossed_mean(matrix.to_numpy())
+      est = stats.run_mean(matrix.to_numpy(), self.resampled)
       lo, hi = est.ci()
       runs = self.runs[self.runs['experiment'].isin(g['experiment'].unique()) &
                        (self.runs['domain'] == g['domain'].iloc[0])]
@@ -142,7 +157,7 @@ class Results:
                   'ci_lo': lo, 'ci_hi': hi, 'seed_sd': est.run_sd,
                   'n_runs': est.n_runs, 'n_images': est.n_images,
                   'n_nan': int(np.isnan(values).sum()),
-                  'ci_over': 'seeds and images' if est.runs_known else 'images (1 seed)',
+                  'ci_over': _ci_over(est, self.resampled),
                   'trainable_fraction': float(runs['trainable_fraction'].mean())})
     table = pd.DataFrame(out)
     return table.sort_values('mean', ascending=not self.higher[metric], ignore_index=True)
@@ -187,7 +202,8 @@ class Results:
     matched, keys = self.matched(a, b, metric, by=by, domain=domain)
     if matched.empty:
       raise UserError(f'{a} and {b} share no {", ".join(keys[1:])}: nothing to pair')
-    return paired_test(a, b, metric, matched, keys, higher_is_better=self.higher[metric])
+    return paired_test(a, b, metric, matched, keys, higher_is_better=self.higher[metric],
+                       resampled=self.resampled)
 
   def pairwise(self, names: Sequence[str] | None = None, metric: str = 'dice', *,
                reference: str | None = None, by: str = 'base', domain: str | None = None
@@ -291,7 +307,8 @@ class Results:
     np.fill_diagonal(diff, 0.0)
     for i, j in itertools.combinations(range(k), 2):
       keys = _pair_keys(by, variants[names[i]], variants[names[j]])
-      est = _paired_estimate(side(names[i], keys), side(names[j], keys), keys)
+      est = _paired_estimate(side(names[i], keys), side(names[j], keys), keys,
+                             self.resampled)
       if est is None:
         continue  # nothing to pair: both stay untested
       diff[i, j], diff[j, i] = est.mean, -est.mean
@@ -451,8 +468,26 @@ def _pair_keys(by: str, variants_a: set, variants_b: set) -> list[str]:
   return ['domain'] + [k for k in _PAIR_KEYS if k not in identity]
 
 
-def _paired_estimate(a: pd.Series, b: pd.Series, keys: list[str]) -> stats.Estimate | None:
-  """``stats.crossed_mean`` of a - b on their matched cells, as ``paired_test`` makes it.
+def _ci_over(est: stats.Estimate, resampled: bool) -> str:
+  """What a summary CI's variation covers."""
+  if not est.runs_known:
+    return 'images (1 seed)'
+  return 'seeds, each its own split' if resampled else 'seeds and images'
+
+
+def resampled(frame: pd.DataFrame, by: str = 'condition') -> bool:
+  """Whether some group's seeds were scored on different sets of test images
+  (``image_id``), within each domain: the seeds drew their own splits."""
+  if frame.empty or 'image_id' not in frame:
+    return False
+  keys = [k for k in ('domain', by) if k in frame]
+  sets = frame.groupby(keys + ['seed'])['image_id'].agg(frozenset)
+  return bool((sets.groupby(level=list(range(len(keys)))).nunique() > 1).any())
+
+
+def _paired_estimate(a: pd.Series, b: pd.Series, keys: list[str], resampled: bool = False
+                     ) -> stats.Estimate | None:
+  """``stats.run_mean`` of a - b on their matched cells, as ``paired_test`` makes it.
 
   ``a`` and ``b`` are cell means indexed by ``keys``; None when they share no
   cell. The same cells and numbers as ``Results.paired`` (tested), without
@@ -464,8 +499,8 @@ def _paired_estimate(a: pd.Series, b: pd.Series, keys: list[str]) -> stats.Estim
   d = joined['a'] - joined['b']
   image_keys = [k for k in keys if k in ('domain', 'image_id')]
   if len(image_keys) == len(keys):  # no run key: one run
-    return stats.crossed_mean(d.to_numpy()[None])
-  return stats.crossed_mean(d.unstack(image_keys).to_numpy())
+    return stats.run_mean(d.to_numpy()[None], resampled)
+  return stats.run_mean(d.unstack(image_keys).to_numpy(), resampled)
 
 
 def _pareto(score: np.ndarray, cost: np.ndarray) -> np.ndarray:

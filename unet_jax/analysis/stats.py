@@ -8,7 +8,10 @@ with both sources of variation, and every CI, test and verdict of
 ``unet_jax.analysis`` (results, paired tests, findings) comes from it (its error rate
 is checked by simulation in ``tests/analysis/stats_test.py``). :func:`mcb` gives
 Hsu's multiple comparisons with the best on such run-aware paired
-differences. :func:`wilcoxon` describes one run's images.
+differences. When every run drew its own split (``data.split_per_seed``)
+images are nested in runs and :func:`resampled_mean` replaces
+:func:`crossed_mean` (:func:`run_mean` picks). :func:`wilcoxon` describes one
+run's images.
 """
 
 from __future__ import annotations
@@ -122,6 +125,45 @@ def crossed_mean(matrix) -> Estimate:
   return Estimate(mean, float(np.sqrt(variance)), float(df), runs, images, dropped, run_sd)
 
 
+def resampled_mean(matrix) -> Estimate:
+  """Mean of a ``runs x images`` matrix whose runs drew their own test images.
+
+  With ``data.split_per_seed`` every run (a seed: its own split, or its own
+  fold partition pooled) is scored on images of its own drawing, NaN where it
+  did not score one; the images are then nested in the runs, not crossed
+  with them. Given the data set the runs are independent draws of (split,
+  training), so each run's mean over its images is one observation and the
+  mean's variance is ``var(run means) / R`` with ``R - 1`` degrees of
+  freedom: the test images' sampling is inside each run mean, and more runs
+  shrink it. It describes this data set averaged over its splits; the
+  variation between data sets of the same size drawn from the population is
+  not estimable from one set (Nadeau and Bengio 2003). With one run, the SE
+  is its images' alone, as in :func:`crossed_mean`.
+  """
+  m = np.asarray(matrix, dtype=np.float64)
+  if m.ndim == 1:
+    m = m[None]
+  seen = ~np.isnan(m)
+  m = m[seen.any(axis=1)]
+  seen = seen[seen.any(axis=1)]
+  runs, images = m.shape[0], int(seen.any(axis=0).sum())
+  if runs == 0:
+    return Estimate(float('nan'), float('nan'), float('nan'), 0, images, 0, float('nan'))
+  run_means = np.array([row[ok].mean() for row, ok in zip(m, seen)])
+  mean = float(run_means.mean())
+  if runs == 1:
+    values = m[seen]
+    se = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else float('nan')
+    return Estimate(mean, se, float(values.size - 1), 1, images, 0, float('nan'))
+  run_sd = float(run_means.std(ddof=1))
+  return Estimate(mean, run_sd / float(np.sqrt(runs)), float(runs - 1), runs, images, 0, run_sd)
+
+
+def run_mean(matrix, resampled: bool = False) -> Estimate:
+  """:func:`resampled_mean` when each run drew its own test images, else :func:`crossed_mean`."""
+  return resampled_mean(matrix) if resampled else crossed_mean(matrix)
+
+
 def welch(a: Estimate, b: Estimate) -> tuple[float, float, float]:
   """(difference a - b, its SE, Satterthwaite df) of two independent estimates."""
   se = float(np.hypot(a.se, b.se))
@@ -130,10 +172,11 @@ def welch(a: Estimate, b: Estimate) -> tuple[float, float, float]:
   return a.mean - b.mean, se, df
 
 
-def paired_differences(matrices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def paired_differences(matrices, resampled: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(diff, se, df), each ``k x k``, of k matched ``runs x images`` matrices.
 
-  ``diff[i, j]`` estimates mu_i - mu_j by :func:`crossed_mean` of
+  ``diff[i, j]`` estimates mu_i - mu_j by :func:`run_mean` of
   ``matrices[i] - matrices[j]`` (same runs and images in each); ``se`` and
   ``df`` are its run-aware SE and Satterthwaite df (NaN with one run:
   run-to-run variation unknown). The diagonal is 0 (diff) and NaN. The input
@@ -143,7 +186,7 @@ def paired_differences(matrices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   k = len(m)
   diff, se, df = np.zeros((k, k)), np.full((k, k), np.nan), np.full((k, k), np.nan)
   for i, j in itertools.combinations(range(k), 2):
-    est = crossed_mean(m[i] - m[j])
+    est = run_mean(m[i] - m[j], resampled)
     diff[i, j], diff[j, i] = est.mean, -est.mean
     if est.runs_known:
       se[i, j] = se[j, i] = est.se

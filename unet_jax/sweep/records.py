@@ -62,6 +62,9 @@ class ExperimentSummary:
   total_params: int | None = None
   train_images: int | None = None
   val_images: int | None = None
+  # The seed its split was drawn with (data.seed, or per training seed with
+  # data.split_per_seed: sweep.run.split_seed); None in older summaries.
+  split_seed: int | None = None
   test_images: int | None = None
   seconds: float | None = None  # its share of its bundle's training time
   # Its own training time (seconds per step measured when its bundle ran one

@@ -20,13 +20,14 @@ import hashlib
 import json
 import os
 import sys
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
 import tqdm
 
 from unet_jax import data, files, freeze, resnet, weights_file
+from unet_jax.engine.choices import BATCHED
 from unet_jax.engine.distributed import is_writer
 from unet_jax.engine.experiment import STRATEGY_DEFAULTS, Experiment
 from unet_jax.engine.resume import BundleCheckpoints, StopRequest
@@ -90,7 +91,8 @@ def experiment_fingerprint(s: SweepSettings, exp: Experiment) -> str:
   """Everything a finished experiment's weights depend on (its scoring: evaluation)."""
   return _hash({'pretrain': _pretrain_fingerprint(s) if exp.init == 'pretrained' else None,
                 'data': [s.target_source, s.target_root, s.on_bad, s.target_images,
-                         s.test_fraction, s.val_fraction, s.folds, s.image_size, s.seed],
+                         s.test_fraction, s.val_fraction, s.folds, s.image_size, s.seed]
+                + (['split_per_seed'] if s.split_per_seed else []),
                 'model': s.model.identity(), 'engine': _ENGINE_VERSION,
                 'finetune': [s.rewarmup_steps, dataclasses.asdict(s.early_stop)],
                 'experiment': _identity(exp)})
@@ -176,29 +178,52 @@ def encoder_from_file(s: SweepSettings, init: Weights) -> Weights:
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-  """The target data set and its splits (one hold-out split, or one per fold)."""
+  """The target data set and its splits (one hold-out split, or one per fold).
+
+  ``splits`` are those of ``data.seed``; with ``data.split_per_seed`` a run of
+  training seed q uses the splits drawn from :func:`split_seed` instead.
+  """
 
   dataset: data.Dataset
   splits: list[data.Split]
+  plan: Callable[[int], list[data.Split]] | None = None  # per-seed splits, cached
 
   def split(self, exp: Experiment) -> data.Split:
-    return self.splits[0 if exp.fold is None else exp.fold]
+    splits = self.splits if self.plan is None else self.plan(exp.seed)
+    return splits[0 if exp.fold is None else exp.fold]
 
   def part(self, index: np.ndarray) -> data.Dataset:
     return self.dataset.take(index)
 
 
+def split_seed(s: SweepSettings, seed: int) -> int:
+  """The seed of the split a run of training seed ``seed`` uses.
+
+  ``data.seed`` for every run, or with ``data.split_per_seed`` ``data.seed +
+  2 seed`` (``plan_splits`` draws the test part with its seed and the
+  validation part with seed + 1, so no two training seeds share a stream; seed
+  0 keeps the shared split).
+  """
+  return s.seed + 2 * seed if s.split_per_seed else s.seed
+
+
 def load_target(s: SweepSettings, paths: WorkdirPaths) -> Target:
-  """The target data and its stratified splits, fixed by ``s.seed``.
+  """The target data and its stratified splits, fixed by ``s.seed`` (and the run's
+  seed with ``data.split_per_seed``).
 
   Raises UserError, with the sizes, when a split would leave a part empty.
   """
   target = data.open_source(s.target_source, num=s.target_images, size=s.image_size,
                             seed=s.seed + 3, root=s.target_root, cache_dir=paths.cache,
                             on_bad=s.on_bad).with_channels(s.model.in_channels)
-  splits = data.plan_splits(target.labels, test_fraction=s.test_fraction,
-                            val_fraction=s.val_fraction, folds=s.folds, seed=s.seed)
-  return Target(target, splits)
+
+  def plan(seed: int) -> list[data.Split]:
+    return data.plan_splits(target.labels, test_fraction=s.test_fraction,
+                            val_fraction=s.val_fraction, folds=s.folds,
+                            seed=split_seed(s, seed))
+
+  return Target(target, plan(0), functools.lru_cache(maxsize=None)(plan)
+                if s.split_per_seed else None)
 
 
 def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[dict],
@@ -228,6 +253,7 @@ def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[di
       trainable_params=trainable, extra_params=extra,
       total_params=sum(n for n, a in zip(sizes, adapter) if not a),
       train_images=len(split.fit), val_images=len(split.val),
+      split_seed=split_seed(s, exp.seed),
       seconds=report.seconds / len(report.experiments), bundle=bundle,
       own_seconds=per_step * run.stopped_at if per_step is not None else None,
       strategy=report.strategy, resumed_from_step=result.resumed_from,
@@ -508,6 +534,11 @@ class _Race:
     fit = [len(split.fit) for split in self.target.splits]
     self.s = s.with_train_images(round(sum(fit) / len(fit)))
     self.paths, self.stop = paths, stop
+    # Where one program trains a whole bundle (an accelerator, or a batched
+    # executor forced), a bundle's size is its compiled shape: later rounds
+    # are filled to the first round's size (fill_round).
+    self.batched = s.strategy in BATCHED or (s.strategy == 'auto' and
+                                             jax.default_backend() != 'cpu')
 
   def run(self, progress: bool) -> list[ExperimentSummary]:
     from unet_jax.analysis.race import race  # pandas, scipy
@@ -516,9 +547,13 @@ class _Race:
     condition = {r.name: r.base + r.variant for r in every}
     wanted = {(c, r) for c in dict.fromkeys(condition.values())
               for r in range(1, settings.n0 + 1)}
+    per_pair = len(every) // (len(set(condition.values())) * settings.max_replicates)
+    slots = 0  # batched: every round trains as many runs as the first
     rounds = []
     while True:
       runs = [r for r in every if (condition[r.name], r.seed + 1) in wanted]
+      if self.batched and not slots:
+        slots = min(len(runs), s.max_bundle or len(runs))
       sweep = _Sweep(s, self.paths, self.stop, runs=runs, target=self.target, report=False)
       summaries = sweep.run(progress)
       frame = _race_frame(sweep.rows, condition, runs)
@@ -532,12 +567,42 @@ class _Race:
       print(f'race round {len(rounds)}: {record.answer}', file=sys.stderr)
       if record.decided or record.budget_spent or not record.next_runs:
         break
+      done = set(wanted)
       wanted |= {(c, r) for c in record.next_runs['strategies']
                  for r in record.next_runs['replicates']}
+      if slots:
+        wanted |= fill_round(wanted - done, record.survivors, wanted, slots // per_pair,
+                             settings.max_replicates)
     if is_writer():
       with tqdm.tqdm(disable=True) as bar:
         _write_report(self.paths.root, bar)
     return summaries
+
+
+def fill_round(new: set, survivors: list[str], wanted: set, slots: int,
+               max_replicates: int) -> set:
+  """More replicates of the survivors, so that a round trains ``slots`` pairs.
+
+  ``new`` holds the round's (strategy, replicate) pairs the race asked for,
+  ``wanted`` every pair asked for so far. Free slots take each survivor's
+  next replicates in turn (replicate by replicate, survivors in order), up to
+  ``max_replicates``; fewer when the budget leaves fewer. The race's
+  decisions do not change: a look at r replicates uses each strategy's first
+  r, so replicates trained early are used at the later looks they belong
+  to, and a strategy eliminated meanwhile has spent its extra slot for
+  nothing (free where the bundle runs as one program).
+  """
+  extra: set = set()
+  have = {c: max([r for x, r in wanted if x == c], default=0) for c in survivors}
+  while len(new) + len(extra) < slots:
+    nxt = min(have.values(), default=max_replicates) + 1
+    if nxt > max_replicates:
+      break
+    for c in survivors:
+      if have[c] < nxt and len(new) + len(extra) < slots:
+        extra.add((c, nxt))
+        have[c] = nxt
+  return extra
 
 
 def _race_frame(rows: dict, condition: dict, runs: list[Experiment]):

@@ -91,6 +91,9 @@ class SweepSettings:
   test_fraction: float  # of the target images, held out for testing (folds <= 1)
   val_fraction: float  # of the training images, held out for validation Dice
   folds: int  # k-fold cross-validation of the target set; 0 or 1: one hold-out split
+  # data.split_per_seed: every training seed draws its own split (its own
+  # fold partition under data.folds) instead of sharing the one of data.seed.
+  split_per_seed: bool
   finetune: TrainSettings
   frozen_norm: str  # freeze.FROZEN_NORM: frozen blocks' BatchNorm in fine-tuning
   hd95_convention: str  # conventions.HD95_CONVENTIONS
@@ -183,7 +186,8 @@ class SweepSettings:
         target_images=_int(config, 'data.num_images', 2),
         test_fraction=_float(config, 'data.test_fraction', 0.0, 1.0),
         val_fraction=_float(config, 'data.val_fraction', 0.0, 0.9),
-        folds=folds, finetune=finetune, frozen_norm=frozen_norm,
+        folds=folds, split_per_seed=_optional_bool(config, 'data.split_per_seed'),
+        finetune=finetune, frozen_norm=frozen_norm,
         hd95_convention=_choice(config, 'evaluation.hd95', tuple(HD95_CONVENTIONS)),
         norm_check=_bool(config, 'evaluation.norm_check'),
         chunk_steps=_int(config, 'chunk_steps', 1),
@@ -444,6 +448,14 @@ def _number(config, field: str):
 
 def _bool(config, field) -> bool:
   value = _get(config, field)
+  if not isinstance(value, bool):
+    raise UserError(f'config field {field!r} must be True or False; got {value!r}')
+  return value
+
+
+def _optional_bool(config, field, default: bool = False) -> bool:
+  """A True/False field that configs written before it existed leave out."""
+  value = _optional(config, field, default)
   if not isinstance(value, bool):
     raise UserError(f'config field {field!r} must be True or False; got {value!r}')
   return value
