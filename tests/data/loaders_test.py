@@ -44,8 +44,8 @@ def write_busi(root, h=H, w=W):
   save(d / 'benign' / 'benign (10).png', g)
   save(d / 'benign' / 'benign (10)_mask.png', b(4, 4, 6, 6, value=True, dtype=bool))
   save(d / 'malignant' / 'malignant (1).png', g.astype(np.uint16) * 257)
-  malignant_mask = b(0, 0, 10, 10, value=100)
-  malignant_mask[12:16, 12:16] = 200
+  malignant_mask = b(12, 12, 16, 16, value=200)
+  malignant_mask[0, 0] = 100  # a stray value (an edge): below the threshold, and rare
   save(d / 'malignant' / 'malignant (1)_mask.png', malignant_mask)
   save(d / 'normal' / 'normal (1).png', g)
   save(d / 'normal' / 'normal (1)_mask.png', b(0, 0, 0, 0))
@@ -151,11 +151,47 @@ def test_resize_is_area_based():
 def test_sixteen_bit_scaling_and_masks(tmp_path):
   save(tmp_path / 'i12.png', np.array([[0, 4095]], np.uint16))
   save(tmp_path / 'i16.png', np.array([[0, 65535]], np.uint16))
-  save(tmp_path / 'm16.png', np.array([[0, 30000, 40000, 65535]], np.uint16))
+  save(tmp_path / 'm16.png', np.array([[0, 30000] + [40000] * 10 + [65535]], np.uint16))
   image, bits = pixels.read_grey(tmp_path / 'i12.png')
   assert bits == 12 and image.tolist() == [[0.0, 1.0]]
   assert pixels.read_grey(tmp_path / 'i16.png')[1] == 16
-  assert pixels.read_mask([tmp_path / 'm16.png']).tolist() == [[False, False, True, True]]
+  assert pixels.read_mask([tmp_path / 'm16.png']).tolist() == [[False, False] + [True] * 11]
+
+
+@pytest.mark.parametrize('values, message', [
+    ((0, 1, 2), r'values \{0, 1, 2\} are nonzero but none is above 127'),
+    ((0, 100), r'values \{0, 100\} are nonzero but none is above 127'),
+    ((0, 128, 255), r'values \{0, 128, 255\} look like a label map'),
+    ((0, 85, 170, 255), r'values \{0, 85, 170, 255\} look like a label map'),
+])
+def test_label_maps_are_refused_naming_the_file_and_values(tmp_path, values, message):
+  """A label map read as a binary mask would be empty (0, 1, 2) or merge structures."""
+  mask = np.zeros((12, 12), np.uint8)
+  for i, v in enumerate(values):
+    mask[:, 3 * i:3 * i + 3] = v
+  d = tmp_path / 'Dataset_BUSI_with_GT' / 'benign'
+  save(d / 'benign (1).png', grey(0, 12, 12))
+  save(d / 'benign (1)_mask.png', mask)
+  with pytest.raises(UserError, match=message) as e:
+    data.load('busi', d.parent, 8)
+  assert 'benign (1)_mask.png' in str(e.value)
+
+
+def test_anti_aliased_edges_are_still_binary(tmp_path):
+  mask = box(4, 4, 16, 20)
+  mask[3, 4:20] = np.linspace(20, 240, 16).astype(np.uint8)  # many values, each rare
+  save(tmp_path / 'm.png', mask)
+  read = pixels.read_mask([tmp_path / 'm.png'])
+  assert read.sum() == 12 * 16 + 8
+
+
+def test_a_set_of_empty_masks_is_refused(tmp_path):
+  d = tmp_path / 'Dataset_BUSI_with_GT' / 'normal'
+  for i in (1, 2):
+    save(d / f'normal ({i}).png', grey(i))
+    save(d / f'normal ({i})_mask.png', box(0, 0, 0, 0))
+  with pytest.raises(UserError, match='every one of the 2 masks .* is empty'):
+    data.load('busi', d.parent, 8)
 
 
 def test_zero_one_masks_are_labels(tmp_path):

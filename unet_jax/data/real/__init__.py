@@ -28,7 +28,7 @@ if TYPE_CHECKING:
   from unet_jax.data import Dataset
 
 # Bump when decoding or resizing changes, so old caches are not read.
-LOADER_VERSION = 1
+LOADER_VERSION = 2  # 2: label-map masks refused
 
 LOADERS: dict[str, Callable[..., Found]] = {
     'busi': layouts.find_busi,
@@ -100,6 +100,10 @@ def load(name: str, root, size: int, *, cache_dir: str | os.PathLike | None = No
   skipped = [str(p) for p in found.problems] + arrays['skipped']
   if not arrays['ids']:
     raise UserError(f'{name}: every image under {root} is unusable, e.g. {skipped[0]}')
+  if not arrays['masks'].any():
+    raise UserError(f'{name}: every one of the {len(arrays["ids"])} masks under {root} is '
+                    f'empty after resizing to {size}x{size}: nothing to segment (foreground '
+                    'is a value above 127 of 255, or 1 in a 0/1 mask)')
   if skipped:
     shown = '; '.join(skipped[:3]) + ('; ...' if len(skipped) > 3 else '')
     warnings.warn(f'{name}: skipped {len(skipped)} unusable image/mask pairs and kept '

@@ -14,7 +14,12 @@ Grey values, by how a file stores them:
 
 Masks: a pixel is foreground when any colour channel is > 127 on the 8-bit scale (16-bit
 values are divided by 257 first, unless the mask only uses 0-255). A mask whose values are all
-0 or 1 is read as 0/1 labels. Several mask files of one image are OR-merged.
+0 or 1 is read as 0/1 labels. Several mask files of one image are OR-merged. Values that
+binarisation would misread are refused, naming the file and the values: nonzero pixels none
+of which is above the threshold (a label map 0, 1, 2 would read as empty), or at most 8
+distinct values of which two or more nonzero ones each cover 10% of the foreground (0, 128,
+255 would merge two structures). Anti-aliased and JPEG masks, whose edge values are many and
+each rare, are read as before.
 
 Resizing is a plain resize to a ``size x size`` square (aspect ratio not kept, as most papers
 on these sets do): images with Pillow's bilinear filter on 32-bit floats, which is
@@ -150,7 +155,39 @@ def _read_one_mask(path) -> np.ndarray:
     return array == 1
   # > 127 on the 8-bit scale; a 16-bit value v is v / 257 there, and 127 * 257 = 32639.
   full = 255 if mode in ('L', 'RGB', 'RGBA', 'LA') or top <= 255 else 65535
-  return array > 127 * full // 255
+  threshold = 127 * full // 255
+  _refuse_label_map(array, threshold)
+  return array > threshold
+
+
+# A mask is read as a label map, and refused, when it has at most this many
+# distinct values and two or more nonzero ones each cover at least this share
+# of its nonzero pixels (anti-aliased or JPEG edges have many values, each rare).
+LABEL_MAP_VALUES, LABEL_MAP_SHARE = 8, 0.10
+
+
+def _refuse_label_map(array: np.ndarray, threshold: int) -> None:
+  """Raises BadFile for values that binarisation would misread: nonzero pixels with
+  none above the threshold (a 0, 1, 2 label map reads as empty), or several
+  prominent structure values (0, 128, 255 would merge into one)."""
+  values, counts = np.unique(array, return_counts=True)
+  nonzero = values > 0
+  if not nonzero.any():
+    return
+  shown = ', '.join(str(int(v)) for v in values[:LABEL_MAP_VALUES + 1]) + (
+      ', ...' if len(values) > LABEL_MAP_VALUES + 1 else '')
+  if values.max() <= threshold:
+    raise BadFile(f'mask values {{{shown}}} are nonzero but none is above {threshold}: as a '
+                  'binary mask (0/255, or 0/1) it would be empty. A label map of several '
+                  'structures? unet_jax reads binary masks: write one 0/255 mask per image '
+                  'of the structure to segment')
+  share = counts[nonzero] / counts[nonzero].sum()
+  if len(values) <= LABEL_MAP_VALUES and (share >= LABEL_MAP_SHARE).sum() >= 2:
+    raise BadFile(f'mask values {{{shown}}} look like a label map of several structures '
+                  f'(each nonzero value covers at least {LABEL_MAP_SHARE:.0%} of the '
+                  'foreground); read as binary they would be merged or dropped. unet_jax '
+                  'reads binary masks: write one 0/255 mask per image of the structure to '
+                  'segment')
 
 
 def _open(path):
