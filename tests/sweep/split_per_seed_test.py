@@ -70,5 +70,12 @@ def test_a_sweep_with_a_split_per_seed_records_it_and_its_statistics_use_run_mea
   assert (res.summary()['ci_over'] == 'seeds, each its own split').all()
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['split_per_seed'] is True
+  with open(os.path.join(workdir, 'data.json')) as f:
+    assert json.load(f) == {
+        'source': 'ultrasound', 'root': '', 'images': 40,
+        'classes': {'benign': 26, 'malignant': 14}, 'skipped': [], 'duplicates': [],
+        'split_per_seed': True, 'folds': 0, 'split_sizes': {'fit': 18, 'val': 10, 'test': 12}}
   with open(os.path.join(workdir, 'report.md')) as f:
-    assert 'resampled_mean' in f.read()
+    text = f.read()
+  assert 'resampled_mean' in text
+  assert 'Data: 40 images of ultrasound' in text and 'every seed its own split' in text

@@ -531,6 +531,27 @@ def console_summary(res: Results, alpha: float = 0.05) -> str:
   return '\n\n'.join(blocks + [verdicts])
 
 
+def _data_lines(paths: WorkdirPaths) -> list[str]:
+  """The target set from data.json: classes, split sizes, files skipped, copies kept together."""
+  if not os.path.exists(paths.data):
+    return []
+  info = files.read_json(paths.data)
+  classes = ', '.join(f'{n} {c}' for c, n in info['classes'].items())
+  sizes = ', '.join(f'{n} {part}' for part, n in info['split_sizes'].items())
+  split = ('every seed its own split (`data.split_per_seed`)' if info['split_per_seed']
+           else 'one split for every seed')
+  out = [f'Data: {info["images"]} images of {info["source"]} ({classes}); {sizes} '
+         f'({split}).']
+  if info['skipped']:
+    out.append(f'Skipped as unusable: {len(info["skipped"])} (listed in data.json), e.g. '
+               f'{info["skipped"][0]}.')
+  if info['duplicates']:
+    shown = '; '.join(' = '.join(g) for g in info['duplicates'][:3])
+    out.append(f'Copies: {len(info["duplicates"])} group(s) of images identical after '
+               f'decoding, each kept in one split part (all in data.json): {shown}.')
+  return out + ['']
+
+
 def _race_section(race: dict, folder: str, res: Results, alpha: float) -> list[str]:
   """The race's decision first (race.json), then who went out when, each strategy's
   MCB interval against the best on all its replicates, and the race's figure."""
@@ -603,6 +624,7 @@ def write_report(workdir: str, *, overlays: Overlays | None = None,
            f'{res.df["image_id"].nunique()} test images; domains: {", ".join(res.domains)}.',
            f'Empty masks: {EMPTY_MASK_CONVENTION}. HD95: '
            f'{_hd95_conventions(res)}.', '']
+  lines += _data_lines(paths)
   if res.notes:
     lines += ['**Incomplete results:**', ''] + [f'- {n}' for n in res.notes] + ['']
   if os.path.exists(paths.race):

@@ -15,7 +15,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from unet_jax.data import chest_xray, dead_leaves, ultrasound
+from unet_jax.data import chest_xray, dead_leaves, duplicates, ultrasound
 from unet_jax.data import pets as pets_module
 from unet_jax.data.real import LOADERS, load
 from unet_jax.data.splits import Split, holdout_split, kfold_split, plan_splits
@@ -31,13 +31,25 @@ class Dataset:
   # Real sets: per image class, source files, original size (see unet_jax.data.real.load).
   meta: list[dict] | None = None
   skipped: tuple[str, ...] = ()  # unusable pairs a loader left out under on_bad='skip'
+  # Groups of indices of images that are copies of each other (data.duplicates);
+  # plan_splits keeps each group in one part.
+  duplicates: tuple[tuple[int, ...], ...] = ()
 
   def take(self, index) -> 'Dataset':
     index = np.asarray(index)
+    where = {int(old): new for new, old in enumerate(index)}
+    kept = tuple(sorted((g for g in (tuple(sorted(where[i] for i in group if i in where))
+                                     for group in self.duplicates) if len(g) > 1),
+                        key=lambda g: g[0]))
     return dataclasses.replace(
         self, images=self.images[index], masks=self.masks[index],
         ids=[self.ids[i] for i in index], labels=[self.labels[i] for i in index],
-        meta=None if self.meta is None else [self.meta[i] for i in index])
+        meta=None if self.meta is None else [self.meta[i] for i in index],
+        duplicates=kept)
+
+  def groups(self) -> np.ndarray:
+    """Per image, the index of the first image of its copies (its own when unique)."""
+    return duplicates.group_ids(len(self.ids), list(self.duplicates))
 
   def with_channels(self, channels: int) -> 'Dataset':
     """Grey images repeated over ``channels`` (for RGB-shaped networks)."""

@@ -93,15 +93,18 @@ class Split:
 
 
 def plan_splits(labels: list[str], *, test_fraction: float, val_fraction: float, folds: int,
-                seed: int) -> list[Split]:
+                seed: int, groups=None) -> list[Split]:
   """The sweep's splits: one hold-out split (``folds`` <= 1) or one per fold.
 
   Test parts come from :func:`holdout_split` with ``test_fraction`` or from
   :func:`kfold_split` (every image tested once); each training part is split
   again by class into fit and validation parts with ``val_fraction``
-  (shuffled with ``seed + 1``). Raises UserError, with the sizes it would
-  give, when a fit or test part would be empty, or a validation part while
-  ``val_fraction`` > 0.
+  (shuffled with ``seed + 1``). ``groups`` (per image, a group id; copies of
+  one image share one, ``Dataset.groups``) keeps every group in one part: the
+  groups are split, each with the class of its first image, and a set without
+  copies splits exactly as without ``groups``. Raises UserError, with the
+  sizes it would give, when a fit or test part would be empty, or a
+  validation part while ``val_fraction`` > 0.
 
   Example::
 
@@ -111,14 +114,22 @@ def plan_splits(labels: list[str], *, test_fraction: float, val_fraction: float,
   if folds > len(labels):
     raise UserError(f'data.folds={folds} needs at least {folds} images; the set has '
                     f'{len(labels)}')
+  # Split units: the groups (each image its own unless it has copies).
+  ids = np.arange(len(labels)) if groups is None else np.asarray(groups)
+  first = {}
+  for i, g in enumerate(ids):
+    first.setdefault(int(g), i)
+  units = np.asarray(list(first.values()), int)  # each group's first image, in order
+  members = lambda chosen: np.flatnonzero(np.isin(ids, ids[units[chosen]]))
+  unit_labels = [labels[i] for i in units]
   if folds > 1:
-    outer = kfold_split(labels, folds, seed)
+    outer = kfold_split(unit_labels, folds, seed)
   else:
-    outer = [holdout_split(labels, test_fraction, seed)]
+    outer = [holdout_split(unit_labels, test_fraction, seed)]
   splits = []
   for train, test in outer:
-    fit, val = holdout_split([labels[i] for i in train], val_fraction, seed + 1)
-    splits.append(Split(train[fit], train[val], test))
+    fit, val = holdout_split([unit_labels[i] for i in train], val_fraction, seed + 1)
+    splits.append(Split(members(train[fit]), members(train[val]), members(test)))
   empty = [(i, s) for i, s in enumerate(splits)
            if not len(s.fit) or not len(s.test) or (val_fraction > 0 and not len(s.val))]
   if empty:

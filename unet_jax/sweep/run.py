@@ -87,12 +87,17 @@ def pretrain_steps(s: SweepSettings) -> int:
   return 0 if s.pretrain_source == TORCHVISION else s.pretrain.steps
 
 
-def experiment_fingerprint(s: SweepSettings, exp: Experiment) -> str:
-  """Everything a finished experiment's weights depend on (its scoring: evaluation)."""
+def experiment_fingerprint(s: SweepSettings, exp: Experiment, copies: int = 0) -> str:
+  """Everything a finished experiment's weights depend on (its scoring: evaluation).
+
+  ``copies``: groups of copied images in the target set, which change its
+  split (kept in one part); a set without copies keeps its older fingerprint.
+  """
   return _hash({'pretrain': _pretrain_fingerprint(s) if exp.init == 'pretrained' else None,
                 'data': [s.target_source, s.target_root, s.on_bad, s.target_images,
                          s.test_fraction, s.val_fraction, s.folds, s.image_size, s.seed]
-                + (['split_per_seed'] if s.split_per_seed else []),
+                + (['split_per_seed'] if s.split_per_seed else [])
+                + ([f'copies kept together: {copies}'] if copies else []),
                 'model': s.model.identity(), 'engine': _ENGINE_VERSION,
                 'finetune': [s.rewarmup_steps, dataclasses.asdict(s.early_stop)],
                 'experiment': _identity(exp)})
@@ -217,13 +222,28 @@ def load_target(s: SweepSettings, paths: WorkdirPaths) -> Target:
                             seed=s.seed + 3, root=s.target_root, cache_dir=paths.cache,
                             on_bad=s.on_bad).with_channels(s.model.in_channels)
 
+  groups = target.groups()  # copies of one image stay in one part
+
   def plan(seed: int) -> list[data.Split]:
     return data.plan_splits(target.labels, test_fraction=s.test_fraction,
                             val_fraction=s.val_fraction, folds=s.folds,
-                            seed=split_seed(s, seed))
+                            seed=split_seed(s, seed), groups=groups)
 
   return Target(target, plan(0), functools.lru_cache(maxsize=None)(plan)
                 if s.split_per_seed else None)
+
+
+def data_record(s: SweepSettings, target: Target) -> dict:
+  """data.json: what the target set held, what was left out, copies, split sizes."""
+  ds = target.dataset
+  classes, counts = np.unique(ds.labels, return_counts=True)
+  where = lambda i: (ds.meta[i].get('image', ds.ids[i]) if ds.meta else ds.ids[i])
+  return {'source': s.target_source, 'root': s.target_root, 'images': len(ds),
+          'classes': {str(c): int(n) for c, n in zip(classes, counts)},
+          'skipped': list(ds.skipped),
+          'duplicates': [[where(i) for i in group] for group in ds.duplicates],
+          'split_per_seed': s.split_per_seed, 'folds': s.folds,
+          'split_sizes': target.splits[0].sizes()}
 
 
 def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[dict],
@@ -385,7 +405,8 @@ class _Sweep:
     self.writer = is_writer()
     self.report = report
     self.runs = s.runs() if runs is None else runs
-    self.fingerprints = {r.name: experiment_fingerprint(s, r) for r in self.runs}
+    copies = len(self.target.dataset.duplicates)
+    self.fingerprints = {r.name: experiment_fingerprint(s, r, copies) for r in self.runs}
     done = {r.name: found for r in self.runs
             if (found := _finished(paths, r, self.fingerprints[r.name])) is not None}
     self.todo = [r for r in self.runs if r.name not in done]
@@ -406,6 +427,7 @@ class _Sweep:
                                                      for r in self.runs])))
       files.write_npz(self.paths.test_set, images=tested.images, masks=tested.masks,
                       ids=np.asarray(tested.ids))
+      files.write_json(self.paths.data, data_record(s, target))
     graphdef, params, batch_stats = init_model(s.model, s.seed)
     check_rules(s, params, self.runs)
     total = pretrain_steps(s) + sum(r.steps for r in self.todo)

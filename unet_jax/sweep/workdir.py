@@ -17,6 +17,7 @@ Layout::
   checkpoints/<bundle>/<step>/     orbax checkpoints of unfinished bundles
   tensorboard/<name>/              TensorBoard event files, one run per experiment
   test_set.npz                     the test images, masks and ids
+  data.json                        the target set: classes, skipped files, copies, split sizes
   report.md, report/               tables, findings F1-F6 and figures
   results.jsonl                    one row per (experiment, test image)
   bundles.json                     each bundle's strategy and autotuning timings
@@ -75,6 +76,7 @@ class WorkdirPaths:
   bundles = property(lambda self: self._at('bundles.json'))
   autotune = property(lambda self: self._at('autotune.json'))
   race = property(lambda self: self._at('race.json'))  # config.race: the decisions
+  data = property(lambda self: self._at('data.json'))  # the target set: sizes, copies
   lock = property(lambda self: self._at('.lock'))
   experiments_dir = property(lambda self: self._at('experiments'))
   tensorboard = property(lambda self: self._at('tensorboard'))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from unet_jax.data import duplicates
 from unet_jax.data.real import cache, layouts, pixels
 from unet_jax.data.real.layouts import WHERE, Found, Pair, Problem
 from unet_jax.errors import UserError
@@ -109,8 +110,23 @@ def load(name: str, root, size: int, *, cache_dir: str | os.PathLike | None = No
     warnings.warn(f'{name}: skipped {len(skipped)} unusable image/mask pairs and kept '
                   f'{len(arrays["ids"])} (all listed in Dataset.skipped): {shown}',
                   stacklevel=2)
+  copies = duplicates.find(arrays['images'])
+  if copies:
+    ids = arrays['ids']
+    shown = '; '.join(' = '.join(_where(arrays['meta'][i], ids[i]) for i in g)
+                      for g in copies[:3]) + ('; ...' if len(copies) > 3 else '')
+    groups = f'{len(copies)} group{"s" if len(copies) > 1 else ""}'
+    warnings.warn(f'{name}: {sum(len(g) for g in copies)} images are copies of another '
+                  f'({groups}, identical within {duplicates.NEAR * 255:.0f} grey level on '
+                  f'average): {shown}. Each group is kept in one split part '
+                  '(Dataset.duplicates lists them)', stacklevel=2)
   return Dataset(arrays['images'], arrays['masks'].astype(np.float32), arrays['ids'],
-                 arrays['labels'], meta=arrays['meta'], skipped=tuple(skipped))
+                 arrays['labels'], meta=arrays['meta'], skipped=tuple(skipped),
+                 duplicates=tuple(copies))
+
+
+def _where(meta: dict, image_id: str) -> str:
+  return meta.get('image', image_id) if meta else image_id
 
 
 def _roots(name: str, root) -> list[Path]:
