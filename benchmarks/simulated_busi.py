@@ -6,7 +6,9 @@ so this writes what its loader reads (``Dataset_BUSI_with_GT/benign/benign
 PNGs of a grey image, masks 0/255, and for every tenth lesion the mask split
 over ``_mask.png`` and ``_mask_1.png`` to be OR-merged) from the built-in
 simulator, at a larger size than the sweep reads, so that the sweep's
-file-reading path runs end to end:
+file-reading path runs end to end. ``--normal`` (default 0.17, BUSI's 133 of
+780) of the images are lesion-free scans under ``normal/`` with empty masks,
+as BUSI's are:
 
   python benchmarks/simulated_busi.py --root=/tmp/busi --num=240
   python launch/sweep.py --config.data.source=busi --config.data.root=/tmp/busi
@@ -15,10 +17,11 @@ file-reading path runs end to end:
 import argparse
 import os
 
+import jax
 import numpy as np
 from PIL import Image
 
-from unet_jax import data
+from unet_jax.data import ultrasound
 
 
 def main():
@@ -27,11 +30,15 @@ def main():
   parser.add_argument('--num', type=int, default=240)
   parser.add_argument('--size', type=int, default=128)
   parser.add_argument('--seed', type=int, default=11)
+  parser.add_argument('--normal', type=float, default=0.17,
+                      help='share of lesion-free images with empty masks (BUSI: 133 of 780)')
   args = parser.parse_args()
-  made = data.open_source('ultrasound', num=args.num, size=args.size, seed=args.seed)
+  scan = ultrasound.BreastScan(size=args.size, normal_fraction=args.normal)
+  images, masks, kinds = ultrasound.breast_images(jax.random.key(args.seed), args.num, scan)
   top = os.path.join(args.root, 'Dataset_BUSI_with_GT')
   counts = {}
-  for image, mask, label in zip(made.images, made.masks, made.labels):
+  for image, mask, kind in zip(images, masks, np.asarray(kinds)):
+    label = ultrasound.KINDS[kind]
     counts[label] = n = counts.get(label, 0) + 1
     folder = os.path.join(top, label)
     os.makedirs(folder, exist_ok=True)

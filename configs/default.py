@@ -84,9 +84,12 @@ def get_config(arg=None):
   # seed replicates the data split as well as the training (Bouthillier et
   # al. 2021) and the statistics are about the data set, not one test set
   # (README "What a replicate covers"); False: every seed shares one split.
+  # empty_masks: images whose mask is empty (BUSI's 'normal' class) are
+  # 'keep' (scored by the empty-mask convention and as detection in the
+  # report), or left 'out_of_training', 'out_of_test' or 'out' of both.
   config.data = dict(source='ultrasound', num_images=200, test_fraction=0.32,
                      val_fraction=0.35, folds=0, split_per_seed=False, root='',
-                     on_bad='error')
+                     on_bad='error', empty_masks='keep')
   # Every run trains until validation Dice (scored every chunk_steps) has not
   # improved by more than min_delta for patience evaluations, or to the step
   # cap: steps, or epochs of the training images when epochs > 0. Its result

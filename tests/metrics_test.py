@@ -232,3 +232,31 @@ def test_empty_masks_give_nan_under_both_conventions(convention):
   assert np.isnan(scores['hd95']).all()
   jitted = jax.jit(functools.partial(metrics.hd95, convention=convention))
   assert np.isnan(jitted(pred, target)).all()
+
+
+@pytest.mark.parametrize('convention', ['max', 'pooled'])
+@pytest.mark.parametrize('spacing', [(1.0, 1.0), (0.3, 0.7)])
+def test_score_masks_on_the_host_equals_the_device_functions(convention, spacing):
+  # Blobs, speckle (many small components), masks on the border, empty ones:
+  # the host path (SciPy, cropped to the surfaces' box) gives the device's values.
+  rng = np.random.default_rng(3)
+  pred, target = [], []
+  for i in range(24):
+    a = ndimage.gaussian_filter(rng.random((40, 33)), 2.5) > 0.5
+    b = ndimage.gaussian_filter(rng.random((40, 33)), 1.0 + i % 3) > 0.52
+    if i % 8 == 0:
+      b[:] = False
+    if i % 8 == 1:
+      a = rng.random((40, 33)) > 0.9
+    pred.append(a)
+    target.append(b)
+  pred, target = np.stack(pred).astype(np.float32), np.stack(target).astype(np.float32)
+  host = metrics.score_masks(pred, target, spacing, hd95_convention=convention)
+  device = {'dice': metrics.dice(pred, target), 'iou': metrics.iou(pred, target),
+            'hd95': metrics.hd95(pred, target, spacing, convention=convention),
+            'assd': metrics.assd(pred, target, spacing)}
+  assert np.isnan(host['hd95']).sum() == 3  # the empty targets
+  for name, values in device.items():
+    assert host[name].dtype == np.float32
+    np.testing.assert_allclose(host[name], np.asarray(values), rtol=2e-6, atol=1e-6,
+                               err_msg=name)

@@ -43,6 +43,13 @@ Cost: an exact squared Euclidean distance transform, separable: along columns
 by two running scans (O(H W)), then along rows by the lower envelope over all
 columns (O(H W^2) time and an (H, W, W) float32 temporary, 67 MB at 256x256),
 one image at a time under ``lax.map`` so a batch does not multiply the memory.
+That is what ``hd95`` and ``assd`` compute (jittable, on the device).
+``score_masks``, which scores a sweep's test images on the host, computes
+the same distances with SciPy's exact transform (``ndimage.
+distance_transform_edt``, linear time, in float64, as medpy does) on the
+bounding box of the two surfaces (which holds every nearest surface pixel):
+at 128 x 128 about fifty times faster on a CPU. The two agree to float32
+rounding (tests/metrics_test.py).
 """
 
 from __future__ import annotations
@@ -218,14 +225,56 @@ def assd(pred: jax.Array, target: jax.Array, spacing=(1.0, 1.0)) -> jax.Array:
   return out if batched else out[0]
 
 
+def _surface_np(mask: np.ndarray) -> np.ndarray:
+  padded = np.pad(mask, 1)
+  interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+  return mask & ~interior
+
+
+def _distances_np(p: np.ndarray, t: np.ndarray, spacing: tuple[float, float],
+                  convention: str) -> tuple[float, float]:
+  """(hd95, assd) of one (H, W) boolean pair on the host; NaN when either is empty."""
+  from scipy import ndimage  # only the host path needs it
+
+  if not (p.any() and t.any()):
+    return np.nan, np.nan
+  sp, st = _surface_np(p), _surface_np(t)
+  rows, cols = np.nonzero(sp | st)  # every nearest surface pixel lies in their box
+  box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+  sp, st = sp[box], st[box]
+  to_t = ndimage.distance_transform_edt(~st, sampling=spacing)[sp]  # d(P->T)
+  to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)[st]  # d(T->P)
+  if convention == 'max':
+    hd = max(np.percentile(to_t, 95.0), np.percentile(to_p, 95.0))
+  else:
+    hd = np.percentile(np.concatenate([to_t, to_p]), 95.0)
+  return float(hd), float((to_t.sum() + to_p.sum()) / (to_t.size + to_p.size))
+
+
 def score_masks(pred, target, spacing=(1.0, 1.0), *, hd95_convention: str = 'max'
                 ) -> dict[str, np.ndarray]:
-  """Per-image ``dice``, ``iou``, ``hd95``, ``assd``, as (N,) numpy arrays.
+  """Per-image ``dice``, ``iou``, ``hd95``, ``assd``, as (N,) numpy arrays, on the host.
 
-  The distances are computed once for both; NaN marks undefined distances.
-  ``hd95_convention`` is one of :data:`HD95_CONVENTIONS` (see :func:`hd95`).
+  The definitions and conventions of :func:`dice`, :func:`iou`, :func:`hd95`
+  and :func:`assd`; the distances come from SciPy's exact distance transform
+  (module docstring), computed once for both. NaN marks undefined distances.
+  ``hd95_convention`` is one of :data:`HD95_CONVENTIONS`.
   """
-  hd, out, _ = _surface_distances(pred, target, spacing, hd95_convention)
-  return {'dice': np.atleast_1d(np.asarray(dice(pred, target))),
-          'iou': np.atleast_1d(np.asarray(iou(pred, target))),
-          'hd95': np.asarray(hd), 'assd': np.asarray(out)}
+  if hd95_convention not in HD95_CONVENTIONS:
+    raise ValueError(f'unknown hd95 convention {hd95_convention!r}; '
+                     f'choose one of {tuple(HD95_CONVENTIONS)}')
+  p, t, _ = _pair(np.asarray(pred) != 0, np.asarray(target) != 0)
+  p, t = np.asarray(p), np.asarray(t)
+  spacing = tuple(float(x) for x in np.asarray(spacing, np.float64).reshape(-1))
+  if len(spacing) != 2:
+    raise ValueError(f'spacing must be (row, column) pixel sizes; got {spacing}')
+  inter = (p & t).sum(axis=(1, 2)).astype(np.float64)
+  size = p.sum(axis=(1, 2)) + t.sum(axis=(1, 2))
+  union = (p | t).sum(axis=(1, 2))
+  distances = np.array([_distances_np(a, b, spacing, hd95_convention) for a, b in zip(p, t)],
+                       np.float64).reshape(-1, 2)
+  # float32, as the device functions return.
+  as32 = lambda x: np.asarray(x, np.float32)
+  return {'dice': as32(np.where(size == 0, 1.0, 2 * inter / np.maximum(size, 1))),
+          'iou': as32(np.where(union == 0, 1.0, inter / np.maximum(union, 1))),
+          'hd95': as32(distances[:, 0]), 'assd': as32(distances[:, 1])}

@@ -108,3 +108,28 @@ def test_validation_images_are_never_test_images(folds):
     assert val and fit and test
     assert not (val & test) and not (fit & test) and not (fit & val)
     assert fit | val | test == set(range(len(LABELS) * 3))
+
+
+@pytest.mark.parametrize('rule, out_of', [('keep', ()), ('out_of_training', ('fit', 'val')),
+                                          ('out_of_test', ('test',)),
+                                          ('out', ('fit', 'val', 'test'))])
+def test_empty_masks_leave_only_the_parts_the_rule_names(rule, out_of):
+  labels = ['benign'] * 12 + ['normal'] * 6
+  empty = np.array([label == 'normal' for label in labels])
+  split = data.plan_splits(labels, test_fraction=0.3, val_fraction=0.3, folds=0, seed=0)[0]
+  got = data.leave_out_empty(split, empty, rule)
+  for part in ('fit', 'val', 'test'):
+    before, after = getattr(split, part), getattr(got, part)
+    if part in out_of:
+      np.testing.assert_array_equal(after, before[~empty[before]])
+      assert empty[before].any()  # the rule had something to leave out
+    else:
+      np.testing.assert_array_equal(after, before)
+
+
+def test_empty_masks_refuse_to_leave_a_part_with_nothing():
+  split = data.Split(fit=np.array([0, 1]), val=np.array([], int), test=np.array([2, 3]))
+  with pytest.raises(UserError, match="leaves the test part with no images"):
+    data.leave_out_empty(split, np.array([False, False, True, True]), 'out_of_test')
+  with pytest.raises(UserError, match='valid choices: keep, out_of_training'):
+    data.leave_out_empty(split, np.zeros(4, bool), 'drop')

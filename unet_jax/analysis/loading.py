@@ -166,7 +166,9 @@ def from_frame(frame: pd.DataFrame, *, higher_is_better: dict[str, bool] | None 
   Args:
     frame: one row per (experiment, seed, image_id) with one or more metric
       columns (``dice``, ``iou``, ``hd95``, ``assd`` or others) and
-      optionally ``domain`` and ``fold``. ``experiment`` names the procedure
+      optionally ``domain``, ``fold``, ``label`` (the image's class, for
+      ``by_class``) and ``true_pixels`` / ``pred_pixels`` (mask areas, for
+      ``empty_truth`` and ``images(empty=...)``). ``experiment`` names the procedure
       compared (``full``, ``head``, ...), ``seed`` the training run.
     higher_is_better: direction of metrics other than the four above
       (``{'surface_dice': True}``).
@@ -189,7 +191,8 @@ def from_frame(frame: pd.DataFrame, *, higher_is_better: dict[str, bool] | None 
     raise UserError(f'the frame lacks column(s) {", ".join(missing)}; it needs '
                     f'{", ".join(required)} and one or more metric columns')
   higher = {**HIGHER_IS_BETTER, **(higher_is_better or {})}
-  metrics = _metric_columns(frame, higher, set(required) | {'domain', 'fold', 'label'})
+  metrics = _metric_columns(frame, higher, set(required) | {'domain', 'fold', 'label',
+                                                             'true_pixels', 'pred_pixels'})
   df = frame.copy()
   if 'domain' not in df:
     df['domain'] = 'data'

@@ -143,6 +143,14 @@ def _answer_section(res: Results, domain: str, alpha: float, folder: str, tag: s
                    'cannot tell (more seeds narrow the intervals).')
   else:
     sentence = f'{head}: every other strategy is shown worse.'
+  empty = _empty_truth_count(res, domain)
+  if empty:
+    images = res.df[res.df['domain'] == domain]['image_id'].nunique()
+    sentence += (f' Ranked on Dice over all {images} test images, {empty} of which have an '
+                 'empty mask (Dice 1 for an empty prediction, 0 for any foreground); '
+                 '"By image class" gives them as detection, and '
+                 '`analysis.load(workdir).images(empty=False).recommend()` ranks on the '
+                 'others.')
   stops = _stops(res, domain)
   verdict = lambda v: f'within {delta:g}' if v == 'within delta' else v
   rows = [(r.condition, f'**{verdict(r.verdict)}**', r.mean, f'[{r.ci_lo:.3f}, {r.ci_hi:.3f}]',
@@ -172,6 +180,50 @@ def _answer_section(res: Results, domain: str, alpha: float, folder: str, tag: s
     figure = plots.plot_tradeoff(table, os.path.join(folder, f'tradeoff-{name}{tag}.png'), x)
     if figure:
       out += [f'![{title}]({os.path.relpath(figure, os.path.dirname(folder))})', '']
+  return out
+
+
+def _empty_truth_count(res: Results, domain: str) -> int:
+  rows = res.df[res.df['domain'] == domain]
+  if 'true_pixels' not in rows:
+    return 0
+  return int(rows[rows['true_pixels'] == 0]['image_id'].nunique())
+
+
+def _class_section(res: Results, domain: str) -> list[str]:
+  """Dice per image class, and the images with an empty mask scored as detection."""
+  classes = res.classes(domain)
+  out = []
+  if len(classes) > 1:
+    table = res.by_class('condition', domain=domain)
+    cell = {(name, label): f'{mean:.3f} [{lo:.3f}, {hi:.3f}]' for name, label, mean, lo, hi
+            in table[['condition', 'class', 'mean', 'ci_lo', 'ci_hi']].itertuples(index=False)}
+    order = list(dict.fromkeys(table['condition']))
+    counts = table.groupby('class')['n_images'].max()
+    out += [markdown_table(('experiment',) + tuple(f'{c} ({counts[c]})' for c in classes),
+                           [(name,) + tuple(cell.get((name, c), '-') for c in classes)
+                            for name in order]), '']
+    best = {c: table[table['class'] == c].sort_values('mean', ascending=False)
+            .iloc[0]['condition'] for c in classes}
+    if len(set(best.values())) > 1:
+      out += ['The best by mean differs by class: ' + ', '.join(
+          f'{b} on {c}' for c, b in best.items()) + '. Which class matters is a clinical '
+              'choice; `analysis.load(workdir).images(label=...).recommend()` answers '
+              'for one.', '']
+    else:
+      out += [f'{best[classes[0]]} has the best mean on every class.', '']
+  detection = res.empty_truth('condition', domain=domain)
+  if len(detection):
+    out += [f'{int(detection["n_images"].max())} test images have an empty mask. Scored as '
+            'detection: the share of runs x images with any predicted foreground (false '
+            'positives, run-aware 95% CI), the mean predicted area on them, and Dice on the '
+            'images that have a structure.', '',
+            markdown_table(('experiment', 'false positives', '95% CI', 'predicted px',
+                            'Dice with structure'),
+                           [(r.condition, r.false_positive_rate,
+                             f'[{r.fp_ci_lo:.3f}, {r.fp_ci_hi:.3f}]',
+                             f'{r.predicted_pixels:.1f}', r.dice_with_structure)
+                            for r in detection.itertuples()]), '']
   return out
 
 
@@ -647,6 +699,9 @@ def write_report(workdir: str, *, overlays: Overlays | None = None,
     head = f' ({domain})' if len(res.domains) > 1 else ''
     lines += [f'## Scores{head}', '', _ci_sentence(res), '']
     lines += _summary_section(res, domain)
+    classes = _class_section(res, domain)
+    if classes:
+      lines += [f'## By image class{head}', ''] + classes
     lines += [f'## Against full fine-tuning{head}', ''] + _paired_section(res, domain)
     norm = _norm_section(res, domain)
     if norm:

@@ -10,6 +10,8 @@ make one. Its methods answer the study's questions::
   res.pairwise(reference='full')              # every experiment vs full, Holm
   res.findings()                              # F1..F6 of DESIGN.md, with numbers
   res.recommend()                             # what to train: Hsu's MCB against the best
+  res.by_class(); res.empty_truth()           # per image class; empty masks as detection
+  res.images(empty=False).recommend()         # the same, on some of the test images
 
 Vocabulary: a *run* is one trained network (one experiment name such as
 ``full-seed1``); its ``base`` is the entry of ``config.experiments`` it came
@@ -161,6 +163,101 @@ class Results:
                   'trainable_fraction': float(runs['trainable_fraction'].mean())})
     table = pd.DataFrame(out)
     return table.sort_values('mean', ascending=not self.higher[metric], ignore_index=True)
+
+  # -- subsets of the test images ------------------------------------------
+
+  def classes(self, domain: str | None = None) -> list[str]:
+    """The image classes of the test images (the set's labels, e.g. benign,
+    malignant, normal), sorted; empty when the results carry none."""
+    labels = self._rows('dice', 'base', domain)['label'].astype(str)
+    return sorted(c for c in labels.unique() if c)
+
+  def images(self, *, label: str | None = None, empty: bool | None = None) -> Results:
+    """The same results restricted to some test images; every method applies.
+
+    ``label``: the images of one class (:meth:`classes`). ``empty``: True
+    keeps the images whose true mask is empty (they score Dice 1 with an
+    empty prediction, 0 with any foreground: ``EMPTY_MASK_CONVENTION``),
+    False those with a structure. Raises UserError for a class not in the
+    results, for ``empty`` on results without ``true_pixels`` (``from_frame``
+    tables may lack it), or when nothing is left.
+
+    Example::
+
+      res.images(empty=False).recommend(delta=0.02)   # ranked on lesion images only
+      res.images(label='malignant').summary()
+    """
+    keep = np.ones(len(self.df), bool)
+    if label is not None:
+      found = sorted(c for c in self.df['label'].astype(str).unique() if c)
+      if label not in found:
+        raise UserError(f'no test images of class {label!r}; classes in the results: '
+                        f'{", ".join(found) or "none"}')
+      keep &= (self.df['label'].astype(str) == label).to_numpy()
+    if empty is not None:
+      if 'true_pixels' not in self.df:
+        raise UserError('the results have no true_pixels column, so images with an empty '
+                        'mask cannot be told apart; add it to the frame')
+      keep &= ((self.df['true_pixels'] == 0) == bool(empty)).to_numpy()
+    if not keep.any():
+      raise UserError(f'no test images with label={label!r}, empty={empty!r}')
+    return dataclasses.replace(self, df=self.df[keep].reset_index(drop=True))
+
+  def by_class(self, by: str = 'base', metric: str = 'dice', *, domain: str | None = None
+               ) -> pd.DataFrame:
+    """:meth:`summary` per image class: one row per (group, class), groups in the
+    order of the overall summary. A ranking can differ by class (on BUSI,
+    contracting leads on malignant and normal images, full on benign ones),
+    which a mean over all images hides. Empty when the results carry no classes.
+    """
+    order = list(self.summary(by, metric, domain=domain)[by])
+    parts = []
+    for label in self.classes(domain):
+      table = self.images(label=label).summary(by, metric, domain=domain)
+      parts.append(table.assign(**{'class': label}))
+    if not parts:
+      return pd.DataFrame(columns=[by, 'class', 'mean', 'ci_lo', 'ci_hi'])
+    table = pd.concat(parts, ignore_index=True)
+    table['_order'] = table[by].map({name: i for i, name in enumerate(order)})
+    front = [by, 'class']
+    table = table.sort_values(['_order', 'class'], ignore_index=True).drop(columns='_order')
+    return table[front + [c for c in table.columns if c not in front]]
+
+  def empty_truth(self, by: str = 'base', *, domain: str | None = None) -> pd.DataFrame:
+    """The test images whose true mask is empty, scored as detection.
+
+    One row per group, in the order of the overall Dice summary:
+    ``n_images`` such images; ``false_positive_rate`` the share of (run,
+    image) cells with any predicted foreground, with its run-aware 95% CI
+    (``fp_ci_lo``, ``fp_ci_hi``: the statistics of :meth:`summary` on the
+    0/1 outcomes); ``predicted_pixels`` the mean predicted area on them;
+    ``dice_with_structure`` the mean Dice on the other images. Under the
+    Dice convention such an image scores 1 or 0, so a few of them can move
+    a mean over all images more than the segmentations do. Empty when no
+    test image has an empty mask.
+    """
+    rows = self._rows('dice', by, domain)
+    columns = [by, 'n_images', 'false_positive_rate', 'fp_ci_lo', 'fp_ci_hi',
+               'predicted_pixels', 'dice_with_structure']
+    if 'true_pixels' not in rows or not (rows['true_pixels'] == 0).any():
+      return pd.DataFrame(columns=columns)
+    order = list(self.summary(by, 'dice', domain=domain)[by])
+    out = []
+    for name in order:
+      g = rows[rows[by] == name]
+      none = g[g['true_pixels'] == 0]
+      flagged = none.assign(fp=(none['pred_pixels'] > 0).astype(np.float64))
+      matrix = flagged.pivot_table(index=['variant', 'seed'], columns='image_id', values='fp',
+                                   aggfunc='mean', dropna=False)
+      est = stats.run_mean(matrix.to_numpy(), self.resampled)
+      lo, hi = est.ci()
+      structure = g[g['true_pixels'] > 0]['dice']
+      out.append({by: name, 'n_images': int(none['image_id'].nunique()),
+                  'false_positive_rate': est.mean, 'fp_ci_lo': lo, 'fp_ci_hi': hi,
+                  'predicted_pixels': float(none['pred_pixels'].mean()),
+                  'dice_with_structure': float(structure.mean()) if len(structure)
+                  else np.nan})
+    return pd.DataFrame(out, columns=columns)
 
   # -- paired comparisons ----------------------------------------------------
 

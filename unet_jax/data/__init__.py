@@ -18,7 +18,8 @@ import numpy as np
 from unet_jax.data import chest_xray, dead_leaves, duplicates, ultrasound
 from unet_jax.data import pets as pets_module
 from unet_jax.data.real import LOADERS, load
-from unet_jax.data.splits import Split, holdout_split, kfold_split, plan_splits
+from unet_jax.data.splits import (EMPTY_MASKS, Split, holdout_split, kfold_split, leave_out_empty,
+                                  plan_splits)
 from unet_jax.errors import UserError
 
 
@@ -67,7 +68,7 @@ class Dataset:
 def _ultrasound(num: int, size: int, seed: int) -> Dataset:
   scan = ultrasound.BreastScan(size=size)
   images, masks, malignant = ultrasound.breast_images(jax.random.key(seed), num, scan)
-  labels = ['malignant' if m else 'benign' for m in np.asarray(malignant)]
+  labels = [ultrasound.KINDS[k] for k in np.asarray(malignant)]
   return Dataset(np.asarray(images), np.asarray(masks),
                  [f'us_{i:05d}' for i in range(num)], labels)
 
@@ -128,6 +129,7 @@ def make_dataset(name: str, num: int, size: int, seed: int) -> Dataset:
 
 
 __all__ = [
-    'LOADERS', 'SOURCES', 'Dataset', 'Split', 'holdout_split', 'is_real', 'kfold_split',
-    'load', 'make_dataset', 'open_source', 'plan_splits', 'source_names',
+    'EMPTY_MASKS', 'LOADERS', 'SOURCES', 'Dataset', 'Split', 'holdout_split', 'is_real',
+    'kfold_split', 'leave_out_empty', 'load', 'make_dataset', 'open_source', 'plan_splits',
+    'source_names',
 ]

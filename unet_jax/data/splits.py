@@ -143,3 +143,32 @@ def plan_splits(labels: list[str], *, test_fraction: float, val_fraction: float,
                     'class); every part needs at least one: change the fractions, '
                     'data.folds or the number of images')
   return splits
+
+
+# data.empty_masks: what happens to images whose mask is empty (BUSI's
+# 'normal' class): kept everywhere, or left out of training (fit and
+# validation), of test, or of both.
+EMPTY_MASKS = ('keep', 'out_of_training', 'out_of_test', 'out')
+
+
+def leave_out_empty(split: Split, empty: np.ndarray, rule: str) -> Split:
+  """``split`` without the images whose mask is empty, where ``rule`` says.
+
+  ``empty`` is one bool per image of the set; ``rule`` one of
+  :data:`EMPTY_MASKS`. The split is drawn on every image first, so the
+  images kept are split exactly as under ``'keep'``. Raises UserError when a
+  part would be left with nothing.
+  """
+  if rule not in EMPTY_MASKS:
+    raise UserError(f'data.empty_masks is {rule!r}; valid choices: {", ".join(EMPTY_MASKS)}')
+  empty = np.asarray(empty, bool)
+  drop = lambda part, where: part[~empty[part]] if where else part
+  training = rule in ('out_of_training', 'out')
+  out = Split(fit=drop(split.fit, training), val=drop(split.val, training),
+              test=drop(split.test, rule in ('out_of_test', 'out')))
+  for part in ('fit', 'test'):
+    if len(getattr(split, part)) and not len(getattr(out, part)):
+      raise UserError(f'data.empty_masks={rule!r} leaves the {part} part with no images: '
+                      f'all of its {len(getattr(split, part))} masks are empty')
+  return out
+

@@ -137,6 +137,9 @@ def envelope(key: jax.Array, echogenicity: jax.Array,
   return jnp.abs(speckle_field(key, echogenicity, sigma))
 
 
+KINDS = ('benign', 'malignant', 'normal')  # breast_image's kind -> class label
+
+
 @dataclasses.dataclass(frozen=True)
 class BreastScan:
   """Settings of the simulated scan; one image is ``size`` x ``size`` pixels."""
@@ -146,6 +149,9 @@ class BreastScan:
   fov_mm: float = 30.0
   probe: Probe = Probe()
   malignant_fraction: float = 0.33  # BUSI: 210 malignant of 647 lesions
+  # Images with no lesion and an empty mask (class 2, 'normal'); BUSI: 133 of
+  # 780. 0 (the default) leaves every image as it was without the field.
+  normal_fraction: float = 0.0
   dynamic_range_db: tuple[float, float] = (40.0, 60.0)
 
 
@@ -305,8 +311,9 @@ def breast_image(key: jax.Array, scan: BreastScan = BreastScan()):
   """One simulated B-mode image.
 
   Returns:
-    (image, mask, malignant): image (size, size) in [0, 1], mask (size, size)
-    in {0, 1}, malignant a 0/1 int.
+    (image, mask, kind): image (size, size) in [0, 1], mask (size, size)
+    in {0, 1}, kind 0 benign, 1 malignant, 2 normal (no lesion, empty mask;
+    ``scan.normal_fraction`` of the images).
   """
   n = scan.size
   spacing = scan.fov_mm / n
@@ -321,7 +328,11 @@ def breast_image(key: jax.Array, scan: BreastScan = BreastScan()):
   malignant = p['malignant'] < scan.malignant_fraction
   noise = uniform_noise(k_noise, (2, n, n))  # white fields of the two textures
   tissue = breast_tissue(k_tissue, z, x, scan, noise=noise[0])
-  lesion = lesion_mask(k_lesion, z, x, p['fg_depth'], malignant, scan)
+  # Its own stream (folded in, not split), so that the other draws stay as they were.
+  normal = jax.random.uniform(jax.random.fold_in(key, 7)) < scan.normal_fraction
+  malignant = malignant & ~normal
+  lesion = lesion_mask(k_lesion, z, x, p['fg_depth'], malignant, scan) * jnp.where(normal, 0.0,
+                                                                                   1.0)
   inner = _db(p['contrast_db']) * jnp.where(
       malignant, _texture(noise[1], 0.8 / spacing, 0.5), 1.0)
   echo = tissue * (1 - lesion) + _db(-6.0) * inner * lesion
@@ -346,12 +357,12 @@ def breast_image(key: jax.Array, scan: BreastScan = BreastScan()):
   bmode = bmode ** p['gamma']
   image = _downsample(bmode, fine)
   mask = (lesion > 0.5).astype(jnp.float32)
-  return image, mask, malignant.astype(jnp.int32)
+  return image, mask, jnp.where(normal, 2, malignant.astype(jnp.int32))
 
 
 def breast_images(key: jax.Array, num: int, scan: BreastScan = BreastScan(),
                   batch: int = 64):
-  """``num`` images as numpy arrays (N, size, size, 1), masks, classes.
+  """``num`` images as numpy arrays (N, size, size, 1), masks, kinds (0/1/2).
 
   Image ``i`` is ``breast_image(fold_in(key, i))``: the first images do not
   depend on ``num`` or ``batch``. Batches have a fixed size (the last one is

@@ -82,8 +82,10 @@ def evaluation_settings(hd95_convention: str, norm_check: bool) -> dict:
 
 
 def score_fields(rows: list[dict], norm: dict | None, *, hd95_convention: str,
-                 norm_check: bool, bootstrap_samples: int, seed: int) -> dict:
-  """The ``records.ExperimentSummary`` fields that come from scoring the test images."""
+                 norm_check: bool, bootstrap_samples: int, seed: int,
+                 seconds: dict | None = None) -> dict:
+  """The ``records.ExperimentSummary`` fields that come from scoring the test images
+  (``seconds``: how long scoring and the BatchNorm check took)."""
   dice = [r['dice'] for r in rows]
   return {
       'mean_dice': float(np.mean(dice)),
@@ -96,6 +98,7 @@ def score_fields(rows: list[dict], norm: dict | None, *, hd95_convention: str,
       'empty_mask_convention': metrics.EMPTY_MASK_CONVENTION,
       'hd95_convention': hd95_convention,
       'evaluation': evaluation_settings(hd95_convention, norm_check),
+      'scoring_seconds': seconds,
   }
 
 

@@ -65,7 +65,13 @@ class ExperimentSummary:
   # The seed its split was drawn with (data.seed, or per training seed with
   # data.split_per_seed: sweep.run.split_seed); None in older summaries.
   split_seed: int | None = None
+  # data.empty_masks: whether images with empty masks were left out of
+  # training or test (data.EMPTY_MASKS); None in older summaries ('keep').
+  empty_masks: str | None = None
   test_images: int | None = None
+  # Wall seconds of scoring: {'test': the test images' metrics, 'norm_check':
+  # the BatchNorm re-check or None}; None in older summaries.
+  scoring_seconds: dict | None = None
   seconds: float | None = None  # its share of its bundle's training time
   # Its own training time (seconds per step measured when its bundle ran one
   # experiment at a time, x steps); None when the strategy trained the bundle

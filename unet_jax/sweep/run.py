@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from typing import Callable, NamedTuple
 
 import jax
@@ -97,6 +98,8 @@ def experiment_fingerprint(s: SweepSettings, exp: Experiment, copies: int = 0) -
                 'data': [s.target_source, s.target_root, s.on_bad, s.target_images,
                          s.test_fraction, s.val_fraction, s.folds, s.image_size, s.seed]
                 + (['split_per_seed'] if s.split_per_seed else [])
+                + ([f'empty masks: {s.empty_masks}'] if s.empty_masks != data.EMPTY_MASKS[0]
+                   else [])
                 + ([f'copies kept together: {copies}'] if copies else []),
                 'model': s.model.identity(), 'engine': _ENGINE_VERSION,
                 'finetune': [s.rewarmup_steps, dataclasses.asdict(s.early_stop)],
@@ -223,11 +226,15 @@ def load_target(s: SweepSettings, paths: WorkdirPaths) -> Target:
                             on_bad=s.on_bad).with_channels(s.model.in_channels)
 
   groups = target.groups()  # copies of one image stay in one part
+  empty = target.masks.reshape(len(target), -1).max(axis=1) == 0
 
   def plan(seed: int) -> list[data.Split]:
-    return data.plan_splits(target.labels, test_fraction=s.test_fraction,
-                            val_fraction=s.val_fraction, folds=s.folds,
-                            seed=split_seed(s, seed), groups=groups)
+    splits = data.plan_splits(target.labels, test_fraction=s.test_fraction,
+                              val_fraction=s.val_fraction, folds=s.folds,
+                              seed=split_seed(s, seed), groups=groups)
+    if s.empty_masks == data.EMPTY_MASKS[0]:
+      return splits
+    return [data.leave_out_empty(split, empty, s.empty_masks) for split in splits]
 
   return Target(target, plan(0), functools.lru_cache(maxsize=None)(plan)
                 if s.split_per_seed else None)
@@ -242,14 +249,17 @@ def data_record(s: SweepSettings, target: Target) -> dict:
           'classes': {str(c): int(n) for c, n in zip(classes, counts)},
           'skipped': list(ds.skipped),
           'duplicates': [[where(i) for i in group] for group in ds.duplicates],
+          'empty_masks': {'images': int(sum(m.max() == 0 for m in ds.masks)),
+                          'rule': s.empty_masks},
           'split_per_seed': s.split_per_seed, 'folds': s.folds,
           'split_sizes': target.splits[0].sizes()}
 
 
 def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[dict],
               result: BundleResult, index: int, bundle: int, fingerprint: str,
-              split: data.Split, norm: dict | None) -> ExperimentSummary:
-  """The summary.json of one trained experiment."""
+              split: data.Split, norm: dict | None, seconds: dict | None = None
+              ) -> ExperimentSummary:
+  """The summary.json of one trained experiment (``seconds``: its scoring times)."""
   last = exp.schedule.stages[-1]
   mask = jax.tree.leaves(freeze.trainable_mask(weights.params, last))
   sizes = [int(x.size) for x in jax.tree.leaves(weights.params)]
@@ -273,7 +283,7 @@ def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[di
       trainable_params=trainable, extra_params=extra,
       total_params=sum(n for n, a in zip(sizes, adapter) if not a),
       train_images=len(split.fit), val_images=len(split.val),
-      split_seed=split_seed(s, exp.seed),
+      split_seed=split_seed(s, exp.seed), empty_masks=s.empty_masks,
       seconds=report.seconds / len(report.experiments), bundle=bundle,
       own_seconds=per_step * run.stopped_at if per_step is not None else None,
       strategy=report.strategy, resumed_from_step=result.resumed_from,
@@ -285,7 +295,7 @@ def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[di
       seconds_to_best=(per_step * run.best_step if per_step is not None and run.best_step
                        else None),
       early_stop=dataclasses.asdict(s.early_stop),
-      **_score_fields(s, rows, norm))
+      **_score_fields(s, rows, norm, seconds))
 
 
 def _stage_records(s: SweepSettings, params, schedule: Schedule) -> list[StageRecord]:
@@ -299,10 +309,12 @@ def _stage_records(s: SweepSettings, params, schedule: Schedule) -> list[StageRe
   return out
 
 
-def _score_fields(s: SweepSettings, rows: list[dict], norm: dict | None) -> dict:
+def _score_fields(s: SweepSettings, rows: list[dict], norm: dict | None,
+                  seconds: dict | None = None) -> dict:
   return evaluate.score_fields(rows, norm, hd95_convention=s.hd95_convention,
                                norm_check=s.norm_check,
-                               bootstrap_samples=s.bootstrap_samples, seed=s.seed)
+                               bootstrap_samples=s.bootstrap_samples, seed=s.seed,
+                               seconds=seconds)
 
 
 def _describe_schedule(s: SweepSettings, params, exp: Experiment) -> str:
@@ -482,16 +494,22 @@ class _Sweep:
     self.reports.append(dataclasses.asdict(report))
     bar.write(f'bundle {b}: {len(members)} experiment(s), strategy {report.strategy}, '
               f'{report.exp_steps_per_s:.2f} exp-steps/s', file=sys.stderr)
+    scoring = []
     for i, (exp, weights, split) in enumerate(zip(members, result.weights, splits)):
       if result.diverged_at[i] is not None:
         bar.write(f'{exp.name} diverged at step {result.diverged_at[i]}: its weights '
                   'are those of the step before', file=sys.stderr)
-      rows, norm = self._score(exp, weights, target, graphdef)
+      rows, norm, seconds = self._score(exp, weights, target, graphdef)
+      scoring.append(seconds)
       summary = summarise(s, exp, weights, rows, result, i, b, self.fingerprints[exp.name],
-                          split, norm)
+                          split, norm, seconds)
       self.summaries[exp.name], self.rows[exp.name] = summary, rows
       if self.writer:
         _write_experiment(s, self.paths, exp, weights, rows, result.history[i], summary)
+    test = sum(t['test'] for t in scoring)
+    check = sum(t['norm_check'] or 0.0 for t in scoring)
+    bar.write(f'bundle {b}: scored in {test + check:.1f} s (test metrics {test:.1f} s'
+              + (f', BatchNorm check {check:.1f} s)' if s.norm_check else ')'), file=sys.stderr)
     if self.writer:
       self._write_results()
       files.write_json(self.paths.bundles, {'split_by': self.split_by,
@@ -500,17 +518,26 @@ class _Sweep:
     checkpoints.remove()
 
   def _score(self, exp: Experiment, weights: Weights, target: Target, graphdef
-             ) -> tuple[list[dict], dict | None]:
-    """(rows, norm check) of one trained network on its split's test images."""
+             ) -> tuple[list[dict], dict | None, dict]:
+    """(rows, norm check, seconds) of one trained network on its split's test images.
+
+    ``seconds``: wall time of scoring the test images (``test``) and of the
+    BatchNorm check (``norm_check``, None when it is off), compilation included
+    where this run was the first of its shape.
+    """
     s, split = self.s, target.split(exp)
     test = target.part(split.test)
+    start = time.perf_counter()
     rows = [dict(experiment=exp.name, seed=exp.seed, fold=exp.fold, **r)
             for r in evaluate.evaluate(graphdef, weights, test,
                                        hd95_convention=s.hd95_convention)]
+    scored = time.perf_counter()
     norm = (evaluate.check_norm(s.model, graphdef, exp, weights, target.part(split.fit),
                                 test, float(np.mean([r['dice'] for r in rows])))
             if s.norm_check else None)
-    return rows, norm
+    seconds = {'test': round(scored - start, 3),
+               'norm_check': round(time.perf_counter() - scored, 3) if s.norm_check else None}
+    return rows, norm, seconds
 
   def _score_again(self, target: Target, graphdef, bar: tqdm.tqdm) -> None:
     """Finished experiments scored under other evaluation settings: score them again."""
@@ -524,9 +551,9 @@ class _Sweep:
     for exp in again:
       where = self.paths.experiment(exp.name)
       weights = Weights(*checkpoint.load_weights(where.weights))
-      rows, norm = self._score(exp, weights, target, graphdef)
+      rows, norm, seconds = self._score(exp, weights, target, graphdef)
       summary = dataclasses.replace(self.summaries[exp.name],
-                                    **_score_fields(self.s, rows, norm))
+                                    **_score_fields(self.s, rows, norm, seconds))
       self.summaries[exp.name], self.rows[exp.name] = summary, rows
       if self.writer:
         files.write_jsonl(where.results, rows)

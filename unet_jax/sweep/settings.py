@@ -94,6 +94,9 @@ class SweepSettings:
   # data.split_per_seed: every training seed draws its own split (its own
   # fold partition under data.folds) instead of sharing the one of data.seed.
   split_per_seed: bool
+  # data.empty_masks: images whose mask is empty (BUSI's 'normal' class) are
+  # kept (data.EMPTY_MASKS[0]) or left out of training, of test, or of both.
+  empty_masks: str
   finetune: TrainSettings
   frozen_norm: str  # freeze.FROZEN_NORM: frozen blocks' BatchNorm in fine-tuning
   hd95_convention: str  # conventions.HD95_CONVENTIONS
@@ -187,6 +190,7 @@ class SweepSettings:
         test_fraction=_float(config, 'data.test_fraction', 0.0, 1.0),
         val_fraction=_float(config, 'data.val_fraction', 0.0, 0.9),
         folds=folds, split_per_seed=_optional_bool(config, 'data.split_per_seed'),
+        empty_masks=_optional_choice(config, 'data.empty_masks', data.EMPTY_MASKS),
         finetune=finetune, frozen_norm=frozen_norm,
         hd95_convention=_choice(config, 'evaluation.hd95', tuple(HD95_CONVENTIONS)),
         norm_check=_bool(config, 'evaluation.norm_check'),
@@ -458,6 +462,15 @@ def _optional_bool(config, field, default: bool = False) -> bool:
   value = _optional(config, field, default)
   if not isinstance(value, bool):
     raise UserError(f'config field {field!r} must be True or False; got {value!r}')
+  return value
+
+
+def _optional_choice(config, field, choices) -> str:
+  """One of ``choices`` (the first when a config written before the field leaves it out)."""
+  value = _optional(config, field, choices[0])
+  if value not in choices:
+    raise UserError(f'config field {field!r} is {value!r}; valid choices: '
+                    f'{", ".join(choices)}')
   return value
 
 
