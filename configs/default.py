@@ -33,6 +33,8 @@ Result:     a table sorted by test Dice with the seed spread and the median
 
 import ml_collections
 
+from unet_jax import augment
+
 # name -> (freeze preset, rule list or schedule, initialisation). Presets live
 # in unet_jax/freeze.py; a rule list is ((pattern, 'train'|'freeze'), ...);
 # schedules (unet_jax/schedules.py) are dicts such as
@@ -87,9 +89,12 @@ def get_config(arg=None):
   # empty_masks: images whose mask is empty (BUSI's 'normal' class) are
   # 'keep' (scored by the empty-mask convention and as detection in the
   # report), or left 'out_of_training', 'out_of_test' or 'out' of both.
+  # intensity: the network's input, 'unit' (grey values in [0, 1]) or
+  # 'zscore' (each image standardised, nnU-Net's default for non-CT images),
+  # for pretraining and target images alike; export's predict applies it.
   config.data = dict(source='ultrasound', num_images=200, test_fraction=0.32,
                      val_fraction=0.35, folds=0, split_per_seed=False, root='',
-                     on_bad='error', empty_masks='keep')
+                     on_bad='error', empty_masks='keep', intensity='unit')
   # Every run trains until validation Dice (scored every chunk_steps) has not
   # improved by more than min_delta for patience evaluations, or to the step
   # cap: steps, or epochs of the training images when epochs > 0. Its result
@@ -116,7 +121,17 @@ def get_config(arg=None):
   # Axes crossed with the experiments; an empty tuple means the single value
   # of the field above (finetune.learning_rate, ..., seed).
   config.grid = dict(seed=(0, 1, 2), learning_rate=(), weight_decay=(), steps=(),
-                     batch_size=(), frozen_norm=(), fold=())
+                     batch_size=(), frozen_norm=(), fold=(), augment=())
+  # Training-time augmentation (unet_jax/augment.py, README "Augmentation"):
+  # the policy every run trains with, or several crossed through grid.augment
+  # (they share one compiled program: a policy is numbers in the step).
+  # 'flip': a lateral flip half the time (what every sweep did before
+  # policies); 'none'; 'nnunet': nnU-Net's 2D transforms (rotation at most 15
+  # degrees, no elastic deformation). Every field of every policy is here
+  # (--config.augmentation.nnunet.rotate_deg=30); a new name adds a policy.
+  config.augment = 'flip'
+  config.augmentation = {name: dict(zip(augment.NAMES, augment.values(fields)))
+                         for name, fields in augment.POLICIES.items()}
   config.only = ''  # comma-separated experiment names; empty = all
   # A race instead of a fixed number of seeds (configs/race.py, README "The
   # race"): every strategy gets n0 replicates (seeds), then only the survivors

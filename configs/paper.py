@@ -169,7 +169,8 @@ def get_config(arg=None):
   dataset = options['dataset']
   config.data = dict(source=dataset, num_images=40 if smoke else 400, test_fraction=0.3,
                      val_fraction=0.2, folds=0, split_per_seed=False,
-                     root=options['root'], on_bad='error', empty_masks='keep')
+                     root=options['root'], on_bad='error', empty_masks='keep',
+                     intensity='unit')
   steps = 8 if smoke else 1000
   # Every run to convergence (configs/default.py): steps is the cap, validation
   # Dice is scored every chunk_steps, patience evaluations without a gain of

@@ -190,13 +190,19 @@ def _empty_truth_count(res: Results, domain: str) -> int:
   return int(rows[rows['true_pixels'] == 0]['image_id'].nunique())
 
 
+def _unit_interval(lo: float, hi: float) -> str:
+  """A CI of a quantity in [0, 1] (Dice, a rate), clipped to it: with few seeds the
+  t interval of a mean can reach past the range."""
+  return f'[{max(lo, 0.0):.3f}, {min(hi, 1.0):.3f}]'
+
+
 def _class_section(res: Results, domain: str) -> list[str]:
   """Dice per image class, and the images with an empty mask scored as detection."""
   classes = res.classes(domain)
   out = []
   if len(classes) > 1:
     table = res.by_class('condition', domain=domain)
-    cell = {(name, label): f'{mean:.3f} [{lo:.3f}, {hi:.3f}]' for name, label, mean, lo, hi
+    cell = {(name, label): f'{mean:.3f} {_unit_interval(lo, hi)}' for name, label, mean, lo, hi
             in table[['condition', 'class', 'mean', 'ci_lo', 'ci_hi']].itertuples(index=False)}
     order = list(dict.fromkeys(table['condition']))
     counts = table.groupby('class')['n_images'].max()
@@ -217,11 +223,12 @@ def _class_section(res: Results, domain: str) -> list[str]:
     out += [f'{int(detection["n_images"].max())} test images have an empty mask. Scored as '
             'detection: the share of runs x images with any predicted foreground (false '
             'positives, run-aware 95% CI), the mean predicted area on them, and Dice on the '
-            'images that have a structure.', '',
+            'images that have a structure. Intervals in this section are clipped to [0, 1].',
+            '',
             markdown_table(('experiment', 'false positives', '95% CI', 'predicted px',
                             'Dice with structure'),
                            [(r.condition, r.false_positive_rate,
-                             f'[{r.fp_ci_lo:.3f}, {r.fp_ci_hi:.3f}]',
+                             _unit_interval(r.fp_ci_lo, r.fp_ci_hi),
                              f'{r.predicted_pixels:.1f}', r.dice_with_structure)
                             for r in detection.itertuples()]), '']
   return out

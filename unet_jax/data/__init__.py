@@ -23,6 +23,26 @@ from unet_jax.data.splits import (EMPTY_MASKS, Split, holdout_split, kfold_split
 from unet_jax.errors import UserError
 
 
+# Intensity conventions of the network's input: 'unit' keeps the loaders'
+# [0, 1] grey values; 'zscore' standardises each image (nnU-Net's default for
+# every modality but CT).
+INTENSITIES = ('unit', 'zscore')
+
+
+def normalise(images: np.ndarray, intensity: str) -> np.ndarray:
+  """(N, H, W, C) images in [0, 1] under ``intensity``: unchanged for 'unit';
+  for 'zscore' each image minus its mean over pixels and channels, divided by
+  its SD (a constant image becomes 0)."""
+  if intensity not in INTENSITIES:
+    raise UserError(f'intensity {intensity!r} is not one of {", ".join(INTENSITIES)}')
+  if intensity == 'unit':
+    return images
+  x = np.asarray(images, np.float64)
+  mean = x.mean(axis=(1, 2, 3), keepdims=True)
+  sd = x.std(axis=(1, 2, 3), keepdims=True)
+  return ((x - mean) / np.maximum(sd, 1e-6)).astype(np.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   images: np.ndarray
@@ -51,6 +71,11 @@ class Dataset:
   def groups(self) -> np.ndarray:
     """Per image, the index of the first image of its copies (its own when unique)."""
     return duplicates.group_ids(len(self.ids), list(self.duplicates))
+
+  def normalised(self, intensity: str) -> 'Dataset':
+    """The images under an intensity convention (:data:`INTENSITIES`, :func:`normalise`)."""
+    return self if intensity == INTENSITIES[0] else dataclasses.replace(
+        self, images=normalise(self.images, intensity))
 
   def with_channels(self, channels: int) -> 'Dataset':
     """Grey images repeated over ``channels`` (for RGB-shaped networks)."""
@@ -129,7 +154,8 @@ def make_dataset(name: str, num: int, size: int, seed: int) -> Dataset:
 
 
 __all__ = [
-    'EMPTY_MASKS', 'LOADERS', 'SOURCES', 'Dataset', 'Split', 'holdout_split', 'is_real',
-    'kfold_split', 'leave_out_empty', 'load', 'make_dataset', 'open_source', 'plan_splits',
+    'EMPTY_MASKS', 'INTENSITIES', 'LOADERS', 'SOURCES', 'Dataset', 'Split', 'holdout_split', 'is_real',
+    'kfold_split', 'leave_out_empty', 'load', 'make_dataset', 'normalise', 'open_source',
+    'plan_splits',
     'source_names',
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from unet_jax import freeze
+from unet_jax import augment as augmentation, freeze
 from unet_jax.schedules import Schedule
 
 
@@ -28,6 +28,11 @@ class Experiment:
   decay_order: str = 'flow'  # block_order.ORDERS: the order layer_decay counts in
   l2sp: float = 0.0  # strength of the pull toward the initial weights (L2-SP)
   lr_scaling: str = 'none'  # 'rgn': Auto-RGN per-tensor rates (engine.masked_adam)
+  # Training-time augmentation (unet_jax.augment): the policy's name and its
+  # numbers in augment.NAMES order; by default a lateral flip half the time.
+  augment: str = augmentation.DEFAULT
+  augment_values: tuple[float, ...] = augmentation.values(
+      augmentation.POLICIES[augmentation.DEFAULT])
 
   def block_scale(self, model) -> dict[str, float] | None:
     """Per-block learning-rate factors of its layer decay; None without one.
@@ -47,3 +52,7 @@ class Experiment:
 STRATEGY_DEFAULTS = {'layer_decay': 1.0, 'decay_order': 'flow', 'l2sp': 0.0,
                      'lr_scaling': 'none'}
 LR_SCALINGS = ('none', 'rgn')
+# An experiment's augmentation as it was before policies existed.
+AUGMENT_DEFAULTS = {'augment': augmentation.DEFAULT,
+                    'augment_values': augmentation.values(
+                        augmentation.POLICIES[augmentation.DEFAULT])}

@@ -30,7 +30,7 @@ from unet_jax.engine import autotune
 from unet_jax.engine.choices import SHARDED
 from unet_jax.engine.distributed import is_writer, to_host
 from unet_jax.engine.execution import place, split_experiments
-from unet_jax.engine.experiment import Experiment
+from unet_jax.engine.experiment import AUGMENT_DEFAULTS, Experiment
 from unet_jax.engine.loops import resolve_loop
 from unet_jax.engine.resume import BundleCheckpoints, Interrupted, StopRequest
 from unet_jax.engine.step import (
@@ -228,12 +228,15 @@ def _event_writers(events_dir: str | None, names: Sequence[str], start: int) -> 
 
 
 def strategy_setup(ctx: BundleContext, exp: Experiment, bundle: Sequence[Experiment]) -> dict:
-  """``make_setup``'s strategy arguments for ``exp``: L2-SP and Auto-RGN data only
-  when some experiment of its bundle uses them, so plain bundles do none of
-  their work."""
+  """``make_setup``'s strategy arguments for ``exp``: L2-SP, Auto-RGN and
+  augmentation data only when some experiment of its bundle uses them, so
+  plain bundles do none of their work."""
+  default = AUGMENT_DEFAULTS['augment_values']
   return {'block_scale': exp.block_scale(ctx.spec),
           'l2sp': exp.l2sp if any(e.l2sp > 0 for e in bundle) else None,
           'rgn': exp.lr_scaling == 'rgn' if any(e.lr_scaling == 'rgn' for e in bundle)
+          else None,
+          'augment': exp.augment_values if any(e.augment_values != default for e in bundle)
           else None}
 
 

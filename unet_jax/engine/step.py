@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from unet_jax import freeze
+from unet_jax import augment, freeze
 from unet_jax.engine.masked_adam import MaskedAdamState, apply_masked, masked_adam
 from unet_jax.losses import segmentation_loss
 from unet_jax.model import UNetSpec, apply_model, model_graphdef, norm_layer_tree
@@ -56,6 +56,9 @@ class ExperimentSetup(NamedTuple):
   l2sp: jax.Array | None = None  # float32 scalar
   anchor: PyTree = None
   rgn: jax.Array | None = None  # float32 scalar
+  # The augmentation policy (augment.NAMES order), None when every
+  # experiment of the bundle only flips half the time (augment.DEFAULT).
+  augment: jax.Array | None = None  # [len(augment.NAMES)] float32
 
 
 class StageMasks(NamedTuple):
@@ -100,14 +103,16 @@ def make_setup(params: PyTree, stats: PyTree, schedule: Schedule, *, num_stages:
                learning_rate: float, weight_decay: float, seed_key: jax.Array,
                frozen_norm: str, train_index: np.ndarray, index_length: int,
                block_scale: dict[str, float] | None = None, l2sp: float | None = None,
-               rgn: bool | None = None) -> ExperimentSetup:
+               rgn: bool | None = None, augment: tuple[float, ...] | None = None
+               ) -> ExperimentSetup:
   """One experiment's setup as numpy arrays, ready to stack.
 
   ``frozen_norm`` is a policy of ``freeze.FROZEN_NORM``; ``train_index``
   the experiment's training images, padded to ``index_length``;
   ``block_scale`` per-block learning-rate factors (layer decay); ``l2sp``
   and ``rgn`` None unless some experiment of the bundle uses them (every
-  experiment of a bundle must give both or neither).
+  experiment of a bundle must give both or neither); ``augment`` likewise,
+  the policy's numbers (``unet_jax.augment``).
   """
   table = stage_table(params, schedule, num_stages, block_scale)
   norms = [freeze.norm_masks(stats, params, rules, frozen_norm) for rules in schedule.stages]
@@ -123,7 +128,8 @@ def make_setup(params: PyTree, stats: PyTree, schedule: Schedule, *, num_stages:
       train_index=index, train_count=np.int32(len(train_index)),
       l2sp=None if l2sp is None else np.float32(l2sp),
       anchor=None if l2sp is None else jax.tree.map(np.asarray, params),
-      rgn=None if rgn is None else np.float32(rgn))
+      rgn=None if rgn is None else np.float32(rgn),
+      augment=None if augment is None else np.asarray(augment, np.float32))
 
 
 def init_experiment_state(params: PyTree, stats: PyTree) -> ExperimentState:
@@ -195,8 +201,15 @@ def experiment_step(ctx: BundleContext, conv: str, state: ExperimentState,
   if data_shards > 1:
     key = jax.random.fold_in(key, jax.lax.axis_index('data'))
     batch_size //= data_shards
-  batch = draw_batch(images, masks, key, state.step, batch_size, setup.train_index,
-                     setup.train_count)
+  if setup.augment is None:
+    batch = draw_batch(images, masks, key, state.step, batch_size, setup.train_index,
+                       setup.train_count)
+  else:  # its own stream, folded in: the batch and flips stay those of every policy
+    batch = draw_batch(images, masks, key, state.step, batch_size, setup.train_index,
+                       setup.train_count, flip=augment.flip_probability(setup.augment))
+    batch = Batch(*augment.apply(batch.images, batch.masks,
+                                 jax.random.fold_in(jax.random.fold_in(key, state.step), 1),
+                                 setup.augment))
   graphdef = ctx.graphdefs[conv]
 
   (loss, new_stats), grads = _loss_and_grads(graphdef, static_running, state.params,
@@ -321,9 +334,10 @@ class Batch(NamedTuple):
   masks: jax.Array
 
 
-def draw_batch(images, masks, key, step, batch_size: int, index=None, count=None) -> Batch:
-  """The batch of ``step``: drawn by index from (key, step), with random
-  horizontal flips.
+def draw_batch(images, masks, key, step, batch_size: int, index=None, count=None,
+               flip=0.5) -> Batch:
+  """The batch of ``step``: drawn by index from (key, step), each image
+  flipped left-right with probability ``flip``.
 
   With ``index`` (and ``count``, its number of valid entries) the batch is
   drawn from ``images[index[:count]]``, a training set inside a larger array
@@ -340,7 +354,7 @@ def draw_batch(images, masks, key, step, batch_size: int, index=None, count=None
   if index is not None:
     idx = index[idx]
   images, masks = images[idx], masks[idx]
-  flip = jax.random.bernoulli(k_flip, 0.5, (batch_size, 1, 1, 1))
+  flip = jax.random.bernoulli(k_flip, flip, (batch_size, 1, 1, 1))
   images = jnp.where(flip, images[:, :, ::-1], images)
   masks = jnp.where(flip, masks[:, :, ::-1], masks)
   return Batch(images, masks)

@@ -19,7 +19,7 @@ import os
 import jax
 import numpy as np
 
-from unet_jax import files
+from unet_jax import data, files
 from unet_jax.errors import UserError
 from unet_jax.model import UNetSpec, merge_adapters, model_graphdef
 from unet_jax.model import predict as predict_batches
@@ -58,6 +58,7 @@ def export_experiment(workdir: str, experiment: str, out: str) -> str:
   files.write_json(exported.model, {
       'model': model, 'image_size': sweep.image_size,
       'frozen_norm': summary.frozen_norm, 'experiment': summary.to_json(),
+      'intensity': sweep.settings.get('intensity', data.INTENSITIES[0]),
       'adapters_merged': bool(sweep.model.get('adapter_rank'))})
   return out
 
@@ -71,7 +72,7 @@ def _load(checkpoint_dir: str):
   spec = UNetSpec(**meta['model'])
   graphdef = model_graphdef(spec)
   params, stats = checkpoint.load_weights(exported.weights)
-  return spec, graphdef, params, stats, meta['image_size']
+  return spec, graphdef, params, stats, meta['image_size'], meta.get('intensity', 'unit')
 
 
 def predict(checkpoint_dir: str, images) -> np.ndarray:
@@ -79,14 +80,16 @@ def predict(checkpoint_dir: str, images) -> np.ndarray:
 
   Args:
     checkpoint_dir: a folder written by ``export_experiment``.
-    images: (N, H, W) or (N, H, W, 1) grey values in [0, 1], any H and W.
+    images: (N, H, W) or (N, H, W, 1) grey values in [0, 1], any H and W;
+      standardised here when the model was trained on z-scored images
+      (``model.json`` 'intensity').
 
   Returns:
     (N, H, W) float32 probabilities (or (N, H, W, 1) for 4-D input). Images
     are resized (anti-aliased) to the model's input, segmented, and the
     probabilities resized back.
   """
-  spec, graphdef, params, stats, size = _load(checkpoint_dir)
+  spec, graphdef, params, stats, size, intensity = _load(checkpoint_dir)
   images = np.asarray(images, np.float32)
   squeeze = images.ndim == 3
   if squeeze:
@@ -95,7 +98,7 @@ def predict(checkpoint_dir: str, images) -> np.ndarray:
     raise UserError(f'images must be (N, H, W) or (N, H, W, 1); got {images.shape}')
   n, h, w, _ = images.shape
   small = np.asarray(jax.image.resize(images, (n, size, size, 1), 'linear', antialias=True))
-  small = np.repeat(small, spec.in_channels, axis=-1)
+  small = np.repeat(data.normalise(small, intensity), spec.in_channels, axis=-1)
   probs = predict_batches(graphdef, params, stats, small)
   full = np.asarray(jax.image.resize(probs, (n, h, w, 1), 'linear'))
   full = np.clip(full, 0.0, 1.0)

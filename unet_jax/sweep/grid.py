@@ -2,11 +2,11 @@
 
 A config names its layer subsets / schedules in ``config.experiments`` and
 the other axes in ``config.grid`` (seed, learning_rate, weight_decay, steps,
-batch_size, frozen_norm, fold, layer_decay, l2sp); the sweep is their
+batch_size, frozen_norm, fold, layer_decay, l2sp, augment); the sweep is their
 product, except that a strategy axis (layer_decay, l2sp) crosses only the
 experiments that use that strategy (set the field in their entry). Learning rate,
-weight decay, seed, normalisation policy, cross-validation fold, subset and
-schedule are data inside a compiled program, so they bundle together; steps
+weight decay, seed, normalisation policy, cross-validation fold, subset,
+schedule and augmentation policy are data inside a compiled program, so they bundle together; steps
 and batch size change the program, so experiments that differ in them go to
 separate bundles, and the sweep says which axes did that.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 from typing import Sequence
 
+from unet_jax import augment
 from unet_jax.engine.experiment import STRATEGY_DEFAULTS, Experiment
 
 # Grid axes: config key -> (name suffix, does it force separate bundles).
@@ -35,6 +36,7 @@ AXES = {
     'fold': ('fold', False),
     'layer_decay': ('decay', False),
     'l2sp': ('l2sp', False),
+    'augment': ('aug', False),
 }
 # Axes of one strategy's setting: they cross the experiments whose entry sets
 # the field; an empty axis leaves each experiment its own value.
@@ -52,14 +54,20 @@ def _suffix(value) -> str:
   return f'{value:g}' if isinstance(value, float) else str(value)
 
 
-def expand(bases: Sequence[tuple], axes: dict[str, tuple]) -> list[Experiment]:
+def expand(bases: Sequence[tuple], axes: dict[str, tuple],
+           policies: dict[str, tuple[float, ...]] | None = None) -> list[Experiment]:
   """The product of ``bases`` and the grid ``axes``.
 
   A base is (name, schedule, init, strategy): ``schedule`` a Schedule or a
   function of the number of steps returning one (LP-FT's share of steps),
   ``strategy`` the Experiment strategy fields its entry sets
-  (``Experiment.strategy_fields``).
+  (``Experiment.strategy_fields``). ``policies``: augmentation policy name ->
+  its numbers (``unet_jax.augment.values``), for the ``augment`` axis; the
+  built-in ``augment.POLICIES`` when None.
   """
+  if policies is None:
+    policies = {name: augment.values(f) for name, f in augment.POLICIES.items()}
+  axes = {'augment': (augment.DEFAULT,), **axes}  # grids written before the axis
   names = list(AXES)
   out = []
   for base, schedule, init, strategy in bases:
@@ -72,7 +80,8 @@ def expand(bases: Sequence[tuple], axes: dict[str, tuple]) -> list[Experiment]:
                         if a not in REPLICATE_AXES)
       fixed = {k: v for k, v in strategy.items() if k not in point}
       stages = schedule(point['steps']) if callable(schedule) else schedule
-      out.append(Experiment(name, base, stages, init, **point, **fixed, variant=variant))
+      out.append(Experiment(name, base, stages, init, **point, **fixed, variant=variant,
+                            augment_values=policies[point['augment']]))
   return out
 
 

@@ -45,6 +45,9 @@ class ExperimentSummary:
   # decay_order, l2sp, lr_scaling); {} for a plain layer subset or schedule.
   finetune_strategy: dict = dataclasses.field(default_factory=dict)
   grid: dict = dataclasses.field(default_factory=dict)  # its value on every grid axis
+  # Its augmentation policy's numbers by field (unet_jax.augment.NAMES; the
+  # policy's name is grid['augment']); None in older summaries (a flip).
+  augmentation: dict | None = None
   init: str = 'unknown'  # 'pretrained' or 'random'
   fold: int | None = None  # cross-validation fold; None: the hold-out split
   folds: int = 0

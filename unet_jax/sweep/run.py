@@ -27,10 +27,10 @@ import jax
 import numpy as np
 import tqdm
 
-from unet_jax import data, files, freeze, resnet, weights_file
+from unet_jax import augment, data, files, freeze, resnet, weights_file
 from unet_jax.engine.choices import BATCHED
 from unet_jax.engine.distributed import is_writer
-from unet_jax.engine.experiment import STRATEGY_DEFAULTS, Experiment
+from unet_jax.engine.experiment import AUGMENT_DEFAULTS, STRATEGY_DEFAULTS, Experiment
 from unet_jax.engine.resume import BundleCheckpoints, StopRequest
 from unet_jax.engine.run import BundleData, BundleResult, RunOptions, Weights, run_bundle
 from unet_jax.engine.step import BundleContext
@@ -64,7 +64,8 @@ def _pretrain_fingerprint(s: SweepSettings) -> dict:
   return {'seed': s.seed, 'image_size': s.image_size,
           'model': s.model.identity(), 'source': s.pretrain_source,
           'root': s.pretrain_root, 'engine': _PRETRAIN_VERSION,
-          'num_images': s.pretrain_images, 'train': dataclasses.asdict(s.pretrain)}
+          'num_images': s.pretrain_images, 'train': dataclasses.asdict(s.pretrain),
+          **({'intensity': s.intensity} if s.intensity != data.INTENSITIES[0] else {})}
 
 
 def _file_identity(path: str) -> dict:
@@ -100,6 +101,8 @@ def experiment_fingerprint(s: SweepSettings, exp: Experiment, copies: int = 0) -
                 + (['split_per_seed'] if s.split_per_seed else [])
                 + ([f'empty masks: {s.empty_masks}'] if s.empty_masks != data.EMPTY_MASKS[0]
                    else [])
+                + ([f'intensity: {s.intensity}'] if s.intensity != data.INTENSITIES[0]
+                   else [])
                 + ([f'copies kept together: {copies}'] if copies else []),
                 'model': s.model.identity(), 'engine': _ENGINE_VERSION,
                 'finetune': [s.rewarmup_steps, dataclasses.asdict(s.early_stop)],
@@ -107,13 +110,15 @@ def experiment_fingerprint(s: SweepSettings, exp: Experiment, copies: int = 0) -
 
 
 def _identity(exp: Experiment) -> dict:
-  """The experiment's fields, strategy fields only where they are not plain
-  fine-tuning's (so runs made before the strategies existed are still found)."""
-  out = {k: v for k, v in dataclasses.asdict(exp).items() if k not in STRATEGY_DEFAULTS}
+  """The experiment's fields, strategy and augmentation fields only where they
+  are not plain fine-tuning's (so runs made before they existed are still found)."""
+  out = {k: v for k, v in dataclasses.asdict(exp).items()
+         if k not in STRATEGY_DEFAULTS and k not in AUGMENT_DEFAULTS}
   # A rule's kind likewise, where it has none.
   out['schedule']['stages'] = [[{k: v for k, v in rule.items() if k != 'kind' or v is not None}
                                 for rule in stage] for stage in out['schedule']['stages']]
-  return {**out, **exp.strategy_fields()}
+  augmented = {k: getattr(exp, k) for k, v in AUGMENT_DEFAULTS.items() if getattr(exp, k) != v}
+  return {**out, **exp.strategy_fields(), **augmented}
 
 
 def _checkpoints(paths: WorkdirPaths, key: str) -> BundleCheckpoints:
@@ -147,7 +152,8 @@ def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqd
     return weights
   dataset = data.open_source(s.pretrain_source, num=s.pretrain_images, size=s.image_size,
                              seed=s.seed + 1, root=s.pretrain_root, cache_dir=paths.cache,
-                             on_bad=s.on_bad).with_channels(s.model.in_channels)
+                             on_bad=s.on_bad).normalised(s.intensity).with_channels(
+                                 s.model.in_channels)
   # Everything is trained, so every BatchNorm layer uses batch statistics
   # and updates its running ones whatever the policy.
   run = Experiment('pretrain', 'pretrain',
@@ -223,7 +229,8 @@ def load_target(s: SweepSettings, paths: WorkdirPaths) -> Target:
   """
   target = data.open_source(s.target_source, num=s.target_images, size=s.image_size,
                             seed=s.seed + 3, root=s.target_root, cache_dir=paths.cache,
-                            on_bad=s.on_bad).with_channels(s.model.in_channels)
+                            on_bad=s.on_bad).normalised(s.intensity).with_channels(
+                                s.model.in_channels)
 
   groups = target.groups()  # copies of one image stay in one part
   empty = target.masks.reshape(len(target), -1).max(axis=1) == 0
@@ -251,7 +258,7 @@ def data_record(s: SweepSettings, target: Target) -> dict:
           'duplicates': [[where(i) for i in group] for group in ds.duplicates],
           'empty_masks': {'images': int(sum(m.max() == 0 for m in ds.masks)),
                           'rule': s.empty_masks},
-          'split_per_seed': s.split_per_seed, 'folds': s.folds,
+          'split_per_seed': s.split_per_seed, 'folds': s.folds, 'intensity': s.intensity,
           'split_sizes': target.splits[0].sizes()}
 
 
@@ -275,6 +282,7 @@ def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[di
       name=exp.name, base=exp.base, seed=exp.seed, variant=exp.variant,
       finetune_strategy=exp.strategy_fields(),
       grid={axis: getattr(exp, axis) for axis in grid.AXES}, init=exp.init, fold=exp.fold,
+      augmentation=dict(zip(augment.NAMES, exp.augment_values)),
       folds=s.folds, learning_rate=exp.learning_rate, weight_decay=exp.weight_decay,
       frozen_norm=exp.frozen_norm, steps=exp.steps, batch_size=exp.batch_size,
       schedule=_stage_records(s, weights.params, exp.schedule),

@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any
 
-from unet_jax import data, resnet
+from unet_jax import augment, data, resnet
 from unet_jax.block_order import ENCODERS, ORDERS, RESNET_ENCODERS, UNET
 from unet_jax.conventions import HD95_CONVENTIONS
 from unet_jax.engine.choices import LOOPS, STRATEGIES
@@ -97,6 +97,9 @@ class SweepSettings:
   # data.empty_masks: images whose mask is empty (BUSI's 'normal' class) are
   # kept (data.EMPTY_MASKS[0]) or left out of training, of test, or of both.
   empty_masks: str
+  # data.intensity: the network's input convention (data.INTENSITIES), for
+  # the pretraining and the target images alike.
+  intensity: str
   finetune: TrainSettings
   frozen_norm: str  # freeze.FROZEN_NORM: frozen blocks' BatchNorm in fine-tuning
   hd95_convention: str  # conventions.HD95_CONVENTIONS
@@ -116,11 +119,15 @@ class SweepSettings:
   race: RaceSettings | None  # config.race when enabled, else None
   bootstrap_samples: int
   compilation_cache: str  # '' = off
+  # config.augmentation: policy name -> its numbers (unet_jax.augment.NAMES
+  # order); config.augment (or grid.augment) names the ones trained with.
+  augment_policies: dict = dataclasses.field(default_factory=lambda: {
+      name: augment.values(f) for name, f in augment.POLICIES.items()})
 
   def runs(self) -> list[Experiment]:
     """Every experiment of the sweep: config.experiments x config.grid."""
     return expand([(e.name, e.schedule_for, e.init, e.strategy) for e in self.experiments],
-                  self.grid)
+                  self.grid, self.augment_policies)
 
   def with_train_images(self, train_images: int) -> 'SweepSettings':
     """The settings with ``finetune.epochs`` resolved into a step cap.
@@ -180,6 +187,7 @@ class SweepSettings:
     seed, finetune = _number(config, 'seed'), _train(config, 'finetune')
     frozen_norm = _choice(config, 'finetune.frozen_norm', tuple(FROZEN_NORM))
     folds = _int(config, 'data.folds', 0)
+    policies = _augment_policies(config)
     settings = cls(
         seed=seed, image_size=size, model=model,
         **_sources(config, model),
@@ -191,6 +199,7 @@ class SweepSettings:
         val_fraction=_float(config, 'data.val_fraction', 0.0, 0.9),
         folds=folds, split_per_seed=_optional_bool(config, 'data.split_per_seed'),
         empty_masks=_optional_choice(config, 'data.empty_masks', data.EMPTY_MASKS),
+        intensity=_optional_choice(config, 'data.intensity', data.INTENSITIES),
         finetune=finetune, frozen_norm=frozen_norm,
         hd95_convention=_choice(config, 'evaluation.hd95', tuple(HD95_CONVENTIONS)),
         norm_check=_bool(config, 'evaluation.norm_check'),
@@ -199,7 +208,9 @@ class SweepSettings:
         loop=_choice(config, 'loop', LOOPS),
         experiments=_experiments(config, model, only, finetune.steps),
         grid=_grid(config, folds, {'seed': seed, 'frozen_norm': frozen_norm,
-                                   **dataclasses.asdict(finetune)}),
+                                   'augment': _augment_choice(config, policies),
+                                   **dataclasses.asdict(finetune)}, policies),
+        augment_policies=policies,
         strategy=_choice(config, 'strategy', ('auto',) + STRATEGIES),
         max_bundle=_int(config, 'max_bundle', 0),
         rewarmup_steps=_int(config, 'finetune.rewarmup_steps', 0),
@@ -557,7 +568,35 @@ def _strategy(config, field: str, init: str) -> dict:
   return out
 
 
-def _grid(config, folds: int, defaults: dict) -> dict:
+def _augment_policies(config) -> dict[str, tuple[float, ...]]:
+  """config.augmentation (policy name -> fields) over the built-in policies."""
+  table = {name: dict(fields) for name, fields in augment.POLICIES.items()}
+  given = _optional(config, 'augmentation', None)
+  if given is not None:
+    if not hasattr(given, 'items'):
+      raise UserError(f"config field 'augmentation' must map policy names to their fields; "
+                      f'got {given!r}')
+    for name, fields in given.items():
+      if not hasattr(fields, 'items'):
+        raise UserError(f'config field {"augmentation." + name!r} must be a dict of '
+                        f'{", ".join(augment.NAMES)}; got {fields!r}')
+      fields = dict(fields)
+      problems = augment.problems(fields)
+      if problems:
+        raise UserError(f'config field {"augmentation." + name!r}: ' + '; '.join(problems))
+      table[name] = fields
+  return {name: augment.values(fields) for name, fields in table.items()}
+
+
+def _augment_choice(config, policies: dict) -> str:
+  value = _optional(config, 'augment', augment.DEFAULT)
+  if value not in policies:
+    raise UserError(f"config field 'augment' is {value!r}; valid policies: "
+                    f'{", ".join(policies)} (config.augmentation defines more)')
+  return value
+
+
+def _grid(config, folds: int, defaults: dict, policies: dict | None = None) -> dict:
   """config.grid with empty axes filled from the single-valued fields' checked values.
 
   ``fold`` defaults to every fold when ``data.folds`` > 1, else to the one
@@ -569,6 +608,9 @@ def _grid(config, folds: int, defaults: dict) -> dict:
     if axis in STRATEGY_AXES and axis not in _get(config, 'grid'):
       grid[axis] = ()  # configs written before the strategy axes
       continue
+    if axis == 'augment' and axis not in _get(config, 'grid'):
+      grid[axis] = (defaults[axis],)  # configs written before the axis
+      continue
     values = _get(config, field)
     if isinstance(values, (int, float, str)) and not isinstance(values, bool):
       values = (values,)
@@ -578,9 +620,13 @@ def _grid(config, folds: int, defaults: dict) -> dict:
       grid[axis] = _folds(field, tuple(values), folds)
       continue
     for v in values:
-      problem = (_number_problem(axis, v) if axis in _NUMBERS else
-                 '' if isinstance(v, str) and v in FROZEN_NORM else
-                 f'valid: {", ".join(FROZEN_NORM)}')
+      if axis == 'augment':
+        problem = ('' if isinstance(v, str) and v in (policies or {}) else
+                   f'valid policies: {", ".join(policies or {})}')
+      else:
+        problem = (_number_problem(axis, v) if axis in _NUMBERS else
+                   '' if isinstance(v, str) and v in FROZEN_NORM else
+                   f'valid: {", ".join(FROZEN_NORM)}')
       if problem:
         raise UserError(f'config field {field!r} has a bad value {v!r}; {problem}')
     values = tuple(_NUMBERS[axis][0](v) if axis in _NUMBERS else v for v in values)
