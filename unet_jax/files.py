@@ -62,6 +62,20 @@ def write_npz(path, **arrays) -> None:
     np.savez(f, **arrays)
 
 
+def write_masks(path, ids, masks: np.ndarray) -> None:
+  """Binary ``masks`` (N, H, W, 1), bit-packed, with their image ids, atomically."""
+  write_npz(path, ids=np.asarray(ids), shape=np.asarray(np.shape(masks)),
+            bits=np.packbits(np.asarray(masks) > 0.5))
+
+
+def read_masks(path) -> tuple[list[str], np.ndarray]:
+  """(ids, masks float32 (N, H, W, 1)) as :func:`write_masks` wrote them."""
+  with np.load(path) as f:
+    shape = tuple(int(n) for n in f['shape'])
+    bits = np.unpackbits(f['bits'], count=int(np.prod(shape)))
+    return [str(i) for i in f['ids']], bits.reshape(shape).astype(np.float32)
+
+
 def write_json(path, obj: Any) -> None:
   write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + '\n')
 

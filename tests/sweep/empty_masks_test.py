@@ -35,8 +35,9 @@ def _config(root, **fields):
 
 
 def test_the_generator_leaves_images_as_they_were_without_normals():
-  from unet_jax.data import ultrasound
   import jax
+
+  from unet_jax.data import ultrasound
   plain = ultrasound.breast_images(jax.random.key(4), 6, ultrasound.BreastScan(size=32))
   made = ultrasound.breast_images(jax.random.key(4), 6,
                                   ultrasound.BreastScan(size=32, normal_fraction=0.5))
@@ -71,6 +72,13 @@ def test_a_sweep_reports_classes_empty_masks_and_scoring_time(tmp_path, busi):
   for s in summaries:
     assert s.empty_masks == 'keep'
     assert s.scoring_seconds['test'] > 0 and s.scoring_seconds['norm_check'] > 0
+  # Each run's test predictions are saved (the report draws them without a network).
+  rows = [r for r in files.read_jsonl(os.path.join(workdir, 'results.jsonl'))
+          if r['experiment'] == 'full-seed0']
+  ids, pred = files.read_masks(os.path.join(workdir, 'experiments', 'full-seed0',
+                                            'predictions.npz'))
+  assert ids == [r['image_id'] for r in rows]
+  assert [int(p.sum()) for p in pred] == [r['pred_pixels'] for r in rows]
   record = files.read_json(os.path.join(workdir, 'data.json'))
   assert record['empty_masks']['rule'] == 'keep' and record['empty_masks']['images'] > 0
   res = analysis.load(workdir)

@@ -530,6 +530,15 @@ def saved_overlays(workdir: str, res: Results) -> Overlays | None:
       return None
     images, masks = f['images'][keep], f['masks'][keep]
   ids = [ids[i] for i in keep]
+  saved = [paths.experiment(n).predictions for n in names]
+  if all(os.path.exists(p) for p in saved):  # written when the runs were scored
+    predictions = {}
+    for name, path in zip(names, saved):
+      got, masks_of = files.read_masks(path)
+      where = {image: i for i, image in enumerate(got)}
+      predictions[name] = masks_of[[where[i] for i in ids]]
+    return Overlays(images, masks, ids, predictions)
+  # Work directories scored before predictions were saved: run the networks.
   return Overlays(images, masks, ids, predictions_from_weights(workdir, images, names))
 
 

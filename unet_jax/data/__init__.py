@@ -18,10 +18,15 @@ import numpy as np
 from unet_jax.data import chest_xray, dead_leaves, duplicates, ultrasound
 from unet_jax.data import pets as pets_module
 from unet_jax.data.real import LOADERS, load
-from unet_jax.data.splits import (EMPTY_MASKS, Split, holdout_split, kfold_split, leave_out_empty,
-                                  plan_splits)
+from unet_jax.data.splits import (
+  EMPTY_MASKS,
+  Split,
+  holdout_split,
+  kfold_split,
+  leave_out_empty,
+  plan_splits,
+)
 from unet_jax.errors import UserError
-
 
 # Intensity conventions of the network's input: 'unit' keeps the loaders'
 # [0, 1] grey values; 'zscore' standardises each image (nnU-Net's default for
@@ -154,8 +159,7 @@ def make_dataset(name: str, num: int, size: int, seed: int) -> Dataset:
 
 
 __all__ = [
-    'EMPTY_MASKS', 'INTENSITIES', 'LOADERS', 'SOURCES', 'Dataset', 'Split', 'holdout_split', 'is_real',
-    'kfold_split', 'leave_out_empty', 'load', 'make_dataset', 'normalise', 'open_source',
-    'plan_splits',
-    'source_names',
+    'EMPTY_MASKS', 'INTENSITIES', 'LOADERS', 'SOURCES', 'Dataset', 'Split', 'holdout_split',
+    'is_real', 'kfold_split', 'leave_out_empty', 'load', 'make_dataset', 'normalise',
+    'open_source', 'plan_splits', 'source_names',
 ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from unet_jax import augment as augmentation, freeze
+from unet_jax import augment as augmentation
+from unet_jax import freeze
 from unet_jax.schedules import Schedule
 
 

@@ -41,8 +41,19 @@ def evaluate(graphdef, weights: Weights, test: data.Dataset, *,
   Distances are in pixels of the network's input (``image_size``); they are
   NaN when a mask is empty (``conventions.EMPTY_MASK_CONVENTION``).
   """
-  probs = predict(graphdef, weights.params, weights.stats, test.images)
-  pred = (probs > 0.5).astype(np.float32)
+  return score(predicted_masks(graphdef, weights, test.images), test,
+               hd95_convention=hd95_convention)
+
+
+def predicted_masks(graphdef, weights: Weights, images: np.ndarray) -> np.ndarray:
+  """Binary predictions (N, H, W, 1) float32: probability above 0.5, in evaluation mode."""
+  probs = predict(graphdef, weights.params, weights.stats, images)
+  return (probs > 0.5).astype(np.float32)
+
+
+def score(pred: np.ndarray, test: data.Dataset, *, hd95_convention: str = 'max'
+          ) -> list[dict]:
+  """The records of :func:`evaluate` for predictions already made."""
   scores = metrics.score_masks(pred, test.masks, hd95_convention=hd95_convention)
   return [{'image_id': test.ids[i], 'label': test.labels[i],
            **{name: float(values[i]) for name, values in scores.items()},

@@ -536,10 +536,13 @@ class _Sweep:
     s, split = self.s, target.split(exp)
     test = target.part(split.test)
     start = time.perf_counter()
+    pred = evaluate.predicted_masks(graphdef, weights, test.images)
     rows = [dict(experiment=exp.name, seed=exp.seed, fold=exp.fold, **r)
-            for r in evaluate.evaluate(graphdef, weights, test,
-                                       hd95_convention=s.hd95_convention)]
+            for r in evaluate.score(pred, test, hd95_convention=s.hd95_convention)]
     scored = time.perf_counter()
+    if self.writer:  # for the report's figures: it then needs no network
+      os.makedirs(self.paths.experiment(exp.name).folder, exist_ok=True)
+      files.write_masks(self.paths.experiment(exp.name).predictions, test.ids, pred)
     norm = (evaluate.check_norm(s.model, graphdef, exp, weights, target.part(split.fit),
                                 test, float(np.mean([r['dice'] for r in rows])))
             if s.norm_check else None)

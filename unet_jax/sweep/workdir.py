@@ -60,6 +60,11 @@ class ExperimentPaths:
   def summary(self) -> str:
     return os.path.join(self.folder, 'summary.json')
 
+  @property
+  def predictions(self) -> str:
+    """Its binary test predictions (``evaluate.save_masks``), for figures."""
+    return os.path.join(self.folder, 'predictions.npz')
+
 
 @dataclasses.dataclass(frozen=True)
 class WorkdirPaths:
