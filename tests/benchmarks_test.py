@@ -17,11 +17,31 @@ def test_out_of_memory_is_told_apart_from_other_failures():
   assert not sweep_throughput.is_out_of_memory(ValueError('incompatible shapes'))
 
 
+def test_largest_bundle_doubles_until_memory_runs_out(monkeypatch):
+  sizes = []
+
+  def fake_run(strategy, exps, *args):
+    sizes.append(len(exps))
+    if len(exps) >= 8:
+      raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4GiB')
+
+  monkeypatch.setattr(sweep_throughput, 'run_strategy', fake_run)
+  monkeypatch.setattr(sweep_throughput, 'experiments', lambda n, *args: [None] * n)
+  largest, failed, trials = sweep_throughput.largest_bundle(
+      'static', None, None, None, None, start=2, cap=64, batch=8, seconds=60)
+  assert (largest, failed, sizes) == (4, 8, [2, 4, 8])
+  assert [(n, outcome) for n, outcome, _ in trials] == [(2, 'ran'), (4, 'ran'),
+                                                        (8, 'out of memory')]
+  sizes.clear()
+  assert sweep_throughput.largest_bundle('static', None, None, None, None, start=2, cap=4,
+                                         batch=8, seconds=60)[:2] == (4, None)
+
+
 def test_tiny_benchmark_prints_a_table_and_one_json_line(tmp_path):
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'benchmarks', 'sweep_throughput.py'),
        '--experiments=2', '--steps=2', '--chunk=1', '--image_size=32', '--base_width=4',
-       '--strategies=static', '--baseline_runs=1', '--largest_bundle=4'],
+       '--strategies=static', '--baseline_runs=1', '--largest_bundle=2'],
       capture_output=True, text=True, timeout=600, cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.strip().splitlines()
@@ -31,8 +51,9 @@ def test_tiny_benchmark_prints_a_table_and_one_json_line(tmp_path):
               'auto_over_baseline'):
     assert figures[key] > 0, key
   assert figures['auto_choice'] == 'static'
-  assert figures['largest_bundle'] == 4 and figures['first_out_of_memory'] is None
-  assert [n for n, outcome, _ in figures['largest_bundle_trials']] == [2, 4]
+  # One trial (a bundle of 2, the first size tried): each size is a compile of its own.
+  assert figures['largest_bundle'] == 2 and figures['first_out_of_memory'] is None
+  assert [n for n, outcome, _ in figures['largest_bundle_trials']] == [2]
   assert figures['backend'] == 'cpu' and figures['devices'] >= 1
 
 
