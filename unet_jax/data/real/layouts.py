@@ -45,7 +45,18 @@ from pathlib import Path
 
 from unet_jax.errors import UserError
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.gif')
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.gif', '.nii', '.nii.gz')
+
+
+def file_suffix(path: Path) -> str:
+  """The file's type suffix, lower case; ``.nii.gz`` is one suffix."""
+  name = path.name.lower()
+  return '.nii.gz' if name.endswith('.nii.gz') else path.suffix.lower()
+
+
+def file_stem(path: Path) -> str:
+  """The name without :func:`file_suffix` (``case_01.nii.gz`` -> ``case_01``)."""
+  return path.name[:-len(file_suffix(path))] if file_suffix(path) else path.name
 MASK_SUFFIXES = ('_mask', '_gt', '_segmentation')
 BUSI_CLASSES = ('benign', 'malignant', 'normal')
 
@@ -115,7 +126,7 @@ def natural_key(path: Path) -> list:
 def image_files(folder: Path) -> list[Path]:
   """Image files directly in ``folder``, in natural order."""
   files = [p for p in folder.iterdir()
-           if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith('.') and p.is_file()]
+           if file_suffix(p) in IMAGE_SUFFIXES and not p.name.startswith('.') and p.is_file()]
   return sorted(files, key=natural_key)
 
 
@@ -142,7 +153,7 @@ def descend(name: str, root: Path, holds) -> Path:
   raise missing(name, root)
 
 
-def by_stem(files: list[Path], problems: list[Problem], stem=lambda p: p.stem) -> dict:
+def by_stem(files: list[Path], problems: list[Problem], stem=file_stem) -> dict:
   """{stem: file}; two files with one stem are a problem, and neither is used."""
   groups = defaultdict(list)
   for f in files:
@@ -390,15 +401,15 @@ def find_folder(root: Path | tuple[Path, Path]) -> Found:
     files = image_files(images_dir)
     suffixes = defaultdict(set)
     for f in files:
-      suffixes[f.stem].add(f.suffix.lower())
+      suffixes[file_stem(f)].add(file_suffix(f))
     # MSRA10K: <stem>.png beside <stem>.jpg is the mask; <stem>_mask.png always is.
-    mask_files = [f for f in files if f.stem.endswith(MASK_SUFFIXES)
-                  or (f.suffix.lower() == '.png' and len(suffixes[f.stem]) > 1)]
+    mask_files = [f for f in files if file_stem(f).endswith(MASK_SUFFIXES)
+                  or (file_suffix(f) == '.png' and len(suffixes[file_stem(f)]) > 1)]
     image_list = sorted(set(files) - set(mask_files), key=natural_key)
   else:
     image_list, mask_files = image_files(images_dir), image_files(masks_dir)
   images = by_stem(image_list, problems)
-  masks = by_stem(mask_files, problems, stem=lambda f: _mask_stem(f.stem, images))
+  masks = by_stem(mask_files, problems, stem=lambda f: _mask_stem(file_stem(f), images))
   return Found(base, pair_up(images, {s: [f] for s, f in masks.items()}, lambda _: 'object',
                              problems, lambda stem: masks_dir / f'{stem}.png'), problems)
 

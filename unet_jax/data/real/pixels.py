@@ -55,7 +55,8 @@ def read_grey(path: str | os.PathLike) -> tuple[np.ndarray, int]:
   """Reads an image file as grey values.
 
   Args:
-    path: a PNG, JPEG, BMP, TIFF or GIF file, or a JSRT raw ``.IMG`` file.
+    path: a PNG, JPEG, BMP, TIFF or GIF file, a NIfTI file holding one 2-D slice
+      (``.nii``, ``.nii.gz``, through nibabel), or a JSRT raw ``.IMG`` file.
 
   Returns:
     (image, bits): float32 (H, W) in [0, 1] and the bit depth the values were scaled by.
@@ -65,6 +66,8 @@ def read_grey(path: str | os.PathLike) -> tuple[np.ndarray, int]:
   """
   if os.fspath(path).lower().endswith('.img'):
     return read_jsrt(path), 12
+  if _is_nifti(path):
+    return _nifti_grey(path)
   with _open(path) as im:
     mode = im.mode
     if mode in ('P', 'PA', 'CMYK', 'YCbCr', 'LAB', 'HSV'):
@@ -138,11 +141,14 @@ def read_mask(paths: list[str | os.PathLike]) -> np.ndarray:
 
 
 def _read_one_mask(path) -> np.ndarray:
-  with _open(path) as im:
-    if im.mode in ('1', 'P', 'PA', 'CMYK', 'YCbCr', 'LAB', 'HSV'):
-      im = im.convert('RGB' if im.mode in ('P', 'PA') else 'L')
-    mode = im.mode
-    array = _pixels(im, path)
+  if _is_nifti(path):
+    array, mode = _nifti_mask(path), 'I'
+  else:
+    with _open(path) as im:
+      if im.mode in ('1', 'P', 'PA', 'CMYK', 'YCbCr', 'LAB', 'HSV'):
+        im = im.convert('RGB' if im.mode in ('P', 'PA') else 'L')
+      mode = im.mode
+      array = _pixels(im, path)
   if mode in ('RGB', 'RGBA', 'LA'):
     array = array[..., :3] if mode != 'LA' else array[..., :1]
     array = array.max(axis=-1)
@@ -188,6 +194,56 @@ def _refuse_label_map(array: np.ndarray, threshold: int) -> None:
                   'foreground); read as binary they would be merged or dropped. unet_jax '
                   'reads binary masks: write one 0/255 mask per image of the structure to '
                   'segment')
+
+
+def _is_nifti(path) -> bool:
+  name = os.fspath(path).lower()
+  return name.endswith('.nii') or name.endswith('.nii.gz')
+
+
+def _nifti_2d(path) -> np.ndarray:
+  """The one 2-D slice a NIfTI file holds, as rows x columns (the file's second
+  axis down, its first across), through nibabel."""
+  try:
+    import nibabel  # noqa: PLC0415 - only NIfTI sets need it
+  except ImportError:
+    raise BadFile('reading NIfTI needs nibabel (pip install nibabel)') from None
+  try:
+    array = np.asanyarray(nibabel.load(os.fspath(path)).dataobj)
+  except Exception as e:  # noqa: BLE001 - nibabel raises many kinds for a damaged file
+    raise BadFile(f'cannot decode as NIfTI: {e}') from e
+  squeezed = array.reshape([n for n in array.shape if n != 1] or [1])
+  if squeezed.ndim != 2:
+    raise BadFile(f'a NIfTI volume of shape {array.shape}: unet_jax reads 2-D images; save '
+                  'each slice (or frame) as its own file')
+  return np.ascontiguousarray(squeezed.T)
+
+
+def _nifti_grey(path) -> tuple[np.ndarray, int]:
+  """A NIfTI image in [0, 1]: non-negative integers scaled by their bit depth (as
+  PNGs are), floats by their own minimum and maximum."""
+  array = _nifti_2d(path)
+  if array.dtype.kind in 'iu':
+    if array.size and array.min() < 0:
+      raise BadFile('negative pixel values in a NIfTI image of integers')
+    bits = effective_bits(int(array.max()) if array.size else 0)
+    return (array.astype(np.float32) / (2 ** bits - 1)).astype(np.float32), bits
+  if array.dtype.kind != 'f' or not np.isfinite(array).all():
+    raise BadFile(f'NIfTI values of type {array.dtype} (or not finite) are not an image')
+  lo, hi = float(array.min()), float(array.max())
+  return ((array - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32), 32
+
+
+def _nifti_mask(path) -> np.ndarray:
+  """A NIfTI mask as non-negative integers (floats must hold whole numbers)."""
+  array = _nifti_2d(path)
+  if array.dtype.kind == 'f':
+    if not (np.isfinite(array).all() and (array == np.round(array)).all()):
+      raise BadFile('a NIfTI mask must hold whole numbers (0/1 or 0/255)')
+    array = array.astype(np.int64)
+  elif array.dtype.kind not in 'iub':
+    raise BadFile(f'NIfTI values of type {array.dtype} are not a mask')
+  return array.astype(np.int64)
 
 
 def _open(path):
