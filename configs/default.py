@@ -89,9 +89,11 @@ def get_config(arg=None):
   # empty_masks: images whose mask is empty (BUSI's 'normal' class) are
   # 'keep' (scored by the empty-mask convention and as detection in the
   # report), or left 'out_of_training', 'out_of_test' or 'out' of both.
-  # intensity: the network's input, 'unit' (grey values in [0, 1]) or
-  # 'zscore' (each image standardised, nnU-Net's default for non-CT images),
-  # for pretraining and target images alike; export's predict applies it.
+  # intensity: the network's input, 'unit' (grey values in [0, 1]),
+  # 'zscore' (each image standardised, nnU-Net's default for non-CT images) or
+  # 'imagenet' (torchvision's normalisation: use it with pretrain.source=
+  # 'torchvision'), for pretraining and target images alike; export's predict
+  # applies it.
   config.data = dict(source='ultrasound', num_images=200, test_fraction=0.32,
                      val_fraction=0.35, folds=0, split_per_seed=False, root='',
                      on_bad='error', empty_masks='keep', intensity='unit')

@@ -327,8 +327,8 @@ def _encoder_leaves(tree: PyTree) -> dict[tuple[str, ...], Any]:
 
 
 def encoder_from_torchvision(state_dict: Mapping[str, Any], params: PyTree, stats: PyTree,
-                             spec: UNetSpec, *, source: str, grey: str = 'sum'
-                             ) -> tuple[PyTree, PyTree]:
+                             spec: UNetSpec, *, source: str, grey: str = 'sum',
+                             imagenet: bool = False) -> tuple[PyTree, PyTree]:
   """Copies of ``params`` and ``stats`` with stem and layer1..4 from a torchvision ResNet.
 
   Args:
@@ -342,6 +342,12 @@ def encoder_from_torchvision(state_dict: Mapping[str, Any], params: PyTree, stat
       filters over the colour axis (a grey image then gives what the RGB stem gives for
       that image repeated three times); ``'repeat'`` refuses it, the model must then take
       three channels and the data repeat the grey image.
+    imagenet: the inputs are ImageNet-normalised (``data.normalise(..., 'imagenet')``);
+      a summed stem then weights each colour filter by ``s / s_c`` (the grey channel's SD
+      over that channel's), so that a grey image normalised once gives what the RGB stem
+      gives for it repeated and normalised per channel, up to a constant per filter of
+      ``sum_c w_c (m - m_c) / s_c`` (zero for filters equal across colours) that the
+      BatchNorm after the stem meets as a shift of its mean.
 
   Returns:
     (params, stats), new trees; the decoder and head leaves are the given ones.
@@ -371,7 +377,8 @@ def encoder_from_torchvision(state_dict: Mapping[str, Any], params: PyTree, stat
     target = targets[path]
     value = np.asarray(weights[name], dtype=np.float32)
     if path[-1] == 'kernel' and value.ndim == 4:
-      value = _grey_stem(value.transpose(2, 3, 1, 0), target.shape, grey, where, name)
+      value = _grey_stem(value.transpose(2, 3, 1, 0), target.shape, grey, where, name,
+                         imagenet)
     if value.shape != target.shape:
       raise UserError(f'{where}: {name!r} has shape {tuple(np.shape(weights[name]))}, expected '
                       f'{_torch_shape(target.shape, path[-1])}')
@@ -387,7 +394,7 @@ def _torch_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
 
 
 def _grey_stem(kernel: np.ndarray, shape: tuple[int, ...], grey: str, where: str,
-               name: str) -> np.ndarray:
+               name: str, imagenet: bool = False) -> np.ndarray:
   """The stem kernel (HWIO) for a one-channel model from a three-channel one."""
   if name != 'conv1.weight' or kernel.shape[2] != 3 or shape[2] != 1:
     return kernel
@@ -395,4 +402,7 @@ def _grey_stem(kernel: np.ndarray, shape: tuple[int, ...], grey: str, where: str
     raise UserError(f'{where}: grey=repeat needs model.in_channels=3 (the data repeats '
                     f"the grey image); this model takes 1 channel: set in_channels=3 or "
                     f"grey='sum'")
+  if imagenet:
+    from unet_jax.data import IMAGENET_GREY, IMAGENET_SD  # noqa: PLC0415 - data imports jax
+    kernel = kernel * (IMAGENET_GREY[1] / np.asarray(IMAGENET_SD, np.float32))[:, None]
   return kernel.sum(axis=2, keepdims=True)

@@ -56,3 +56,38 @@ def test_a_zscore_sweep_trains_scores_and_exports_on_standardised_images(tmp_pat
 def test_a_bad_intensity_is_named():
   with pytest.raises(UserError, match="'data.intensity' is 'minmax'; valid choices: unit, zscore"):
     SweepSettings.from_config(set_fields(load_config(TINY), {'data.intensity': 'minmax'}))
+
+
+def test_imagenet_normalises_per_channel_and_grey_by_the_channels_mean():
+  rng = np.random.default_rng(2)
+  rgb = rng.random((2, 5, 4, 3)).astype(np.float32)
+  got = data.normalise(rgb, 'imagenet')
+  np.testing.assert_allclose(got[..., 1], (rgb[..., 1] - 0.456) / 0.224, rtol=1e-6)
+  grey = data.normalise(rgb[..., :1], 'imagenet')
+  np.testing.assert_allclose(grey[..., 0], (rgb[..., 0] - 0.449) / 0.226, rtol=1e-5)
+  with pytest.raises(UserError, match="'imagenet' needs 1 or 3 channels"):
+    data.normalise(rng.random((1, 4, 4, 2)), 'imagenet')
+
+
+def test_the_summed_stem_of_normalised_grey_is_the_rgb_stem_up_to_a_constant():
+  # Away from the border, a grey image normalised once through the summed stem
+  # gives the RGB stem's response to the image repeated and normalised per
+  # channel, minus sum_c w_c (m - m_c) / s_c: one constant per filter.
+  from unet_jax import resnet
+  rng = np.random.default_rng(3)
+  kernel = rng.standard_normal((7, 7, 3, 5)).astype(np.float32)  # HWIO
+  summed = resnet._grey_stem(kernel, (7, 7, 1, 5), 'sum', 'file', 'conv1.weight', True)
+  x = rng.random((16, 16)).astype(np.float32)
+  rgb = data.normalise(np.repeat(x[None, ..., None], 3, axis=-1), 'imagenet')[0]
+  grey = data.normalise(x[None, ..., None], 'imagenet')[0]
+  mean, sd = data.IMAGENET_GREY
+  offset = np.einsum('hwco,c->o', kernel, (mean - np.float32(data.IMAGENET_MEAN))
+                     / np.float32(data.IMAGENET_SD))
+  for r, c in ((0, 0), (4, 7), (9, 9)):  # top-left corners of valid 7 x 7 windows
+    want = np.einsum('hwc,hwco->o', rgb[r:r + 7, c:c + 7], kernel)
+    got = np.einsum('hwc,hwco->o', grey[r:r + 7, c:c + 7], summed)
+    np.testing.assert_allclose(got, want - offset, rtol=1e-4, atol=1e-4)
+  # Without normalisation the stem is summed as before.
+  np.testing.assert_array_equal(
+      resnet._grey_stem(kernel, (7, 7, 1, 5), 'sum', 'file', 'conv1.weight'),
+      kernel.sum(axis=2, keepdims=True))

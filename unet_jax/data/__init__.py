@@ -30,18 +30,32 @@ from unet_jax.errors import UserError
 
 # Intensity conventions of the network's input: 'unit' keeps the loaders'
 # [0, 1] grey values; 'zscore' standardises each image (nnU-Net's default for
-# every modality but CT).
-INTENSITIES = ('unit', 'zscore')
+# every modality but CT); 'imagenet' is torchvision's normalisation of its
+# pretrained encoders (per RGB channel; a grey channel takes the channels'
+# mean mean and SD, IMAGENET_GREY, and resnet's 'sum' stem absorbs the rest).
+INTENSITIES = ('unit', 'zscore', 'imagenet')
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_SD = (0.229, 0.224, 0.225)
+IMAGENET_GREY = (sum(IMAGENET_MEAN) / 3, sum(IMAGENET_SD) / 3)
 
 
 def normalise(images: np.ndarray, intensity: str) -> np.ndarray:
   """(N, H, W, C) images in [0, 1] under ``intensity``: unchanged for 'unit';
   for 'zscore' each image minus its mean over pixels and channels, divided by
-  its SD (a constant image becomes 0)."""
+  its SD (a constant image becomes 0); for 'imagenet' each RGB channel minus
+  ImageNet's mean, divided by its SD (one channel: :data:`IMAGENET_GREY`)."""
   if intensity not in INTENSITIES:
     raise UserError(f'intensity {intensity!r} is not one of {", ".join(INTENSITIES)}')
   if intensity == 'unit':
     return images
+  if intensity == 'imagenet':
+    channels = np.shape(images)[-1]
+    if channels not in (1, 3):
+      raise UserError(f"intensity 'imagenet' needs 1 or 3 channels; the images have {channels}")
+    mean, sd = ((IMAGENET_MEAN, IMAGENET_SD) if channels == 3
+                else ((IMAGENET_GREY[0],), (IMAGENET_GREY[1],)))
+    return ((np.asarray(images, np.float32) - np.float32(mean)) / np.float32(sd)).astype(
+        np.float32)
   x = np.asarray(images, np.float64)
   mean = x.mean(axis=(1, 2, 3), keepdims=True)
   sd = x.std(axis=(1, 2, 3), keepdims=True)

@@ -98,7 +98,7 @@ def predict(checkpoint_dir: str, images) -> np.ndarray:
     raise UserError(f'images must be (N, H, W) or (N, H, W, 1); got {images.shape}')
   n, h, w, _ = images.shape
   small = np.asarray(jax.image.resize(images, (n, size, size, 1), 'linear', antialias=True))
-  small = np.repeat(data.normalise(small, intensity), spec.in_channels, axis=-1)
+  small = data.normalise(np.repeat(small, spec.in_channels, axis=-1), intensity)
   probs = predict_batches(graphdef, params, stats, small)
   full = np.asarray(jax.image.resize(probs, (n, h, w, 1), 'linear'))
   full = np.clip(full, 0.0, 1.0)

@@ -60,7 +60,8 @@ def _pretrain_fingerprint(s: SweepSettings) -> dict:
     # No training: the random initialisation (seed, model) with the file's encoder.
     return {'seed': s.seed, 'model': s.model.identity(), 'source': s.pretrain_source,
             'weights': _file_identity(s.pretrain_weights), 'grey': s.pretrain_grey,
-            'engine': _PRETRAIN_VERSION}
+            'engine': _PRETRAIN_VERSION,
+            **({'intensity': s.intensity} if s.intensity != data.INTENSITIES[0] else {})}
   return {'seed': s.seed, 'image_size': s.image_size,
           'model': s.model.identity(), 'source': s.pretrain_source,
           'root': s.pretrain_root, 'engine': _PRETRAIN_VERSION,
@@ -152,8 +153,8 @@ def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqd
     return weights
   dataset = data.open_source(s.pretrain_source, num=s.pretrain_images, size=s.image_size,
                              seed=s.seed + 1, root=s.pretrain_root, cache_dir=paths.cache,
-                             on_bad=s.on_bad).normalised(s.intensity).with_channels(
-                                 s.model.in_channels)
+                             on_bad=s.on_bad).with_channels(
+                                 s.model.in_channels).normalised(s.intensity)
   # Everything is trained, so every BatchNorm layer uses batch statistics
   # and updates its running ones whatever the policy.
   run = Experiment('pretrain', 'pretrain',
@@ -186,7 +187,8 @@ def encoder_from_file(s: SweepSettings, init: Weights) -> Weights:
   state = weights_file.read_state_dict(s.pretrain_weights)
   params, stats = resnet.encoder_from_torchvision(state, init.params, init.stats, s.model,
                                                   source=s.pretrain_weights,
-                                                  grey=s.pretrain_grey)
+                                                  grey=s.pretrain_grey,
+                                                  imagenet=s.intensity == 'imagenet')
   return Weights(params, stats)
 
 
@@ -229,8 +231,8 @@ def load_target(s: SweepSettings, paths: WorkdirPaths) -> Target:
   """
   target = data.open_source(s.target_source, num=s.target_images, size=s.image_size,
                             seed=s.seed + 3, root=s.target_root, cache_dir=paths.cache,
-                            on_bad=s.on_bad).normalised(s.intensity).with_channels(
-                                s.model.in_channels)
+                            on_bad=s.on_bad).with_channels(
+                                s.model.in_channels).normalised(s.intensity)
 
   groups = target.groups()  # copies of one image stay in one part
   empty = target.masks.reshape(len(target), -1).max(axis=1) == 0
