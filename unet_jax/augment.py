@@ -34,7 +34,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # Field -> (its identity value, lowest, highest, meaning).
 FIELDS = {
@@ -99,6 +98,14 @@ def problems(fields: dict) -> list[str]:
     if full[lo] > full[hi]:
       out.append(f'{lo}={full[lo]:g} is above {hi}={full[hi]:g}')
   return out
+
+
+def built_in() -> dict[str, tuple[float, ...]]:
+  """Every built-in policy's numbers, by name."""
+  return {name: values(fields) for name, fields in POLICIES.items()}
+
+
+DEFAULT_VALUES = values(POLICIES[DEFAULT])
 
 
 def flip_probability(policy: jax.Array) -> jax.Array:
@@ -202,6 +209,3 @@ def _gamma(image: jax.Array, gamma: jax.Array) -> jax.Array:
   span = jnp.maximum(hi - lo, 1e-7)
   return ((image - lo) / span) ** gamma * span + lo
 
-
-def as_array(policy: tuple[float, ...]) -> np.ndarray:
-  return np.asarray(policy, np.float32)

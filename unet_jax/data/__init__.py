@@ -87,6 +87,10 @@ class Dataset:
         meta=None if self.meta is None else [self.meta[i] for i in index],
         duplicates=kept)
 
+  def empty(self) -> np.ndarray:
+    """Per image, whether its mask is empty (nothing to segment)."""
+    return self.masks.reshape(len(self.masks), -1).max(axis=1) == 0
+
   def groups(self) -> np.ndarray:
     """Per image, the index of the first image of its copies (its own when unique)."""
     return duplicates.group_ids(len(self.ids), list(self.duplicates))

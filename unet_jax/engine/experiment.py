@@ -32,8 +32,7 @@ class Experiment:
   # Training-time augmentation (unet_jax.augment): the policy's name and its
   # numbers in augment.NAMES order; by default a lateral flip half the time.
   augment: str = augmentation.DEFAULT
-  augment_values: tuple[float, ...] = augmentation.values(
-      augmentation.POLICIES[augmentation.DEFAULT])
+  augment_values: tuple[float, ...] = augmentation.DEFAULT_VALUES
 
   def block_scale(self, model) -> dict[str, float] | None:
     """Per-block learning-rate factors of its layer decay; None without one.
@@ -55,5 +54,4 @@ STRATEGY_DEFAULTS = {'layer_decay': 1.0, 'decay_order': 'flow', 'l2sp': 0.0,
 LR_SCALINGS = ('none', 'rgn')
 # An experiment's augmentation as it was before policies existed.
 AUGMENT_DEFAULTS = {'augment': augmentation.DEFAULT,
-                    'augment_values': augmentation.values(
-                        augmentation.POLICIES[augmentation.DEFAULT])}
+                    'augment_values': augmentation.DEFAULT_VALUES}

@@ -66,7 +66,7 @@ def expand(bases: Sequence[tuple], axes: dict[str, tuple],
   built-in ``augment.POLICIES`` when None.
   """
   if policies is None:
-    policies = {name: augment.values(f) for name, f in augment.POLICIES.items()}
+    policies = augment.built_in()
   axes = {'augment': (augment.DEFAULT,), **axes}  # grids written before the axis
   names = list(AXES)
   out = []

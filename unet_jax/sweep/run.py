@@ -235,7 +235,7 @@ def load_target(s: SweepSettings, paths: WorkdirPaths) -> Target:
                                 s.model.in_channels).normalised(s.intensity)
 
   groups = target.groups()  # copies of one image stay in one part
-  empty = target.masks.reshape(len(target), -1).max(axis=1) == 0
+  empty = target.empty()
 
   def plan(seed: int) -> list[data.Split]:
     splits = data.plan_splits(target.labels, test_fraction=s.test_fraction,
@@ -258,7 +258,7 @@ def data_record(s: SweepSettings, target: Target) -> dict:
           'classes': {str(c): int(n) for c, n in zip(classes, counts)},
           'skipped': list(ds.skipped),
           'duplicates': [[where(i) for i in group] for group in ds.duplicates],
-          'empty_masks': {'images': int(sum(m.max() == 0 for m in ds.masks)),
+          'empty_masks': {'images': int(ds.empty().sum()),
                           'rule': s.empty_masks},
           'split_per_seed': s.split_per_seed, 'folds': s.folds, 'intensity': s.intensity,
           'split_sizes': target.splits[0].sizes()}

@@ -121,8 +121,7 @@ class SweepSettings:
   compilation_cache: str  # '' = off
   # config.augmentation: policy name -> its numbers (unet_jax.augment.NAMES
   # order); config.augment (or grid.augment) names the ones trained with.
-  augment_policies: dict = dataclasses.field(default_factory=lambda: {
-      name: augment.values(f) for name, f in augment.POLICIES.items()})
+  augment_policies: dict = dataclasses.field(default_factory=augment.built_in)
 
   def runs(self) -> list[Experiment]:
     """Every experiment of the sweep: config.experiments x config.grid."""
@@ -478,11 +477,7 @@ def _optional_bool(config, field, default: bool = False) -> bool:
 
 def _optional_choice(config, field, choices) -> str:
   """One of ``choices`` (the first when a config written before the field leaves it out)."""
-  value = _optional(config, field, choices[0])
-  if value not in choices:
-    raise UserError(f'config field {field!r} is {value!r}; valid choices: '
-                    f'{", ".join(choices)}')
-  return value
+  return _checked_choice(field, _optional(config, field, choices[0]), choices)
 
 
 # Fields that were replaced: a config that still sets one gets told what to write.
@@ -505,7 +500,10 @@ def _refuse_replaced_fields(config) -> None:
 
 
 def _choice(config, field, choices) -> str:
-  value = _get(config, field)
+  return _checked_choice(field, _get(config, field), choices)
+
+
+def _checked_choice(field, value, choices) -> str:
   if value not in choices:
     raise UserError(f'config field {field!r} is {value!r}; valid choices: '
                     f'{", ".join(choices)}')

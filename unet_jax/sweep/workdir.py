@@ -62,7 +62,7 @@ class ExperimentPaths:
 
   @property
   def predictions(self) -> str:
-    """Its binary test predictions (``evaluate.save_masks``), for figures."""
+    """Its binary test predictions (``files.write_masks``), for figures."""
     return os.path.join(self.folder, 'predictions.npz')
 
 
