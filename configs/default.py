@@ -75,8 +75,8 @@ def get_config(arg=None):
                          weights='', grey='sum')
   # val_fraction: share of the training images held out to score validation
   # Dice after every chunk (curves, TensorBoard, convergence speed).
-  # source: a built-in generator (ultrasound, chest_xray, dead_leaves) with
-  # num_images, or a real set (busi, udiat_b, montgomery, jsrt_scr, folder)
+  # source: a built-in generator (ultrasound, chest_xray, dead_leaves, and
+  # cardiac: three structures, cavity, wall and atrium) with num_images, or a real set (busi, udiat_b, montgomery, jsrt_scr, folder)
   # read from root, all of its images (unet_jax/data/real). on_bad='skip'
   # leaves out unusable image/mask pairs (reported) instead of stopping.
   # folds >= 2: k-fold cross-validation instead of one hold-out split (every
@@ -94,9 +94,13 @@ def get_config(arg=None):
   # 'imagenet' (torchvision's normalisation: use it with pretrain.source=
   # 'torchvision'), for pretraining and target images alike; export's predict
   # applies it.
+  # structures: '' for a built-in source's own or a real set's binary masks;
+  # for label maps of several structures their names in label order,
+  # 'cavity,wall,atrium' (pixel values 1, 2, 3) or 'cavity=1,wall=2,atrium=4'
+  # (README "Several structures").
   config.data = dict(source='ultrasound', num_images=200, test_fraction=0.32,
                      val_fraction=0.35, folds=0, split_per_seed=False, root='',
-                     on_bad='error', empty_masks='keep', intensity='unit')
+                     on_bad='error', empty_masks='keep', intensity='unit', structures='')
   # Every run trains until validation Dice (scored every chunk_steps) has not
   # improved by more than min_delta for patience evaluations, or to the step
   # cap: steps, or epochs of the training images when epochs > 0. Its result

@@ -2,10 +2,12 @@
 
   python launch/contact_sheet.py --source=ultrasound --out=docs/images/ultrasound.png
   python launch/contact_sheet.py --source=chest_xray --out=/tmp/cxr.png --num=16 --size=128
+  python launch/contact_sheet.py --source=cardiac --out=docs/images/cardiac.png
 
-Each tile is one image at its own resolution, the mask outline drawn in
-yellow and the class label in the corner. Exit codes: 0 written, 2 a problem
-with the flags (one message, no traceback).
+Each tile is one image at its own resolution, the mask outline (each
+structure's, for a set of several) drawn in yellow and the class label in
+the corner. Exit codes: 0 written, 2 a problem with the flags (one message,
+no traceback).
 """
 
 import math
@@ -50,7 +52,8 @@ def contact_sheet(dataset: data.Dataset) -> Image.Image:
   sheet = np.zeros((rows * (size + _GAP) - _GAP, cols * (size + _GAP) - _GAP), np.uint8)
   for i in range(num):
     tile = np.round(np.clip(dataset.images[i, ..., 0], 0, 1) * 254).astype(np.uint8)
-    tile[outline(dataset.masks[i, ..., 0] > 0.5)] = _OUTLINE_INDEX
+    for k in range(dataset.masks.shape[-1]):  # every structure's outline
+      tile[outline(dataset.masks[i, ..., k] > 0.5)] = _OUTLINE_INDEX
     r, c = divmod(i, cols)
     sheet[r * (size + _GAP):r * (size + _GAP) + size,
           c * (size + _GAP):c * (size + _GAP) + size] = tile

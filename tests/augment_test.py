@@ -59,6 +59,29 @@ def test_geometric_transforms_keep_image_and_mask_aligned():
   assert 0.3 < ratio < 2.5
 
 
+def test_masks_of_several_structures_are_warped_with_the_image_and_stay_one_hot():
+  rng = np.random.default_rng(4)
+  masks = np.zeros((4, 24, 24, 3), np.float32)
+  masks[:, 4:12, 4:20, 0] = 1
+  masks[:, 12:16, 4:20, 1] = 1
+  masks[:, 16:22, 6:14, 2] = 1
+  labels = (masks * np.arange(1, 4)).sum(-1, keepdims=True) / 3  # the image is its label map
+  images = jnp.asarray(labels + 0.0 * rng.random(labels.shape), jnp.float32)
+  policy = _policy(rotate_p=1.0, rotate_deg=30.0, scale_p=1.0, scale_lo=0.8, scale_hi=1.2)
+  got_images, warped = augment.apply(images, jnp.asarray(masks), jax.random.key(5), policy)
+  warped = np.asarray(warped)
+  assert warped.shape == masks.shape and set(np.unique(warped)) <= {0.0, 1.0}
+  assert (warped.sum(-1) <= 1).all() and not np.array_equal(warped, masks)
+  # Away from edges, the warped image's level is the warped mask's label.
+  level = np.rint(np.asarray(got_images)[..., 0] * 3)
+  label = (warped * np.arange(1, 4)).sum(-1)
+  assert (level == label).mean() > 0.95
+  # Strength zero leaves them as they were, bit for bit.
+  same = augment.apply(images, jnp.asarray(masks), jax.random.key(5),
+                       _policy(**augment.POLICIES['none']))
+  np.testing.assert_array_equal(np.asarray(same[1]), masks)
+
+
 def test_the_nnunet_policy_changes_intensities_draws_per_image_and_repeats_in_the_key():
   images, masks = _batch(n=16)
   policy = _policy(**augment.POLICIES['nnunet'])

@@ -10,11 +10,11 @@ Where things are:
 - ``analysis``: results, run-aware statistics, findings, the report (no JAX);
 - ``files``: files written whole or not at all.
 
-``unet_jax.predict`` and ``unet_jax.export_experiment`` are loaded on first
+``unet_jax.predict``, ``unet_jax.segment`` and ``unet_jax.export_experiment`` are loaded on first
 use, so that reading results (``unet_jax.analysis``) needs no JAX.
 """
 
-__all__ = ['export_experiment', 'predict']
+__all__ = ['export_experiment', 'predict', 'segment']
 
 
 def __getattr__(name):

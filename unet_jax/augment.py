@@ -114,7 +114,7 @@ def flip_probability(policy: jax.Array) -> jax.Array:
 
 def apply(images: jax.Array, masks: jax.Array, key: jax.Array, policy: jax.Array
           ) -> tuple[jax.Array, jax.Array]:
-  """Augments a batch: images (B, H, W, C), masks (B, H, W, 1), ``policy`` a
+  """Augments a batch: images (B, H, W, C), masks (B, H, W, K), ``policy`` a
   [len(NAMES)] float array. Every image draws its own transforms from ``key``.
   The flip is not applied here (``draw_batch`` does it)."""
   keys = jax.random.split(key, images.shape[0])
@@ -162,7 +162,8 @@ def _one(image: jax.Array, mask: jax.Array, key: jax.Array, policy: jax.Array
 def _affine(image: jax.Array, mask: jax.Array, angle: jax.Array, factor: jax.Array
             ) -> tuple[jax.Array, jax.Array]:
   """Rotation by ``angle`` (radians) and zoom by ``factor`` about the centre;
-  outside the image is 0. The mask is warped bilinearly and thresholded at 0.5."""
+  outside the image is 0. The mask is warped bilinearly and thresholded at 0.5; masks of
+  several structures take, per pixel, the class of largest warped share."""
   h, w = image.shape[:2]
   rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - (h - 1) / 2,
                             jnp.arange(w, dtype=jnp.float32) - (w - 1) / 2, indexing='ij')
@@ -173,8 +174,15 @@ def _affine(image: jax.Array, mask: jax.Array, angle: jax.Array, factor: jax.Arr
   sample = lambda plane: jax.scipy.ndimage.map_coordinates(plane, [src_r, src_c], order=1,
                                                            mode='constant', cval=0.0)
   warped = jnp.stack([sample(image[..., c]) for c in range(image.shape[-1])], axis=-1)
-  warped_mask = (sample(mask[..., 0]) >= 0.5).astype(mask.dtype)[..., None]
-  return warped, warped_mask
+  if mask.shape[-1] == 1:
+    warped_mask = (sample(mask[..., 0]) >= 0.5).astype(mask.dtype)[..., None]
+    return warped, warped_mask
+  # Several structures: each warped as a plane, each pixel the class (background
+  # included) with the largest share, as label maps are resized.
+  planes = jnp.stack([sample(mask[..., c]) for c in range(mask.shape[-1])], axis=-1)
+  full = jnp.concatenate([1.0 - planes.sum(axis=-1, keepdims=True), planes], axis=-1)
+  warped_mask = jax.nn.one_hot(jnp.argmax(full, axis=-1), full.shape[-1], dtype=mask.dtype)
+  return warped, warped_mask[..., 1:]
 
 
 def _blur(image: jax.Array, sigma: jax.Array) -> jax.Array:

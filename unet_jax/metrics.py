@@ -63,6 +63,8 @@ import numpy as np
 # Defined without JAX, so that readers of results can state them.
 from unet_jax.conventions import EMPTY_MASK_CONVENTION, HD95_CONVENTIONS  # noqa: F401
 
+SCORES = ('dice', 'iou', 'hd95', 'assd')  # what score_masks gives per image
+
 
 def _as_batch(x) -> tuple[jax.Array, bool]:
   """``(N, H, W)`` view of the masks and whether the input was a batch."""
@@ -100,6 +102,19 @@ def dice(pred: jax.Array, target: jax.Array) -> jax.Array:
   total = jnp.sum(p, axis=(1, 2)) + jnp.sum(t, axis=(1, 2))
   out = jnp.where(total == 0, 1.0, 2 * inter / jnp.maximum(total, 1))
   return out if batched else out[0]
+
+
+def mean_dice(pred: jax.Array, target: jax.Array) -> jax.Array:
+  """Dice per image averaged over structures: (N, H, W, K) masks -> (N,).
+
+  One structure (K = 1) is :func:`dice` itself; for several, each channel is
+  scored as its own binary mask (both empty -> 1.0) and the K values averaged.
+  """
+  pred, target = jnp.asarray(pred), jnp.asarray(target)
+  if pred.shape[-1] == 1:
+    return dice(pred, target)
+  return jnp.mean(jnp.stack([dice(pred[..., k], target[..., k])
+                             for k in range(pred.shape[-1])], axis=-1), axis=-1)
 
 
 def iou(pred: jax.Array, target: jax.Array) -> jax.Array:

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from unet_jax import structures
 from unet_jax.block_order import UNET, layout
 
 NORMS = ('batch', 'group', 'none')
@@ -380,12 +381,13 @@ def count_params(tree: PyTree) -> int:
 @functools.partial(jax.jit, static_argnums=0)
 def _predict_batch(graphdef, params, stats, images):
   logits, _ = apply_model(graphdef, params, stats, images, train=False)
-  return jax.nn.sigmoid(logits)
+  return structures.probabilities(logits)
 
 
 def predict(graphdef, params, stats, images: np.ndarray, batch_size: int = 32
             ) -> np.ndarray:
-  """Foreground probabilities (N, H, W, 1) in evaluation mode.
+  """Structure probabilities (N, H, W, K) in evaluation mode (K = 1: foreground;
+  ``unet_jax.structures``).
 
   The last batch is padded to ``batch_size`` so one shape compiles once.
   """

@@ -136,4 +136,5 @@ def test_contact_sheet_unknown_source_is_one_line(tmp_path):
   proc = _contact_sheet('--source=busi', f'--out={tmp_path / "x.png"}')
   assert proc.returncode == 2
   assert proc.stderr.strip() == (
-      "error: unknown source 'busi'; valid choices: ultrasound, chest_xray, dead_leaves")
+      "error: unknown source 'busi'; valid choices: ultrasound, chest_xray, dead_leaves, "
+      'cardiac')

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from unet_jax import files
-from unet_jax.analysis.results import HIGHER_IS_BETTER, LoadedRun, Results
+from unet_jax.analysis.results import HIGHER_IS_BETTER, LoadedRun, Results, structure_metrics
 from unet_jax.errors import UserError
 from unet_jax.sweep.records import ExperimentSummary, SweepRecord, read_summary, read_sweep
 from unet_jax.sweep.workdir import WorkdirPaths
@@ -152,7 +152,7 @@ def _results(df: pd.DataFrame, runs: pd.DataFrame, loaded: list[LoadedRun], swee
     df['fold'] = None
   if 'label' not in df:
     df['label'] = ''
-  higher = higher or dict(HIGHER_IS_BETTER)
+  higher = higher or {**HIGHER_IS_BETTER, **structure_metrics(df.columns)}
   front = ['domain', 'experiment', 'base', 'variant', 'condition', 'seed', 'fold', 'init',
            'image_id', 'label'] + [m for m in higher if m in df]
   df = df[front + [c for c in df.columns if c not in front]]
@@ -190,9 +190,10 @@ def from_frame(frame: pd.DataFrame, *, higher_is_better: dict[str, bool] | None 
   if missing:
     raise UserError(f'the frame lacks column(s) {", ".join(missing)}; it needs '
                     f'{", ".join(required)} and one or more metric columns')
-  higher = {**HIGHER_IS_BETTER, **(higher_is_better or {})}
-  metrics = _metric_columns(frame, higher, set(required) | {'domain', 'fold', 'label',
-                                                             'true_pixels', 'pred_pixels'})
+  higher = {**HIGHER_IS_BETTER, **structure_metrics(frame.columns), **(higher_is_better or {})}
+  areas = {c for c in frame.columns
+           if str(c).partition(':')[0] in ('true_pixels', 'pred_pixels')}
+  metrics = _metric_columns(frame, higher, set(required) | {'domain', 'fold', 'label'} | areas)
   df = frame.copy()
   if 'domain' not in df:
     df['domain'] = 'data'

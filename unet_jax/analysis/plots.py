@@ -162,9 +162,12 @@ def plot_overlays(images: np.ndarray, masks: np.ndarray,
 
   ``images`` (N, H, W[, C]), ``masks`` and every prediction (N, H, W[, 1])
   binary. Ground truth is drawn green and predictions red, as contours over
-  the image; ``titles`` label the rows (image ids, Dice).
+  the image; masks of several structures (N, H, W, K) draw each structure in its
+  colour (:data:`STRUCTURE_COLOURS`), ground truth dashed under the predictions.
+  ``titles`` label the rows (image ids, Dice).
   """
   images, masks = np.asarray(images), np.asarray(masks)
+  several = masks.ndim == 4 and masks.shape[-1] > 1
   n, cols = len(images), 2 + len(predictions)
   fig, axes = plt.subplots(n, cols, squeeze=False, figsize=(1.6 * cols, 1.7 * n))
   for i in range(n):
@@ -173,7 +176,14 @@ def plot_overlays(images: np.ndarray, masks: np.ndarray,
         (name, np.asarray(p)[i]) for name, p in predictions.items()]
     for ax, (label, mask) in zip(axes[i], panels):
       ax.imshow(grey, cmap='gray')
-      if mask is not None and label != 'ground truth':
+      if mask is not None and several:  # one colour per structure; truth dashed
+        for k in range(masks.shape[-1]):
+          colour = STRUCTURE_COLOURS[k % len(STRUCTURE_COLOURS)]
+          if label != 'ground truth':
+            _contour(ax, mask[..., k], colour, 0.8)
+          _contour(ax, masks[i, ..., k], colour, 0.5 if label != 'ground truth' else 0.8,
+                   'dashed' if label != 'ground truth' else 'solid')
+      elif mask is not None and label != 'ground truth':
         _contour(ax, masks[i], 'lime', 0.5)
         _contour(ax, mask, 'red', 0.8)
       elif mask is not None:
@@ -187,10 +197,13 @@ def plot_overlays(images: np.ndarray, masks: np.ndarray,
   return _save(fig, path)
 
 
-def _contour(ax, mask, colour: str, width: float) -> None:
+STRUCTURE_COLOURS = ('red', 'yellow', 'cyan', 'magenta', 'orange', 'lime')
+
+
+def _contour(ax, mask, colour: str, width: float, style: str = 'solid') -> None:
   mask = np.squeeze(np.asarray(mask, np.float32))
   if 0 < mask.sum() < mask.size:  # an empty or full mask has no contour
-    ax.contour(mask, levels=[0.5], colors=colour, linewidths=width)
+    ax.contour(mask, levels=[0.5], colors=colour, linewidths=width, linestyles=style)
 
 
 def plot_race(race: Mapping, path: str) -> str | None:

@@ -68,10 +68,11 @@ def _p(value: float) -> str:
 
 def predictions_from_weights(workdir: str, images: np.ndarray,
                              experiments: Sequence[str]) -> dict[str, np.ndarray]:
-  """Binary predictions (N, H, W, 1) of saved experiments on ``images``.
+  """Predicted masks (N, H, W, K) of saved experiments on ``images``.
 
   The one place the analysis runs the network: JAX is imported only here.
   """
+  from unet_jax import structures  # noqa: PLC0415 - JAX
   from unet_jax.model import UNetSpec, model_graphdef, predict  # noqa: PLC0415 - JAX
   from unet_jax.sweep import checkpoint  # noqa: PLC0415 - orbax
   paths = WorkdirPaths(workdir)
@@ -83,7 +84,7 @@ def predictions_from_weights(workdir: str, images: np.ndarray,
     if not os.path.isdir(path):
       raise UserError(f'no weights for experiment {name!r} at {path}')
     params, stats = checkpoint.load_weights(path)
-    out[name] = (predict(graphdef, params, stats, images) > 0.5).astype(np.float32)
+    out[name] = structures.masks_from_probabilities(predict(graphdef, params, stats, images))
   return out
 
 
@@ -97,6 +98,8 @@ def _summary_section(res: Results, domain: str) -> list[str]:
   """One table per metric, one row per experiment and variant (seeds pooled, not variants)."""
   out, one_seed = [], False
   for metric in res.metrics():
+    if ':' in metric:  # one structure's: "By structure"
+      continue
     table = res.summary('condition', metric, domain=domain)
     if table['mean'].isna().all():
       continue
@@ -231,6 +234,40 @@ def _class_section(res: Results, domain: str) -> list[str]:
                              _unit_interval(r.fp_ci_lo, r.fp_ci_hi),
                              f'{r.predicted_pixels:.1f}', r.dice_with_structure)
                             for r in detection.itertuples()]), '']
+  return out
+
+
+def _structure_section(res: Results, domain: str) -> list[str]:
+  """Dice and HD95 per structure of a set of several (run-aware 95% CIs)."""
+  names = res.structures(domain)
+  if len(names) < 2:
+    return []
+  out = ['Each structure scored as its own binary mask, in rows ordered by mean Dice. Dice '
+         'in the tables above is the mean over the structures, HD95 and ASSD their mean where '
+         'every structure has a distance. `analysis.load(workdir).recommend(metric='
+         '"dice:<structure>")` answers for one structure. Dice intervals are clipped to '
+         '[0, 1].', '']
+  order = list(res.summary('condition', 'dice', domain=domain)['condition'])
+  for metric, unit in (('dice', ''), ('hd95', ' (px)')):
+    tables = {n: res.summary('condition', f'{metric}:{n}', domain=domain) for n in names
+              if f'{metric}:{n}' in res.metrics()}
+    if not tables:
+      continue
+    interval = _unit_interval if metric == 'dice' else _interval
+    cell = {(n, r.condition): '-' if np.isnan(r.mean) else
+            f'{r.mean:.3f} {interval(r.ci_lo, r.ci_hi)}'
+            for n, t in tables.items() for r in t.itertuples()}
+    out += [f'### {metric}{unit}', '',
+            markdown_table(('experiment',) + tuple(tables),
+                           [(c,) + tuple(cell.get((n, c), '-') for n in tables)
+                            for c in order]), '']
+    if metric == 'dice':
+      best = {n: t.iloc[0]['condition'] for n, t in tables.items()}
+      if len(set(best.values())) > 1:
+        out += ['The best by mean Dice differs by structure: ' + ', '.join(
+            f'{b} on {n}' for n, b in best.items()) + '.', '']
+      else:
+        out += [f'{best[names[0]]} has the best mean Dice on every structure.', '']
   return out
 
 
@@ -715,6 +752,9 @@ def write_report(workdir: str, *, overlays: Overlays | None = None,
     head = f' ({domain})' if len(res.domains) > 1 else ''
     lines += [f'## Scores{head}', '', _ci_sentence(res), '']
     lines += _summary_section(res, domain)
+    by_structure = _structure_section(res, domain)
+    if by_structure:
+      lines += [f'## By structure{head}', ''] + by_structure
     classes = _class_section(res, domain)
     if classes:
       lines += [f'## By image class{head}', ''] + classes

@@ -55,10 +55,22 @@ if TYPE_CHECKING:
 METRICS = ('dice', 'iou', 'hd95', 'assd')
 HIGHER_IS_BETTER = {'dice': True, 'iou': True, 'hd95': False, 'assd': False}
 GROUPINGS = ('base', 'condition', 'experiment')
+
+
+def structure_metrics(columns) -> dict[str, bool]:
+  """The per-structure metric columns (``dice:<structure>``, ...) among ``columns``, with
+  their metric's direction."""
+  out = {}
+  for column in columns:
+    metric, sep, name = str(column).partition(':')
+    if sep and name and metric in HIGHER_IS_BETTER:
+      out[column] = HIGHER_IS_BETTER[metric]
+  return out
 # Pairing keys of a row besides the grouping itself.
 _PAIR_KEYS = ('variant', 'seed', 'image_id')
 # data.source -> imaging modality, for F4 (an explicit table; pass more to findings()).
-DOMAIN_KINDS = {'ultrasound': 'ultrasound', 'busi': 'ultrasound', 'udiat': 'ultrasound',
+DOMAIN_KINDS = {'ultrasound': 'ultrasound', 'cardiac': 'ultrasound', 'busi': 'ultrasound',
+                'udiat': 'ultrasound',
                 'udiat_b': 'ultrasound', 'xray': 'xray', 'chest_xray': 'xray',
                 'montgomery': 'xray', 'jsrt': 'xray', 'jsrt_scr': 'xray'}
 
@@ -113,6 +125,13 @@ class Results:
   def metrics(self) -> list[str]:
     return [m for m in self.higher if m in self.df.columns]
 
+  def structures(self, domain: str | None = None) -> list[str]:
+    """The structures scored one by one (``dice:<name>`` columns); empty for a binary
+    set, whose one structure is the ``dice`` column itself."""
+    rows = self.df if domain is None else self.df[self.df['domain'] == domain]
+    return [c.split(':', 1)[1] for c in rows.columns
+            if c.startswith('dice:') and rows[c].notna().any()]
+
   # -- selection -------------------------------------------------------------
 
   def _rows(self, metric: str, by: str, domain: str | None) -> pd.DataFrame:
@@ -155,7 +174,9 @@ class Results:
       lo, hi = est.ci()
       runs = self.runs[self.runs['experiment'].isin(g['experiment'].unique()) &
                        (self.runs['domain'] == g['domain'].iloc[0])]
-      out.append({by: name, 'mean': est.mean, 'median': np.nanmedian(values),
+      defined = values[~np.isnan(values)]
+      out.append({by: name, 'mean': est.mean,
+                  'median': float(np.median(defined)) if defined.size else np.nan,
                   'ci_lo': lo, 'ci_hi': hi, 'seed_sd': est.run_sd,
                   'n_runs': est.n_runs, 'n_images': est.n_images,
                   'n_nan': int(np.isnan(values).sum()),

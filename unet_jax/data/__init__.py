@@ -1,8 +1,9 @@
 """Data sources by name: built-in generators and real sets from local folders.
 
 ``make_dataset(name, num, size, seed)`` returns a :class:`Dataset` of numpy
-arrays: images (N, size, size, 1) float32 in [0, 1], masks (N, size, size, 1)
-in {0, 1}, string ids and a per-image class label. ``load(name, root, size)``
+arrays: images (N, size, size, 1) float32 in [0, 1], masks (N, size, size, K)
+in {0, 1} (one channel per structure, K = 1 for a binary set; ``cardiac`` has
+three), string ids and a per-image class label. ``load(name, root, size)``
 reads a real set (``LOADERS``: busi, udiat_b, montgomery, jsrt_scr, folder) as
 distributed; ``holdout_split`` and ``kfold_split`` split either by class.
 """
@@ -15,7 +16,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from unet_jax.data import chest_xray, dead_leaves, duplicates, ultrasound
+from unet_jax import structures
+from unet_jax.data import cardiac, chest_xray, dead_leaves, duplicates, ultrasound
 from unet_jax.data import pets as pets_module
 from unet_jax.data.real import LOADERS, load
 from unet_jax.data.splits import (
@@ -27,6 +29,7 @@ from unet_jax.data.splits import (
   plan_splits,
 )
 from unet_jax.errors import UserError
+from unet_jax.structures import BINARY
 
 # Intensity conventions of the network's input: 'unit' keeps the loaders'
 # [0, 1] grey values; 'zscore' standardises each image (nnU-Net's default for
@@ -74,6 +77,9 @@ class Dataset:
   # Groups of indices of images that are copies of each other (data.duplicates);
   # plan_splits keeps each group in one part.
   duplicates: tuple[tuple[int, ...], ...] = ()
+  # Names of the structures, one per mask channel (unet_jax.structures); one for a
+  # binary set.
+  structures: tuple[str, ...] = BINARY
 
   def take(self, index) -> 'Dataset':
     index = np.asarray(index)
@@ -136,11 +142,45 @@ def _chest_xray(num: int, size: int, seed: int) -> Dataset:
                  [f'cxr_{i:05d}' for i in range(num)], labels)
 
 
+def _cardiac(num: int, size: int, seed: int) -> Dataset:
+  view = cardiac.CardiacView(size=size)
+  images, masks, dilated = cardiac.cardiac_images(jax.random.key(seed), num, view)
+  labels = [cardiac.KINDS[int(d)] for d in np.asarray(dilated)]
+  return Dataset(np.asarray(images), np.asarray(masks),
+                 [f'echo_{i:05d}' for i in range(num)], labels,
+                 structures=cardiac.STRUCTURES)
+
+
 SOURCES: dict[str, Callable[[int, int, int], Dataset]] = {
     'ultrasound': _ultrasound,
     'chest_xray': _chest_xray,
     'dead_leaves': _dead_leaves,
+    'cardiac': _cardiac,
 }
+# The structures of each built-in source's masks (one for a binary source).
+SOURCE_STRUCTURES = {name: BINARY for name in SOURCES} | {'cardiac': cardiac.STRUCTURES}
+
+
+def structures_of(name: str, declared: str = '') -> tuple[tuple[str, ...], tuple[int, ...] | None]:
+  """(structure names, label values or None for binary masks) of a source.
+
+  A built-in source has its own (``declared`` must be empty or name the same); a real
+  set is binary unless ``declared`` (config ``data.structures``, :func:`unet_jax.
+  structures.parse`) names its structures: several, or one with ``=value``, are read
+  as label maps.
+  """
+  if name in SOURCE_STRUCTURES or name == pets_module.NAME:
+    own = SOURCE_STRUCTURES.get(name, BINARY)
+    if declared and structures.parse(declared)[0] != own:
+      raise UserError(f"config field 'data.structures' is {declared!r}, but data source "
+                      f"{name!r} has the structures {','.join(own)}; leave it empty")
+    return own, None if len(own) == 1 else tuple(range(1, len(own) + 1))
+  if not declared:
+    return BINARY, None
+  names, values = structures.parse(declared)
+  if len(names) == 1 and '=' not in declared:
+    return names, None
+  return names, values
 
 
 def source_names(*, pets: bool = False) -> tuple[str, ...]:
@@ -154,15 +194,19 @@ def is_real(name: str) -> bool:
 
 
 def open_source(name: str, *, num: int, size: int, seed: int, root: str = '',
-                cache_dir: str | None = None, on_bad: str = 'error') -> Dataset:
+                cache_dir: str | None = None, on_bad: str = 'error',
+                declared: str = '') -> Dataset:
   """The one dispatch from a source name to its images.
 
   A built-in generator makes ``num`` images from ``seed``; a real set
-  (``LOADERS``) is read whole from ``root`` (cached in ``cache_dir``);
+  (``LOADERS``) is read whole from ``root`` (cached in ``cache_dir``), binary or
+  the label maps of the structures ``declared`` (:func:`structures_of`);
   Oxford-IIIT Pet comes from TFDS (``root`` = its data_dir).
   """
+  names, values = structures_of(name, declared)
   if name in LOADERS:
-    return load(name, root, size, cache_dir=cache_dir, on_bad=on_bad)
+    return load(name, root, size, cache_dir=cache_dir, on_bad=on_bad, structures=names,
+                label_values=values)
   if name == pets_module.NAME:  # TFDS is imported only then
     return pets_module.load(num, size, root)
   return make_dataset(name, num, size, seed)
@@ -178,6 +222,6 @@ def make_dataset(name: str, num: int, size: int, seed: int) -> Dataset:
 
 __all__ = [
     'EMPTY_MASKS', 'INTENSITIES', 'LOADERS', 'SOURCES', 'Dataset', 'Split', 'holdout_split',
-    'is_real', 'kfold_split', 'leave_out_empty', 'load', 'make_dataset', 'normalise',
-    'open_source', 'plan_splits', 'source_names',
+    'SOURCE_STRUCTURES', 'is_real', 'kfold_split', 'leave_out_empty', 'load', 'make_dataset',
+    'normalise', 'open_source', 'plan_splits', 'source_names', 'structures_of',
 ]

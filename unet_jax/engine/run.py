@@ -20,12 +20,11 @@ import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 from jax.sharding import PartitionSpec as P
 
-from unet_jax import metrics
+from unet_jax import metrics, structures
 from unet_jax.engine import autotune
 from unet_jax.engine.choices import SHARDED
 from unet_jax.engine.distributed import is_writer, to_host
@@ -177,9 +176,10 @@ class BundleResult:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _val_dice(graphdef, params, stats, images, masks):
-  """Per-image Dice of the network in evaluation mode (running statistics)."""
+  """Per-image Dice (mean over structures) of the network in evaluation mode
+  (running statistics)."""
   logits, _ = apply_model(graphdef, params, stats, images, train=False)
-  return metrics.dice((logits > 0).astype(jnp.float32), masks)
+  return metrics.mean_dice(structures.masks_from_logits(logits), masks)
 
 
 def validation_dice(ctx: BundleContext, state: ExperimentState,

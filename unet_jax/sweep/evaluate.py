@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unet_jax import data, freeze, metrics
+from unet_jax import data, freeze, metrics, structures
 from unet_jax.engine.experiment import Experiment
 from unet_jax.engine.run import Weights
 from unet_jax.model import UNetSpec, apply_model, model_graphdef, predict
@@ -46,19 +46,47 @@ def evaluate(graphdef, weights: Weights, test: data.Dataset, *,
 
 
 def predicted_masks(graphdef, weights: Weights, images: np.ndarray) -> np.ndarray:
-  """Binary predictions (N, H, W, 1) float32: probability above 0.5, in evaluation mode."""
+  """Predicted masks (N, H, W, K) float32 {0, 1} in evaluation mode: probability above
+  0.5 for one structure, the most probable class for several (``unet_jax.structures``)."""
   probs = predict(graphdef, weights.params, weights.stats, images)
-  return (probs > 0.5).astype(np.float32)
+  return structures.masks_from_probabilities(probs)
 
 
 def score(pred: np.ndarray, test: data.Dataset, *, hd95_convention: str = 'max'
           ) -> list[dict]:
-  """The records of :func:`evaluate` for predictions already made."""
-  scores = metrics.score_masks(pred, test.masks, hd95_convention=hd95_convention)
-  return [{'image_id': test.ids[i], 'label': test.labels[i],
-           **{name: float(values[i]) for name, values in scores.items()},
-           'pred_pixels': int(pred[i].sum()), 'true_pixels': int(test.masks[i].sum())}
-          for i in range(len(test))]
+  """The records of :func:`evaluate` for predictions already made.
+
+  A set of several structures is scored one structure at a time, each as a binary
+  mask, into columns ``dice:<name>``, ``iou:<name>``, ``hd95:<name>``, ``assd:<name>``,
+  ``pred_pixels:<name>`` and ``true_pixels:<name>``; ``dice`` and ``iou`` are the
+  means over the structures, ``hd95`` and ``assd`` the means when every structure's
+  distance is defined (NaN otherwise, as for a binary mask that is missed), and the
+  pixel counts the totals.
+  """
+  names = test.structures
+  if len(names) == 1:
+    scores = metrics.score_masks(pred, test.masks, hd95_convention=hd95_convention)
+    return [{'image_id': test.ids[i], 'label': test.labels[i],
+             **{name: float(values[i]) for name, values in scores.items()},
+             'pred_pixels': int(pred[i].sum()), 'true_pixels': int(test.masks[i].sum())}
+            for i in range(len(test))]
+  each = [metrics.score_masks(pred[..., k], test.masks[..., k], hd95_convention=hd95_convention)
+          for k in range(len(names))]
+  pred_px = pred.reshape(len(pred), -1, len(names)).sum(axis=1).astype(int)
+  true_px = test.masks.reshape(len(pred), -1, len(names)).sum(axis=1).astype(int)
+  rows = []
+  for i in range(len(test)):
+    row = {'image_id': test.ids[i], 'label': test.labels[i]}
+    for metric in metrics.SCORES:
+      values = np.array([scores[metric][i] for scores in each], np.float64)
+      row[metric] = float(values.mean())  # NaN when any structure's distance is undefined
+    row['pred_pixels'], row['true_pixels'] = int(pred_px[i].sum()), int(true_px[i].sum())
+    for k, name in enumerate(names):
+      row.update({f'{metric}:{name}': float(each[k][metric][i]) for metric in metrics.SCORES})
+      row[f'pred_pixels:{name}'] = int(pred_px[i, k])
+      row[f'true_pixels:{name}'] = int(true_px[i, k])
+    rows.append(row)
+  return rows
 
 
 def check_norm(spec: UNetSpec, graphdef, exp: Experiment, weights: Weights,
@@ -78,7 +106,7 @@ def check_norm(spec: UNetSpec, graphdef, exp: Experiment, weights: Weights,
                            update=masks.update, running=masks.running,
                            batch_size=exp.batch_size)
   probs = predict(graphdef, weights.params, fresh, test.images)
-  dice = np.asarray(metrics.dice((probs > 0.5).astype(np.float32), test.masks))
+  dice = np.asarray(metrics.mean_dice(structures.masks_from_probabilities(probs), test.masks))
   return {'mean_dice_reestimated': float(dice.mean()),
           'change': float(dice.mean() - mean_dice)}
 

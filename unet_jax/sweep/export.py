@@ -10,6 +10,7 @@ Example::
 
   export_experiment('runs/default', 'contracting', 'models/contracting')
   probs = predict('models/contracting', images)   # (N, H, W) or (N, H, W, 1)
+  labels = segment('models/contracting', images)  # (N, H, W) 0/1, or 0..K for K structures
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import jax
 import numpy as np
 
-from unet_jax import data, files
+from unet_jax import data, files, structures
 from unet_jax.errors import UserError
 from unet_jax.model import UNetSpec, merge_adapters, model_graphdef
 from unet_jax.model import predict as predict_batches
@@ -59,6 +60,7 @@ def export_experiment(workdir: str, experiment: str, out: str) -> str:
       'model': model, 'image_size': sweep.image_size,
       'frozen_norm': summary.frozen_norm, 'experiment': summary.to_json(),
       'intensity': sweep.settings.get('intensity', data.INTENSITIES[0]),
+      'structures': list(sweep.structures),
       'adapters_merged': bool(sweep.model.get('adapter_rank'))})
   return out
 
@@ -76,7 +78,7 @@ def _load(checkpoint_dir: str):
 
 
 def predict(checkpoint_dir: str, images) -> np.ndarray:
-  """Foreground probabilities for new images, at the images' own size.
+  """Structure probabilities for new images, at the images' own size.
 
   Args:
     checkpoint_dir: a folder written by ``export_experiment``.
@@ -85,9 +87,10 @@ def predict(checkpoint_dir: str, images) -> np.ndarray:
       (``model.json`` 'intensity').
 
   Returns:
-    (N, H, W) float32 probabilities (or (N, H, W, 1) for 4-D input). Images
-    are resized (anti-aliased) to the model's input, segmented, and the
-    probabilities resized back.
+    (N, H, W) float32 foreground probabilities (or (N, H, W, 1) for 4-D input);
+    a model of K > 1 structures gives (N, H, W, K), one channel per structure in
+    ``model.json``'s 'structures' order. Images are resized (anti-aliased) to the
+    model's input, segmented, and the probabilities resized back.
   """
   spec, graphdef, params, stats, size, intensity = _load(checkpoint_dir)
   images = np.asarray(images, np.float32)
@@ -100,6 +103,17 @@ def predict(checkpoint_dir: str, images) -> np.ndarray:
   small = np.asarray(jax.image.resize(images, (n, size, size, 1), 'linear', antialias=True))
   small = data.normalise(np.repeat(small, spec.in_channels, axis=-1), intensity)
   probs = predict_batches(graphdef, params, stats, small)
-  full = np.asarray(jax.image.resize(probs, (n, h, w, 1), 'linear'))
+  k = probs.shape[-1]
+  full = np.asarray(jax.image.resize(probs, (n, h, w, k), 'linear'))
   full = np.clip(full, 0.0, 1.0)
-  return full[..., 0] if squeeze else full
+  return full[..., 0] if squeeze and k == 1 else full
+
+
+def segment(checkpoint_dir: str, images) -> np.ndarray:
+  """Label maps for new images, at their own size: (N, H, W) uint8, 0 background and
+  k the structure ``model.json`` lists k-th (a binary model: 0 or 1). Each pixel
+  takes the most probable class of :func:`predict`'s probabilities (for one
+  structure, probability > 0.5)."""
+  images = np.asarray(images, np.float32)
+  probs = predict(checkpoint_dir, images[..., None] if images.ndim == 3 else images)
+  return structures.label_map(structures.masks_from_probabilities(probs))

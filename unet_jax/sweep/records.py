@@ -145,12 +145,14 @@ class SweepRecord:
   model: dict  # UNetSpec fields
   image_size: int
   settings: dict  # everything, as written
+  structures: tuple[str, ...] = ('foreground',)  # one per mask channel (unet_jax.structures)
 
   @classmethod
   def from_json(cls, data: dict[str, Any]) -> 'SweepRecord':
     return cls(target_source=data['target_source'], runs=list(data['runs']),
                experiments=[e['name'] for e in data['experiments']], model=data['model'],
-               image_size=data['image_size'], settings=data)
+               image_size=data['image_size'], settings=data,
+               structures=tuple(data.get('structures') or ('foreground',)))
 
 
 _OLD = ('was written by an older version of unet_jax; rerun its sweep with this version '

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import tqdm
 
-from unet_jax import augment, data, files, freeze, resnet, weights_file
+from unet_jax import augment, data, files, freeze, resnet, structures, weights_file
 from unet_jax.engine.choices import BATCHED
 from unet_jax.engine.distributed import is_writer
 from unet_jax.engine.experiment import AUGMENT_DEFAULTS, STRATEGY_DEFAULTS, Experiment
@@ -35,7 +35,7 @@ from unet_jax.engine.resume import BundleCheckpoints, StopRequest
 from unet_jax.engine.run import BundleData, BundleResult, RunOptions, Weights, run_bundle
 from unet_jax.engine.step import BundleContext
 from unet_jax.errors import UserError
-from unet_jax.model import init_model
+from unet_jax.model import UNetSpec, init_model
 from unet_jax.schedules import Schedule
 from unet_jax.sweep import checkpoint, evaluate, grid
 from unet_jax.sweep.records import ExperimentSummary, StageRecord
@@ -63,7 +63,7 @@ def _pretrain_fingerprint(s: SweepSettings) -> dict:
             'engine': _PRETRAIN_VERSION,
             **({'intensity': s.intensity} if s.intensity != data.INTENSITIES[0] else {})}
   return {'seed': s.seed, 'image_size': s.image_size,
-          'model': s.model.identity(), 'source': s.pretrain_source,
+          'model': pretrain_model(s).identity(), 'source': s.pretrain_source,
           'root': s.pretrain_root, 'engine': _PRETRAIN_VERSION,
           'num_images': s.pretrain_images, 'train': dataclasses.asdict(s.pretrain),
           **({'intensity': s.intensity} if s.intensity != data.INTENSITIES[0] else {})}
@@ -85,6 +85,24 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> dict:
   return {'sha256': digest.hexdigest(), 'bytes': size}
 
 
+def pretrain_model(s: SweepSettings) -> UNetSpec:
+  """The network pretraining trains: the sweep's, with the head its source's masks need
+  (``unet_jax.structures``); fine-tuning replaces a head of another width (:func:`pretrain`)."""
+  if s.pretrain_source == TORCHVISION:
+    return s.model
+  names, _ = data.structures_of(s.pretrain_source)
+  return dataclasses.replace(s.model, out_channels=structures.out_channels(len(names)))
+
+
+def _target_head(s: SweepSettings, weights: Weights, init: Weights) -> Weights:
+  """Pretrained weights with ``init``'s head when pretraining's head differs from the
+  sweep's (a binary source before a set of several structures): a new task's head starts
+  from random weights, as torchvision's classifiers do on a new set of classes."""
+  if pretrain_model(s) == s.model:
+    return weights
+  return Weights({**weights.params, 'head': init.params['head']}, weights.stats)
+
+
 def pretrain_steps(s: SweepSettings) -> int:
   """Training steps of pretraining: none when the encoder comes from a weights file."""
   return 0 if s.pretrain_source == TORCHVISION else s.pretrain.steps
@@ -104,7 +122,9 @@ def experiment_fingerprint(s: SweepSettings, exp: Experiment, copies: int = 0) -
                    else [])
                 + ([f'intensity: {s.intensity}'] if s.intensity != data.INTENSITIES[0]
                    else [])
-                + ([f'copies kept together: {copies}'] if copies else []),
+                + ([f'copies kept together: {copies}'] if copies else [])
+                + ([f'label maps: {list(s.structures)}={list(s.label_values)}']
+                   if s.label_values else []),
                 'model': s.model.identity(), 'engine': _ENGINE_VERSION,
                 'finetune': [s.rewarmup_steps, dataclasses.asdict(s.early_stop)],
                 'experiment': _identity(exp)})
@@ -139,7 +159,7 @@ def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqd
     if files.read_json(paths.pretrain_meta).get('fingerprint') == fingerprint:
       bar.write(f'reusing pretrained weights from {paths.pretrain_dir}', file=sys.stderr)
       bar.update(pretrain_steps(s))
-      return Weights(*checkpoint.load_weights(paths.pretrain_weights))
+      return _target_head(s, Weights(*checkpoint.load_weights(paths.pretrain_weights)), init)
     bar.write('pretrain settings changed: pretraining again', file=sys.stderr)
   if s.pretrain_source == TORCHVISION:
     bar.write(f'{s.model.encoder} encoder from {s.pretrain_weights} (no pretraining steps)',
@@ -151,6 +171,8 @@ def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqd
       files.write_json(paths.pretrain_meta, {'fingerprint': fingerprint, 'losses': [],
                                              'seconds': 0.0, 'file': s.pretrain_weights})
     return weights
+  spec = pretrain_model(s)
+  start = init if spec == s.model else Weights(*init_model(spec, s.seed)[1:])
   dataset = data.open_source(s.pretrain_source, num=s.pretrain_images, size=s.image_size,
                              seed=s.seed + 1, root=s.pretrain_root, cache_dir=paths.cache,
                              on_bad=s.on_bad).with_channels(
@@ -158,13 +180,13 @@ def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqd
   # Everything is trained, so every BatchNorm layer uses batch statistics
   # and updates its running ones whatever the policy.
   run = Experiment('pretrain', 'pretrain',
-                   Schedule.constant(freeze.preset_rules('full', s.model)),
+                   Schedule.constant(freeze.preset_rules('full', spec)),
                    'random', s.seed + 2, s.pretrain.learning_rate, s.pretrain.weight_decay,
                    s.pretrain.steps, s.pretrain.batch_size, frozen_norm='adapt')
   key = _hash(fingerprint)
   checkpoints = _checkpoints(paths, f'pretrain-{key}')
   result = run_bundle(
-      BundleContext(s.model, s.pretrain.batch_size), [run], [init],
+      BundleContext(spec, s.pretrain.batch_size), [run], [start],
       BundleData(dataset.images, dataset.masks, [np.arange(len(dataset))]),
       RunOptions('static', s.loop, s.chunk_steps, s.checkpoint_every), bar=bar,
       checkpoints=checkpoints, fingerprint=key, stop=stop)  # no validation: all steps
@@ -179,7 +201,7 @@ def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqd
                                            'losses': result.losses[0],
                                            'seconds': result.report.seconds})
   checkpoints.remove()
-  return weights
+  return _target_head(s, weights, init)
 
 
 def encoder_from_file(s: SweepSettings, init: Weights) -> Weights:
@@ -231,7 +253,7 @@ def load_target(s: SweepSettings, paths: WorkdirPaths) -> Target:
   """
   target = data.open_source(s.target_source, num=s.target_images, size=s.image_size,
                             seed=s.seed + 3, root=s.target_root, cache_dir=paths.cache,
-                            on_bad=s.on_bad).with_channels(
+                            on_bad=s.on_bad, declared=_declared(s)).with_channels(
                                 s.model.in_channels).normalised(s.intensity)
 
   groups = target.groups()  # copies of one image stay in one part
@@ -249,6 +271,13 @@ def load_target(s: SweepSettings, paths: WorkdirPaths) -> Target:
                 if s.split_per_seed else None)
 
 
+def _declared(s: SweepSettings) -> str:
+  """``data.structures`` as resolved, for :func:`data.open_source`."""
+  if s.label_values is None:
+    return '' if s.structures == structures.BINARY else s.structures[0]
+  return ','.join(f'{n}={v}' for n, v in zip(s.structures, s.label_values))
+
+
 def data_record(s: SweepSettings, target: Target) -> dict:
   """data.json: what the target set held, what was left out, copies, split sizes."""
   ds = target.dataset
@@ -261,6 +290,8 @@ def data_record(s: SweepSettings, target: Target) -> dict:
           'empty_masks': {'images': int(ds.empty().sum()),
                           'rule': s.empty_masks},
           'split_per_seed': s.split_per_seed, 'folds': s.folds, 'intensity': s.intensity,
+          'structures': list(ds.structures),
+          'label_values': list(s.label_values) if s.label_values else None,
           'split_sizes': target.splits[0].sizes()}
 
 

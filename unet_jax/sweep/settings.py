@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any
 
-from unet_jax import augment, data, resnet
+from unet_jax import augment, data, resnet, structures
 from unet_jax.block_order import ENCODERS, ORDERS, RESNET_ENCODERS, UNET
 from unet_jax.conventions import HD95_CONVENTIONS
 from unet_jax.engine.choices import LOOPS, STRATEGIES
@@ -24,6 +24,7 @@ from unet_jax.errors import UserError
 from unet_jax.freeze import FROZEN_NORM
 from unet_jax.model import NORMS, UNetSpec, adapter_limit
 from unet_jax.schedules import Schedule, parse_schedule
+from unet_jax.structures import BINARY
 from unet_jax.sweep.grid import AXES, STRATEGY_AXES, expand
 
 INITS = ('pretrained', 'random')
@@ -122,6 +123,10 @@ class SweepSettings:
   # config.augmentation: policy name -> its numbers (unet_jax.augment.NAMES
   # order); config.augment (or grid.augment) names the ones trained with.
   augment_policies: dict = dataclasses.field(default_factory=augment.built_in)
+  # data.structures resolved (data.structures_of): the target's structure names,
+  # one per mask channel, and their values in label-map files (None: binary masks).
+  structures: tuple[str, ...] = BINARY
+  label_values: tuple[int, ...] | None = None
 
   def runs(self) -> list[Experiment]:
     """Every experiment of the sweep: config.experiments x config.grid."""
@@ -187,9 +192,13 @@ class SweepSettings:
     frozen_norm = _choice(config, 'finetune.frozen_norm', tuple(FROZEN_NORM))
     folds = _int(config, 'data.folds', 0)
     policies = _augment_policies(config)
+    sources = _sources(config, model)
+    names, values = data.structures_of(sources['target_source'],
+                                       str(_optional(config, 'data.structures', '')).strip())
+    model = dataclasses.replace(model, out_channels=structures.out_channels(len(names)))
     settings = cls(
-        seed=seed, image_size=size, model=model,
-        **_sources(config, model),
+        seed=seed, image_size=size, model=model, structures=names, label_values=values,
+        **sources,
         pretrain_images=_int(config, 'pretrain.num_images', 1),
         pretrain=_train(config, 'pretrain'),
         on_bad=_choice(config, 'data.on_bad', ('error', 'skip')),

@@ -24,12 +24,13 @@ from unet_jax.data import duplicates
 from unet_jax.data.real import cache, layouts, pixels
 from unet_jax.data.real.layouts import WHERE, Found, Pair, Problem
 from unet_jax.errors import UserError
+from unet_jax.structures import BINARY, one_hot
 
 if TYPE_CHECKING:
   from unet_jax.data import Dataset
 
 # Bump when decoding or resizing changes, so old caches are not read.
-LOADER_VERSION = 2  # 2: label-map masks refused
+LOADER_VERSION = 2  # 2: label-map masks refused (label maps read when declared: same version)
 
 LOADERS: dict[str, Callable[..., Found]] = {
     'busi': layouts.find_busi,
@@ -42,7 +43,8 @@ ON_BAD = ('error', 'skip')
 
 
 def load(name: str, root, size: int, *, cache_dir: str | os.PathLike | None = None,
-         on_bad: str = 'error') -> 'Dataset':
+         on_bad: str = 'error', structures: tuple[str, ...] = BINARY,
+         label_values: tuple[int, ...] | None = None) -> 'Dataset':
   """Loads a real set from its folder, resized to ``size x size``.
 
   Args:
@@ -54,12 +56,16 @@ def load(name: str, root, size: int, *, cache_dir: str | os.PathLike | None = No
       None: no cache.
     on_bad: 'error' raises on the first unusable pair; 'skip' leaves unusable pairs out, warns
       and lists them in ``Dataset.skipped``.
+    structures: names of the structures the masks hold (``Dataset.structures``).
+    label_values: None: binary masks (one structure); else the pixel value of each structure
+      in label-map files (``pixels.read_label_map``).
 
   Returns:
-    A Dataset: images (N, size, size, 1) float32 in [0, 1], masks (N, size, size, 1) float32
-    in {0, 1}, ids (file stems), labels (class per image) and ``meta`` per image: ``class``,
-    ``image`` and ``masks`` (paths relative to the set's folder), original ``height`` and
-    ``width``, ``bits`` (grey bit depth), and ``fold`` (jsrt_scr) or ``label_source`` (udiat_b).
+    A Dataset: images (N, size, size, 1) float32 in [0, 1], masks (N, size, size, K) float32
+    in {0, 1} (one channel per structure), ids (file stems), labels (class per image) and
+    ``meta`` per image: ``class``, ``image`` and ``masks`` (paths relative to the set's
+    folder), original ``height`` and ``width``, ``bits`` (grey bit depth), and ``fold``
+    (jsrt_scr) or ``label_source`` (udiat_b).
 
   Example:
     >>> ds = data.load('busi', '~/data/Dataset_BUSI_with_GT', 128, cache_dir='~/.cache/busi')
@@ -75,6 +81,12 @@ def load(name: str, root, size: int, *, cache_dir: str | os.PathLike | None = No
   if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
     raise UserError(f'size must be a positive integer, got {size!r}')
   size = int(size)
+  if label_values is None and len(structures) != 1:
+    raise UserError(f'{name}: {len(structures)} structures need their label values')
+  if label_values is not None and len(label_values) != len(structures):
+    raise UserError(f'{name}: {len(structures)} structures but {len(label_values)} label values')
+  labels = (None if label_values is None
+            else {'structures': list(structures), 'values': list(label_values)})
   roots = _roots(name, root)
   found = LOADERS[name](roots[0] if len(roots) == 1 else tuple(roots))
   for note in found.notes:
@@ -91,10 +103,10 @@ def load(name: str, root, size: int, *, cache_dir: str | os.PathLike | None = No
     files = [f for p in found.pairs for f in (p.image, *p.masks)]
     files += [f for p in found.problems for f in p.files] + found.extra_files
     path = cache.cache_path(Path(cache_dir).expanduser(), name, roots, size, on_bad, files,
-                            LOADER_VERSION)
+                            LOADER_VERSION, labels)
     arrays = cache.read(path)
   if arrays is None:
-    arrays = _read_pairs(name, found, size, on_bad)
+    arrays = _read_pairs(name, found, size, on_bad, label_values)
     if path is not None:
       cache.write(path, **arrays)
 
@@ -122,7 +134,7 @@ def load(name: str, root, size: int, *, cache_dir: str | os.PathLike | None = No
                   '(Dataset.duplicates lists them)', stacklevel=2)
   return Dataset(arrays['images'], arrays['masks'].astype(np.float32), arrays['ids'],
                  arrays['labels'], meta=arrays['meta'], skipped=tuple(skipped),
-                 duplicates=tuple(copies))
+                 duplicates=tuple(copies), structures=tuple(structures))
 
 
 def _where(meta: dict, image_id: str) -> str:
@@ -147,11 +159,12 @@ def _bad_pairs(name: str, problems: list[Problem]) -> UserError:
                    "on_bad='skip' to leave such pairs out")
 
 
-def _read_pairs(name: str, found: Found, size: int, on_bad: str) -> dict:
+def _read_pairs(name: str, found: Found, size: int, on_bad: str,
+                label_values: tuple[int, ...] | None) -> dict:
   """Decodes and resizes every pair; unusable ones raise or are listed in 'skipped'."""
   images, masks, ids, labels, meta, skipped = [], [], [], [], [], []
   for pair in found.pairs:
-    result = _read_pair(pair, size, found)
+    result = _read_pair(pair, size, found, label_values)
     if isinstance(result, Problem):
       if on_bad == 'error':
         raise _bad_pairs(name, [result])
@@ -164,19 +177,22 @@ def _read_pairs(name: str, found: Found, size: int, on_bad: str) -> dict:
     labels.append(pair.label)
     meta.append(info)
   shape = (len(ids), size, size, 1)
+  channels = 1 if label_values is None else len(label_values)
   return {'images': np.asarray(images, np.float32).reshape(shape),
-          'masks': np.asarray(masks, np.float32).reshape(shape),
+          'masks': np.asarray(masks, np.float32).reshape(shape[:3] + (channels,)),
           'ids': ids, 'labels': labels, 'meta': meta, 'skipped': skipped}
 
 
-def _read_pair(pair: Pair, size: int, found: Found):
-  """(image, mask, meta) resized, or the Problem that makes the pair unusable."""
+def _read_pair(pair: Pair, size: int, found: Found, label_values: tuple[int, ...] | None):
+  """(image, mask, meta) resized, or the Problem that makes the pair unusable; the mask is
+  (size, size) bool, or (size, size, K) one-hot for a label map."""
   try:
     image, bits = pixels.read_grey(pair.image)
   except pixels.BadFile as e:
     return Problem((pair.image,), f'unusable image ({e})')
   try:
-    mask = pixels.read_mask(list(pair.masks))
+    mask = (pixels.read_mask(list(pair.masks)) if label_values is None
+            else pixels.read_label_map(list(pair.masks), label_values))
   except pixels.BadFile as e:
     return Problem((e.path,) if e.path else pair.masks, f'unusable mask ({e})')
   (h, w), (mh, mw) = image.shape, mask.shape
@@ -186,7 +202,10 @@ def _read_pair(pair: Pair, size: int, found: Found):
   info = {'class': pair.label, 'image': _rel(pair.image, found.base),
           'masks': [_rel(m, found.base) for m in pair.masks],
           'height': h, 'width': w, 'bits': bits, **pair.info}
-  return pixels.resize_image(image, size), pixels.resize_mask(mask, size), info
+  if label_values is None:
+    return pixels.resize_image(image, size), pixels.resize_mask(mask, size), info
+  resized = pixels.resize_labels(mask, size, len(label_values))
+  return pixels.resize_image(image, size), one_hot(resized, len(label_values)), info
 
 
 def _rel(path: Path, base: Path) -> str:

@@ -22,14 +22,17 @@ from unet_jax.errors import UserError
 
 
 def cache_path(cache_dir: str | os.PathLike, name: str, roots: list[Path], size: int,
-               on_bad: str, files: list[Path], version: int) -> Path:
-  """Where the preprocessed set with these inputs lives in ``cache_dir``."""
+               on_bad: str, files: list[Path], version: int, labels: dict | None = None
+               ) -> Path:
+  """Where the preprocessed set with these inputs lives in ``cache_dir`` (``labels``: the
+  declared structures of a label-map set; None for a binary set)."""
   stats = []
   for f in sorted(set(files)):
     st = f.stat()
     stats.append([str(f.absolute()), st.st_size, st.st_mtime_ns])
   payload = json.dumps({'version': version, 'name': name, 'size': size, 'on_bad': on_bad,
-                        'roots': [str(r.absolute()) for r in roots], 'files': stats})
+                        'roots': [str(r.absolute()) for r in roots], 'files': stats,
+                        **({'labels': labels} if labels else {})})
   digest = hashlib.sha256(payload.encode()).hexdigest()[:24]
   return Path(cache_dir) / f'{name}-{size}px-{digest}.npz'
 

@@ -21,11 +21,18 @@ distinct values of which two or more nonzero ones each cover 10% of the foregrou
 255 would merge two structures). Anti-aliased and JPEG masks, whose edge values are many and
 each rare, are read as before.
 
+Label maps (a set declared with several structures, ``data.structures``): each mask file
+holds integers, 0 for background and each structure's declared value (1..K unless declared
+otherwise), as 8- or 16-bit grey, palette indices (a palette PNG's index, not its colour), grey
+stored as RGB, or a NIfTI slice. Any other value is refused naming the file and the values
+found. Several files of one image are merged; two structures claiming one pixel are refused.
+
 Resizing is a plain resize to a ``size x size`` square (aspect ratio not kept, as most papers
 on these sets do): images with Pillow's bilinear filter on 32-bit floats, which is
 anti-aliased when shrinking (its support grows with the scale factor) and stays in [0, 1];
 masks by area: the fraction of foreground under each output pixel (Pillow's box filter),
-foreground when >= 0.5.
+foreground when >= 0.5; label maps by area too, each output pixel taking the label (background
+included) that covers most of it, the lower label on a tie.
 """
 
 from __future__ import annotations
@@ -185,15 +192,86 @@ def _refuse_label_map(array: np.ndarray, threshold: int) -> None:
   if values.max() <= threshold:
     raise BadFile(f'mask values {{{shown}}} are nonzero but none is above {threshold}: as a '
                   'binary mask (0/255, or 0/1) it would be empty. A label map of several '
-                  'structures? unet_jax reads binary masks: write one 0/255 mask per image '
-                  'of the structure to segment')
+                  "structures? Name them in config field 'data.structures', e.g. "
+                  "'cavity,wall' for values 1 and 2 (load(..., structures=, label_values=))")
   share = counts[nonzero] / counts[nonzero].sum()
   if len(values) <= LABEL_MAP_VALUES and (share >= LABEL_MAP_SHARE).sum() >= 2:
     raise BadFile(f'mask values {{{shown}}} look like a label map of several structures '
                   f'(each nonzero value covers at least {LABEL_MAP_SHARE:.0%} of the '
-                  'foreground); read as binary they would be merged or dropped. unet_jax '
-                  'reads binary masks: write one 0/255 mask per image of the structure to '
-                  'segment')
+                  'foreground); read as binary they would be merged or dropped. Name the '
+                  "structures in config field 'data.structures' with their values, e.g. "
+                  "'gland=128,nodule=255' (load(..., structures=, label_values=))")
+
+
+def read_label_map(paths: list[str | os.PathLike], values: tuple[int, ...]) -> np.ndarray:
+  """Reads and merges label-map files.
+
+  Args:
+    paths: one or more mask files of the same image, all of one size.
+    values: the pixel value of each structure, in structure order.
+
+  Returns:
+    uint8 (H, W) labels: 0 background, k for the structure of ``values[k - 1]``.
+
+  Raises:
+    BadFile: a file cannot be decoded, holds other values, or the files differ in size
+      or claim one pixel for two structures.
+  """
+  lookup = {0: 0, **{v: k for k, v in enumerate(values, 1)}}
+  merged, first = None, None
+  for path in paths:
+    try:
+      raw = _read_label_values(path)
+      found = np.unique(raw)
+      bad = [int(v) for v in found if int(v) not in lookup]
+      if bad:
+        shown = ', '.join(str(int(v)) for v in found[:LABEL_MAP_VALUES + 1]) + (
+            ', ...' if len(found) > LABEL_MAP_VALUES + 1 else '')
+        declared = ', '.join(str(v) for v in sorted(lookup))
+        raise BadFile(f'mask values {{{shown}}} are not all declared label values '
+                      f'{{{declared}}} (0 background; data.structures gives the others)')
+      labels = np.zeros(raw.shape, np.uint8)
+      for value, k in lookup.items():
+        if k:
+          labels[raw == value] = k
+    except BadFile as e:
+      raise BadFile(str(e), path) from e
+    if merged is None:
+      merged, first = labels, path
+    elif labels.shape != merged.shape:
+      raise BadFile(f'mask sizes differ: {_wh(merged.shape)} in {first}, '
+                    f'{_wh(labels.shape)} in {path}', path)
+    else:
+      clash = (merged > 0) & (labels > 0) & (merged != labels)
+      if clash.any():
+        raise BadFile(f'{int(clash.sum())} pixels have one structure in {first} and another '
+                      f'in {path}', path)
+      merged = np.maximum(merged, labels)
+  if merged is None:
+    raise BadFile('no mask file')
+  return merged
+
+
+def _read_label_values(path) -> np.ndarray:
+  """A label-map file's integer values (H, W): grey, palette indices, grey as RGB, NIfTI."""
+  if _is_nifti(path):
+    return _nifti_mask(path)
+  with _open(path) as im:
+    mode = im.mode
+    if mode == 'PA':
+      im, mode = im.convert('P'), 'P'
+    elif mode == '1':
+      im, mode = im.convert('L'), 'L'
+    array = _pixels(im, path)
+  if mode in ('RGB', 'RGBA', 'LA'):
+    colours = array[..., :3] if mode != 'LA' else array[..., :1]
+    if (colours != colours[..., :1]).any():
+      raise BadFile('a colour label map: store the labels as grey values or palette '
+                    'indices (0 background, then each structure\'s value)')
+    return colours[..., 0].astype(np.int64)
+  if mode in ('L', 'P') or mode.startswith('I'):
+    return array.astype(np.int64)
+  raise BadFile(f'unsupported pixel format {mode!r} for a label map')
 
 
 def _is_nifti(path) -> bool:
@@ -273,6 +351,16 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
   out = Image.fromarray(image.astype(np.float32)).resize(
       (size, size), Image.Resampling.BILINEAR)
   return np.clip(np.asarray(out, np.float32), 0.0, 1.0)
+
+
+def resize_labels(labels: np.ndarray, size: int, num_structures: int) -> np.ndarray:
+  """uint8 (H, W) labels 0..K -> (size, size): each pixel the label covering most of
+  its area (box filter per label, background included; the lower label on a tie)."""
+  if labels.shape == (size, size):
+    return labels.astype(np.uint8)
+  areas = [np.asarray(Image.fromarray((labels == k).astype(np.float32)).resize(
+      (size, size), Image.Resampling.BOX)) for k in range(num_structures + 1)]
+  return np.argmax(np.stack(areas), axis=0).astype(np.uint8)
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
