@@ -97,10 +97,13 @@ def get_config(arg=None):
   # structures: '' for a built-in source's own or a real set's binary masks;
   # for label maps of several structures their names in label order,
   # 'cavity,wall,atrium' (pixel values 1, 2, 3) or 'cavity=1,wall=2,atrium=4'
-  # (README "Several structures").
+  # (a 'folder' set may hold one binary mask per structure in masks/<name>/;
+  # README "Several structures"). resize: how real images become squares,
+  # 'stretch' (aspect not kept) or 'pad' (aspect kept, centred on black).
   config.data = dict(source='ultrasound', num_images=200, test_fraction=0.32,
                      val_fraction=0.35, folds=0, split_per_seed=False, root='',
-                     on_bad='error', empty_masks='keep', intensity='unit', structures='')
+                     on_bad='error', empty_masks='keep', intensity='unit', structures='',
+                     resize='stretch')
   # Every run trains until validation Dice (scored every chunk_steps) has not
   # improved by more than min_delta for patience evaluations, or to the step
   # cap: steps, or epochs of the training images when epochs > 0. Its result
@@ -143,8 +146,9 @@ def get_config(arg=None):
   # race"): every strategy gets n0 replicates (seeds), then only the survivors
   # get more, until one is left (Kim & Nelson 2001: it is within delta Dice of
   # the best with probability 1 - alpha) or max_replicates is reached.
+  # metric: 'dice', or with several structures 'dice:<structure>' for one.
   config.race = dict(enabled=False, delta=0.02, alpha=0.05, n0=5, per_round=1,
-                     max_replicates=15)
+                     max_replicates=15, metric='dice')
   # How a bundle runs: 'auto' times the candidates on this hardware and keeps
   # the fastest; or one of static, per_experiment, sequential, vmap,
   # vmap_matmul, sharded_sequential, sharded_vmap (unet_jax/engine/strategies.py).

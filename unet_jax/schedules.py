@@ -62,6 +62,10 @@ class Schedule:
   def constant(cls, rules: Sequence[FreezeRule]) -> 'Schedule':
     return cls((0,), (tuple(rules),))
 
+  def first(self, rule: FreezeRule) -> 'Schedule':
+    """The schedule with ``rule`` ahead of every stage's rules (it wins where it matches)."""
+    return dataclasses.replace(self, stages=tuple((rule,) + tuple(s) for s in self.stages))
+
 
 def stage_index(starts, step):
   """The stage ``step`` is in: the last stage whose start is <= step.

@@ -106,3 +106,47 @@ def test_a_built_in_source_keeps_its_own_structures():
   with pytest.raises(UserError, match="data source 'ultrasound' has the structures "
                                       'foreground; leave it empty'):
     data.structures_of('ultrasound', 'lesion,gland')
+
+
+def test_pad_keeps_the_aspect_ratio_and_pads_with_background(tmp_path):
+  labels = label_image(h=16, w=32)
+  root = write_set(tmp_path / 'set', labels)
+  ds = data.load('folder', root, 16, structures=NAMES, label_values=(1, 2, 3), resize='pad')
+  assert ds.meta[0]['placement'] == [8, 16, 4, 0]
+  assert (ds.images[:, :4] == 0).all() and (ds.images[:, 12:] == 0).all()
+  assert (ds.masks[:, :4] == 0).all() and (ds.masks[:, 12:] == 0).all()
+  # The structures keep their order, top to bottom, inside the image's rows.
+  inside = structures.label_map(ds.masks[0])[4:12]
+  assert set(np.unique(inside)) == {0, 1, 2, 3}
+  rows = [np.nonzero((inside == k).any(axis=1))[0].mean() for k in (1, 2, 3)]
+  assert rows == sorted(rows)
+  stretched = data.load('folder', root, 8, structures=NAMES, label_values=(1, 2, 3))
+  assert 'placement' not in stretched.meta[0]
+  assert pixels.placement(16, 32, 8, 'stretch') == (8, 8, 0, 0)
+  assert pixels.placement(30, 10, 8, 'pad') == (8, 3, 0, 2)
+  with pytest.raises(UserError, match='resize must be one of stretch, pad'):
+    data.load('folder', root, 8, resize='crop')
+
+
+def test_one_binary_mask_per_structure_in_named_sub_folders(tmp_path):
+  labels = label_image()
+  root = tmp_path / 'set'
+  for i in range(2):
+    save(root / 'images' / f'case{i}.png', np.full(labels.shape, 99, np.uint8))
+    for k, name in enumerate(NAMES, 1):
+      save(root / 'masks' / name / f'case{i}_mask.png', (labels == k).astype(np.uint8) * 255)
+  ds = data.open_source('folder', num=0, size=16, seed=0, root=str(root),
+                        declared=','.join(NAMES))
+  assert ds.masks.shape == (2, 16, 16, 3)
+  np.testing.assert_array_equal(structures.label_map(ds.masks[1]), labels)
+  assert ds.meta[0]['masks'] == [f'masks/{n}/case0_mask.png' for n in NAMES]
+  # A missing structure's file names it; overlapping structures are refused.
+  (root / 'masks' / 'wall' / 'case1_mask.png').unlink()
+  with pytest.raises(UserError, match=r'case1.png: image without its mask of wall \(expected '
+                                      r'.*masks/wall/case1.png\)'):
+    data.open_source('folder', num=0, size=16, seed=0, root=str(root),
+                     declared=','.join(NAMES))
+  save(root / 'masks' / 'wall' / 'case1_mask.png', (labels > 0).astype(np.uint8) * 255)
+  with pytest.raises(UserError, match='structures may not overlap'):
+    data.open_source('folder', num=0, size=16, seed=0, root=str(root),
+                     declared=','.join(NAMES))

@@ -75,7 +75,8 @@ def test_a_sweep_with_a_split_per_seed_records_it_and_its_statistics_use_run_mea
         'source': 'ultrasound', 'root': '', 'images': 40,
         'classes': {'benign': 26, 'malignant': 14}, 'skipped': [], 'duplicates': [],
         'empty_masks': {'images': 0, 'rule': 'keep'}, 'split_per_seed': True, 'folds': 0,
-            'intensity': 'unit', 'structures': ['foreground'], 'label_values': None,
+            'intensity': 'unit', 'structures': ['foreground'], 'resize': 'stretch',
+            'label_values': None,
             'split_sizes': {'fit': 18, 'val': 10, 'test': 12}}
   with open(os.path.join(workdir, 'report.md')) as f:
     text = f.read()

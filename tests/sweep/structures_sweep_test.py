@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,7 +16,7 @@ from unet_jax.model import predict as predict_batches
 from unet_jax.sweep.checkpoint import load_weights
 from unet_jax.sweep.records import read_summary
 from unet_jax.sweep.run import run_sweep
-from unet_jax.sweep.settings import SweepSettings, load_config
+from unet_jax.sweep.settings import NEW_HEAD_RULE, SweepSettings, load_config
 
 TINY = os.path.join(CONFIGS, 'default.py') + ':tiny'
 NAMES = ['cavity', 'wall', 'atrium']
@@ -72,10 +73,10 @@ def test_a_cardiac_sweep_scores_each_structure_and_exports_label_maps(tmp_path):
   np.testing.assert_array_equal(labels, structures.label_map(masks[:3]))
 
 
-def _label_set(root, n=12, size=16):
+def _label_set(root, n=12, size=16, width=24):
   rng = np.random.default_rng(0)
   for i in range(n):
-    labels = np.zeros((size, size), np.uint8)
+    labels = np.zeros((size, width), np.uint8)
     r = rng.integers(1, 6)
     labels[r:r + 5, 2:14] = 1
     labels[r + 5:r + 9, 2:14] = 2
@@ -87,16 +88,31 @@ def _label_set(root, n=12, size=16):
 
 
 def test_a_folder_of_label_maps_trains_with_the_declared_structures(tmp_path):
-  root = _label_set(tmp_path / 'set')
+  root = _label_set(tmp_path / 'set')  # 16 x 24 images, padded to 16 x 16 squares
   config = set_fields(load_config(TINY), {
       'only': 'full', 'grid.seed': (0,), 'data.source': 'folder', 'data.root': str(root),
-      'data.structures': 'gland,nodule', 'image_size': 16})
+      'data.structures': 'gland,nodule', 'image_size': 16, 'data.resize': 'pad'})
   s = SweepSettings.from_config(config)
   assert (s.structures, s.label_values, s.model.out_channels) == (('gland', 'nodule'), (1, 2), 3)
   workdir = str(tmp_path / 'run')
   run_sweep(config, workdir, progress=False)
   res = analysis.load(workdir)
   assert res.structures() == ['gland', 'nodule']
+  test = np.load(os.path.join(workdir, 'test_set.npz'))
+  assert (test['images'][:, :2] == 0).all() and (test['images'][:, 13:] == 0).all()
+  assert test['images'][:, 2:13].std() > 0  # rows 16 * 16/24 = 10.7 -> 11, from row 2
+  # Exported, the model pads new images the same way and returns their own shape.
+  out = unet_jax.export_experiment(workdir, 'full', str(tmp_path / 'model'))
+  raw = np.random.default_rng(1).random((2, 16, 24)).astype(np.float32)
+  probs = unet_jax.predict(out, raw)
+  assert probs.shape == (2, 16, 24, 2)
+  tuned, stats = load_weights(os.path.join(workdir, 'experiments', 'full', 'weights'))
+  square = np.zeros((2, 16, 16, 1), np.float32)
+  square[:, 2:13] = np.asarray(jax.image.resize(raw[..., None], (2, 11, 16, 1), 'linear',
+                                                antialias=True))
+  inside = predict_batches(model_graphdef(s.model), tuned, stats, square)[:, 2:13]
+  np.testing.assert_allclose(probs, jax.image.resize(inside, (2, 16, 24, 2), 'linear'),
+                             atol=1e-5)
   # A binary declaration of the same set is refused with the file and its values.
   config = set_fields(load_config(TINY), {
       'only': 'full', 'grid.seed': (0,), 'data.source': 'folder', 'data.root': str(root),
@@ -120,3 +136,15 @@ def test_binary_settings_are_as_before():
   s = SweepSettings.from_config(load_config(TINY))
   assert (s.structures, s.label_values, s.model.out_channels) == (structures.BINARY, None, 1)
   assert data.structures_of('busi') == (structures.BINARY, None)
+
+
+def test_a_new_head_is_trained_by_every_pretrained_run():
+  s = SweepSettings.from_config(set_fields(load_config(TINY), {'data.source': 'cardiac'}))
+  for run in s.runs():
+    first = [stage[0] for stage in run.schedule.stages]
+    if run.init == 'pretrained':
+      assert all(rule == NEW_HEAD_RULE for rule in first), run.name
+    else:
+      assert NEW_HEAD_RULE not in first, run.name
+  binary = SweepSettings.from_config(load_config(TINY))
+  assert not any(NEW_HEAD_RULE in stage for r in binary.runs() for stage in r.schedule.stages)

@@ -667,7 +667,9 @@ def _race_section(race: dict, folder: str, res: Results, alpha: float) -> list[s
   last = {n: at.get(race['eliminated'].get(n, final), {}).get(n, float('nan'))
           for n in race['strategies']}
   domain = res.df['domain'].iloc[0]
-  table = res.recommend(domain=domain, alpha=alpha, delta=race['delta']).set_index('condition')
+  metric = settings.get('metric', 'dice')
+  table = res.recommend(metric, domain=domain, alpha=alpha,
+                        delta=race['delta']).set_index('condition')
   rows = []
   for name in sorted(race['strategies'], key=lambda n: (race['eliminated'].get(n, 10 ** 9),
                                                         last[n]), reverse=True):
@@ -685,6 +687,8 @@ def _race_section(race: dict, folder: str, res: Results, alpha: float) -> list[s
           'test set; `data.split_per_seed=True` makes it about the data set (docs/DESIGN.md '
           '5e).')
   out = ['## The race', '', f'**{race["answer"]}**', '',
+         *([f'Ranked on `{metric}` (race.metric), one structure\'s Dice.', '']
+           if metric != 'dice' else []),
          markdown_table(('strategy', 'eliminated', 'replicates', 'mean at its last look',
                          f'MCB interval ({1 - alpha:.0%})', 'trainable', 'time/run'), rows), '',
          f'Kim & Nelson (2001) fully sequential procedure on paired replicate means: delta '

@@ -20,6 +20,7 @@ from unet_jax import structures
 from unet_jax.data import cardiac, chest_xray, dead_leaves, duplicates, ultrasound
 from unet_jax.data import pets as pets_module
 from unet_jax.data.real import LOADERS, load
+from unet_jax.data.real.pixels import RESIZES
 from unet_jax.data.splits import (
   EMPTY_MASKS,
   Split,
@@ -195,18 +196,19 @@ def is_real(name: str) -> bool:
 
 def open_source(name: str, *, num: int, size: int, seed: int, root: str = '',
                 cache_dir: str | None = None, on_bad: str = 'error',
-                declared: str = '') -> Dataset:
+                declared: str = '', resize: str = 'stretch') -> Dataset:
   """The one dispatch from a source name to its images.
 
   A built-in generator makes ``num`` images from ``seed``; a real set
   (``LOADERS``) is read whole from ``root`` (cached in ``cache_dir``), binary or
-  the label maps of the structures ``declared`` (:func:`structures_of`);
+  the label maps of the structures ``declared`` (:func:`structures_of`), each
+  image made square by ``resize`` (:data:`RESIZES`; generators make squares);
   Oxford-IIIT Pet comes from TFDS (``root`` = its data_dir).
   """
   names, values = structures_of(name, declared)
   if name in LOADERS:
     return load(name, root, size, cache_dir=cache_dir, on_bad=on_bad, structures=names,
-                label_values=values)
+                label_values=values, resize=resize)
   if name == pets_module.NAME:  # TFDS is imported only then
     return pets_module.load(num, size, root)
   return make_dataset(name, num, size, seed)
@@ -221,7 +223,7 @@ def make_dataset(name: str, num: int, size: int, seed: int) -> Dataset:
 
 
 __all__ = [
-    'EMPTY_MASKS', 'INTENSITIES', 'LOADERS', 'SOURCES', 'Dataset', 'Split', 'holdout_split',
+    'EMPTY_MASKS', 'INTENSITIES', 'LOADERS', 'RESIZES', 'SOURCES', 'Dataset', 'Split', 'holdout_split',
     'SOURCE_STRUCTURES', 'is_real', 'kfold_split', 'leave_out_empty', 'load', 'make_dataset',
     'normalise', 'open_source', 'plan_splits', 'source_names', 'structures_of',
 ]

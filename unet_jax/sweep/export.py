@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from unet_jax import data, files, structures
+from unet_jax.data.real.pixels import placement
 from unet_jax.errors import UserError
 from unet_jax.model import UNetSpec, merge_adapters, model_graphdef
 from unet_jax.model import predict as predict_batches
@@ -61,6 +62,7 @@ def export_experiment(workdir: str, experiment: str, out: str) -> str:
       'frozen_norm': summary.frozen_norm, 'experiment': summary.to_json(),
       'intensity': sweep.settings.get('intensity', data.INTENSITIES[0]),
       'structures': list(sweep.structures),
+      'resize': sweep.settings.get('resize', 'stretch'),
       'adapters_merged': bool(sweep.model.get('adapter_rank'))})
   return out
 
@@ -74,7 +76,8 @@ def _load(checkpoint_dir: str):
   spec = UNetSpec(**meta['model'])
   graphdef = model_graphdef(spec)
   params, stats = checkpoint.load_weights(exported.weights)
-  return spec, graphdef, params, stats, meta['image_size'], meta.get('intensity', 'unit')
+  return (spec, graphdef, params, stats, meta['image_size'], meta.get('intensity', 'unit'),
+          meta.get('resize', 'stretch'))
 
 
 def predict(checkpoint_dir: str, images) -> np.ndarray:
@@ -84,7 +87,8 @@ def predict(checkpoint_dir: str, images) -> np.ndarray:
     checkpoint_dir: a folder written by ``export_experiment``.
     images: (N, H, W) or (N, H, W, 1) grey values in [0, 1], any H and W;
       standardised here when the model was trained on z-scored images
-      (``model.json`` 'intensity').
+      (``model.json`` 'intensity'); fitted to the model's square as it was trained
+      ('resize': stretched, or scaled with the aspect ratio kept and padded).
 
   Returns:
     (N, H, W) float32 foreground probabilities (or (N, H, W, 1) for 4-D input);
@@ -92,7 +96,7 @@ def predict(checkpoint_dir: str, images) -> np.ndarray:
     ``model.json``'s 'structures' order. Images are resized (anti-aliased) to the
     model's input, segmented, and the probabilities resized back.
   """
-  spec, graphdef, params, stats, size, intensity = _load(checkpoint_dir)
+  spec, graphdef, params, stats, size, intensity, resize = _load(checkpoint_dir)
   images = np.asarray(images, np.float32)
   squeeze = images.ndim == 3
   if squeeze:
@@ -100,9 +104,12 @@ def predict(checkpoint_dir: str, images) -> np.ndarray:
   if images.ndim != 4 or images.shape[-1] != 1:
     raise UserError(f'images must be (N, H, W) or (N, H, W, 1); got {images.shape}')
   n, h, w, _ = images.shape
-  small = np.asarray(jax.image.resize(images, (n, size, size, 1), 'linear', antialias=True))
+  rows, cols, top, left = placement(h, w, size, resize)
+  small = np.zeros((n, size, size, 1), np.float32)
+  small[:, top:top + rows, left:left + cols] = np.asarray(
+      jax.image.resize(images, (n, rows, cols, 1), 'linear', antialias=True))
   small = data.normalise(np.repeat(small, spec.in_channels, axis=-1), intensity)
-  probs = predict_batches(graphdef, params, stats, small)
+  probs = predict_batches(graphdef, params, stats, small)[:, top:top + rows, left:left + cols]
   k = probs.shape[-1]
   full = np.asarray(jax.image.resize(probs, (n, h, w, k), 'linear'))
   full = np.clip(full, 0.0, 1.0)

@@ -124,7 +124,8 @@ def experiment_fingerprint(s: SweepSettings, exp: Experiment, copies: int = 0) -
                    else [])
                 + ([f'copies kept together: {copies}'] if copies else [])
                 + ([f'label maps: {list(s.structures)}={list(s.label_values)}']
-                   if s.label_values else []),
+                   if s.label_values else [])
+                + ([f'resize: {s.resize}'] if s.resize != data.RESIZES[0] else []),
                 'model': s.model.identity(), 'engine': _ENGINE_VERSION,
                 'finetune': [s.rewarmup_steps, dataclasses.asdict(s.early_stop)],
                 'experiment': _identity(exp)})
@@ -253,7 +254,7 @@ def load_target(s: SweepSettings, paths: WorkdirPaths) -> Target:
   """
   target = data.open_source(s.target_source, num=s.target_images, size=s.image_size,
                             seed=s.seed + 3, root=s.target_root, cache_dir=paths.cache,
-                            on_bad=s.on_bad, declared=_declared(s)).with_channels(
+                            on_bad=s.on_bad, declared=_declared(s), resize=s.resize).with_channels(
                                 s.model.in_channels).normalised(s.intensity)
 
   groups = target.groups()  # copies of one image stay in one part
@@ -290,7 +291,7 @@ def data_record(s: SweepSettings, target: Target) -> dict:
           'empty_masks': {'images': int(ds.empty().sum()),
                           'rule': s.empty_masks},
           'split_per_seed': s.split_per_seed, 'folds': s.folds, 'intensity': s.intensity,
-          'structures': list(ds.structures),
+          'structures': list(ds.structures), 'resize': s.resize,
           'label_values': list(s.label_values) if s.label_values else None,
           'split_sizes': target.splits[0].sizes()}
 
@@ -649,7 +650,7 @@ class _Race:
         slots = min(len(runs), s.max_bundle or len(runs))
       sweep = _Sweep(s, self.paths, self.stop, runs=runs, target=self.target, report=False)
       summaries = sweep.run(progress)
-      frame = _race_frame(sweep.rows, condition, runs)
+      frame = _race_frame(sweep.rows, condition, runs, settings.metric)
       costs = {condition[x.name]: x.trainable_params for x in summaries}
       record = race(frame, delta=settings.delta, alpha=settings.alpha, n0=settings.n0,
                     max_replicates=settings.max_replicates, per_round=settings.per_round,
@@ -698,11 +699,12 @@ def fill_round(new: set, survivors: list[str], wanted: set, slots: int,
   return extra
 
 
-def _race_frame(rows: dict, condition: dict, runs: list[Experiment]):
-  """The results so far as a table for ``analysis.race``: one row per run and test image."""
+def _race_frame(rows: dict, condition: dict, runs: list[Experiment], metric: str = 'dice'):
+  """The results so far as a table for ``analysis.race``: one row per run and test image,
+  its ``metric`` (race.metric: Dice, or one structure's) as the column 'dice'."""
   import pandas as pd
   table = [{'condition': condition[r.name], 'seed': row['seed'], 'image_id': row['image_id'],
-            'dice': row['dice']} for r in runs for row in rows.get(r.name, [])]
+            'dice': row[metric]} for r in runs for row in rows.get(r.name, [])]
   return pd.DataFrame(table, columns=['condition', 'seed', 'image_id', 'dice'])
 
 

@@ -21,7 +21,7 @@ from unet_jax.engine.choices import LOOPS, STRATEGIES
 from unet_jax.engine.experiment import LR_SCALINGS, Experiment
 from unet_jax.engine.stopping import StopRule
 from unet_jax.errors import UserError
-from unet_jax.freeze import FROZEN_NORM
+from unet_jax.freeze import FROZEN_NORM, FreezeRule
 from unet_jax.model import NORMS, UNetSpec, adapter_limit
 from unet_jax.schedules import Schedule, parse_schedule
 from unet_jax.structures import BINARY
@@ -54,6 +54,9 @@ class RaceSettings:
   n0: int  # first-stage replicates of every strategy
   per_round: int  # replicates a later round adds to every survivor
   max_replicates: int  # the budget per strategy
+  # race.metric: what the race ranks on: 'dice' (for several structures their mean) or
+  # 'dice:<structure>' for one of them.
+  metric: str = 'dice'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +71,19 @@ class ExperimentSpec:
   strategy: dict = dataclasses.field(default_factory=dict)
   rules: Any = None  # the entry's rules as written (schedule_for)
   model: UNetSpec | None = None  # the network its presets resolve against
+  # The head is new (pretraining's had another width: NEW_HEAD_RULE goes first).
+  new_head: bool = False
 
   def schedule_for(self, steps: int) -> Schedule:
     """The schedule of a run of ``steps`` steps."""
-    return parse_schedule(self.rules, self.model, steps)
+    schedule = parse_schedule(self.rules, self.model, steps)
+    return schedule.first(NEW_HEAD_RULE) if self.new_head else schedule
+
+
+# A head that pretraining did not train (a set of several structures after a binary
+# pretraining source) starts from random weights; frozen it could never learn, so every
+# pretrained run trains it (README "Several structures").
+NEW_HEAD_RULE = FreezeRule('head', 'train')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +139,8 @@ class SweepSettings:
   # one per mask channel, and their values in label-map files (None: binary masks).
   structures: tuple[str, ...] = BINARY
   label_values: tuple[int, ...] | None = None
+  # data.resize: how a real set's images become squares (data.RESIZES).
+  resize: str = 'stretch'
 
   def runs(self) -> list[Experiment]:
     """Every experiment of the sweep: config.experiments x config.grid."""
@@ -198,6 +212,7 @@ class SweepSettings:
     model = dataclasses.replace(model, out_channels=structures.out_channels(len(names)))
     settings = cls(
         seed=seed, image_size=size, model=model, structures=names, label_values=values,
+        resize=_optional_choice(config, 'data.resize', data.RESIZES),
         **sources,
         pretrain_images=_int(config, 'pretrain.num_images', 1),
         pretrain=_train(config, 'pretrain'),
@@ -214,7 +229,8 @@ class SweepSettings:
         chunk_steps=_int(config, 'chunk_steps', 1),
         checkpoint_every=_int(config, 'checkpoint_every', 0),
         loop=_choice(config, 'loop', LOOPS),
-        experiments=_experiments(config, model, only, finetune.steps),
+        experiments=_experiments(config, model, only, finetune.steps,
+                                 _new_head(sources['pretrain_source'], len(names))),
         grid=_grid(config, folds, {'seed': seed, 'frozen_norm': frozen_norm,
                                    'augment': _augment_choice(config, policies),
                                    **dataclasses.asdict(finetune)}, policies),
@@ -232,6 +248,10 @@ class SweepSettings:
         raise UserError(f'config field {"grid." + axis!r} crosses the experiments whose '
                         f'entry sets {axis}, and none does; set experiments.<name>.{axis}')
     if settings.race is not None:
+      metrics = ['dice'] + ([f'dice:{n}' for n in names] if len(names) > 1 else [])
+      if settings.race.metric not in metrics:
+        raise UserError(f"config field 'race.metric' is {settings.race.metric!r}; valid "
+                        f'choices: {", ".join(metrics)}')
       seeds = tuple(range(settings.race.max_replicates))
       settings = dataclasses.replace(settings, grid={**settings.grid, 'seed': seeds})
     names = [r.name for r in settings.runs()]
@@ -269,7 +289,8 @@ def _race(config) -> RaceSettings | None:
   out = RaceSettings(delta=_float(config, 'race.delta', 1e-6, 1.0),
                      alpha=_float(config, 'race.alpha', 1e-6, 0.5),
                      n0=_int(config, 'race.n0', 2), per_round=_int(config, 'race.per_round', 1),
-                     max_replicates=_int(config, 'race.max_replicates', 2))
+                     max_replicates=_int(config, 'race.max_replicates', 2),
+                     metric=str(_optional(config, 'race.metric', 'dice')))
   if out.max_replicates < out.n0:
     raise UserError(f"config field 'race.max_replicates' ({out.max_replicates}) must be at "
                     f"least race.n0 ({out.n0})")
@@ -345,6 +366,15 @@ def _adapters(config, encoder: str) -> dict:
     raise UserError(f"config field 'model.adapter_rank': adapters are built for the paper's "
                     f"U-Net (model.encoder='unet'), not yet for {encoder}; set it to 0")
   return {'adapter_rank': rank, 'adapter_blocks': blocks}
+
+
+def _new_head(pretrain_source: str, num_structures: int) -> bool:
+  """Whether fine-tuning's head has another width than pretraining's (a weights file
+  gives only an encoder: its head was never pretrained, as before)."""
+  if pretrain_source == TORCHVISION:
+    return False
+  pretrained = len(data.structures_of(pretrain_source)[0])
+  return structures.out_channels(pretrained) != structures.out_channels(num_structures)
 
 
 def _sources(config, model: UNetSpec) -> dict:
@@ -524,7 +554,10 @@ def _train(config, prefix) -> TrainSettings:
                           for f in dataclasses.fields(TrainSettings)})
 
 
-def _experiments(config, model, only, steps) -> tuple[ExperimentSpec, ...]:
+def _experiments(config, model, only, steps, new_head: bool = False
+                 ) -> tuple[ExperimentSpec, ...]:
+  """config.experiments (those ``only`` names); ``new_head``: pretrained runs also train the
+  head (:data:`NEW_HEAD_RULE`)."""
   table = _get(config, 'experiments')
   names = list(table.keys())
   unknown = [n for n in only if n not in names]
@@ -540,8 +573,9 @@ def _experiments(config, model, only, steps) -> tuple[ExperimentSpec, ...]:
     except UserError as e:
       raise UserError(f'config field {field + ".rules"!r}: {e}') from None
     init = _choice(config, f'{field}.init', INITS)
-    specs.append(ExperimentSpec(name, schedule, init, _strategy(config, field, init),
-                                rules, model))
+    new = new_head and init == 'pretrained'
+    specs.append(ExperimentSpec(name, schedule.first(NEW_HEAD_RULE) if new else schedule,
+                                init, _strategy(config, field, init), rules, model, new))
   if not specs:
     raise UserError("config field 'experiments' is empty; add at least one")
   return tuple(specs)

@@ -44,7 +44,7 @@ ON_BAD = ('error', 'skip')
 
 def load(name: str, root, size: int, *, cache_dir: str | os.PathLike | None = None,
          on_bad: str = 'error', structures: tuple[str, ...] = BINARY,
-         label_values: tuple[int, ...] | None = None) -> 'Dataset':
+         label_values: tuple[int, ...] | None = None, resize: str = 'stretch') -> 'Dataset':
   """Loads a real set from its folder, resized to ``size x size``.
 
   Args:
@@ -59,6 +59,9 @@ def load(name: str, root, size: int, *, cache_dir: str | os.PathLike | None = No
     structures: names of the structures the masks hold (``Dataset.structures``).
     label_values: None: binary masks (one structure); else the pixel value of each structure
       in label-map files (``pixels.read_label_map``).
+    resize: 'stretch' (each axis to ``size``) or 'pad' (aspect ratio kept, centred on a zero
+      square; ``pixels.RESIZES``); with 'pad' each image's ``meta`` gives its ``placement``
+      (rows, cols, top, left) in the square.
 
   Returns:
     A Dataset: images (N, size, size, 1) float32 in [0, 1], masks (N, size, size, K) float32
@@ -81,14 +84,19 @@ def load(name: str, root, size: int, *, cache_dir: str | os.PathLike | None = No
   if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
     raise UserError(f'size must be a positive integer, got {size!r}')
   size = int(size)
+  if resize not in pixels.RESIZES:
+    raise UserError(f'resize must be one of {", ".join(pixels.RESIZES)}, got {resize!r}')
   if label_values is None and len(structures) != 1:
     raise UserError(f'{name}: {len(structures)} structures need their label values')
   if label_values is not None and len(label_values) != len(structures):
     raise UserError(f'{name}: {len(structures)} structures but {len(label_values)} label values')
-  labels = (None if label_values is None
-            else {'structures': list(structures), 'values': list(label_values)})
+  options = ({} if label_values is None
+             else {'labels': {'structures': list(structures), 'values': list(label_values)}})
+  options |= {} if resize == 'stretch' else {'resize': resize}
   roots = _roots(name, root)
-  found = LOADERS[name](roots[0] if len(roots) == 1 else tuple(roots))
+  where = roots[0] if len(roots) == 1 else tuple(roots)
+  found = (LOADERS[name](where, tuple(structures)) if name == 'folder'
+           else LOADERS[name](where))
   for note in found.notes:
     warnings.warn(f'{name}: {note}', stacklevel=2)
   if found.problems and on_bad == 'error':
@@ -103,10 +111,10 @@ def load(name: str, root, size: int, *, cache_dir: str | os.PathLike | None = No
     files = [f for p in found.pairs for f in (p.image, *p.masks)]
     files += [f for p in found.problems for f in p.files] + found.extra_files
     path = cache.cache_path(Path(cache_dir).expanduser(), name, roots, size, on_bad, files,
-                            LOADER_VERSION, labels)
+                            LOADER_VERSION, options)
     arrays = cache.read(path)
   if arrays is None:
-    arrays = _read_pairs(name, found, size, on_bad, label_values)
+    arrays = _read_pairs(name, found, size, on_bad, label_values, resize)
     if path is not None:
       cache.write(path, **arrays)
 
@@ -160,11 +168,11 @@ def _bad_pairs(name: str, problems: list[Problem]) -> UserError:
 
 
 def _read_pairs(name: str, found: Found, size: int, on_bad: str,
-                label_values: tuple[int, ...] | None) -> dict:
+                label_values: tuple[int, ...] | None, resize: str) -> dict:
   """Decodes and resizes every pair; unusable ones raise or are listed in 'skipped'."""
   images, masks, ids, labels, meta, skipped = [], [], [], [], [], []
   for pair in found.pairs:
-    result = _read_pair(pair, size, found, label_values)
+    result = _read_pair(pair, size, found, label_values, resize)
     if isinstance(result, Problem):
       if on_bad == 'error':
         raise _bad_pairs(name, [result])
@@ -183,7 +191,8 @@ def _read_pairs(name: str, found: Found, size: int, on_bad: str,
           'ids': ids, 'labels': labels, 'meta': meta, 'skipped': skipped}
 
 
-def _read_pair(pair: Pair, size: int, found: Found, label_values: tuple[int, ...] | None):
+def _read_pair(pair: Pair, size: int, found: Found, label_values: tuple[int, ...] | None,
+               resize: str):
   """(image, mask, meta) resized, or the Problem that makes the pair unusable; the mask is
   (size, size) bool, or (size, size, K) one-hot for a label map."""
   try:
@@ -191,8 +200,12 @@ def _read_pair(pair: Pair, size: int, found: Found, label_values: tuple[int, ...
   except pixels.BadFile as e:
     return Problem((pair.image,), f'unusable image ({e})')
   try:
-    mask = (pixels.read_mask(list(pair.masks)) if label_values is None
-            else pixels.read_label_map(list(pair.masks), label_values))
+    if found.per_structure:
+      mask = pixels.read_structure_masks(list(pair.masks))
+    elif label_values is None:
+      mask = pixels.read_mask(list(pair.masks))
+    else:
+      mask = pixels.read_label_map(list(pair.masks), label_values)
   except pixels.BadFile as e:
     return Problem((e.path,) if e.path else pair.masks, f'unusable mask ({e})')
   (h, w), (mh, mw) = image.shape, mask.shape
@@ -202,10 +215,13 @@ def _read_pair(pair: Pair, size: int, found: Found, label_values: tuple[int, ...
   info = {'class': pair.label, 'image': _rel(pair.image, found.base),
           'masks': [_rel(m, found.base) for m in pair.masks],
           'height': h, 'width': w, 'bits': bits, **pair.info}
+  if resize != 'stretch':
+    info['placement'] = list(pixels.placement(h, w, size, resize))
+  grey = pixels.resize_image(image, size, resize)
   if label_values is None:
-    return pixels.resize_image(image, size), pixels.resize_mask(mask, size), info
-  resized = pixels.resize_labels(mask, size, len(label_values))
-  return pixels.resize_image(image, size), one_hot(resized, len(label_values)), info
+    return grey, pixels.resize_mask(mask, size, resize), info
+  resized = pixels.resize_labels(mask, size, len(label_values), resize)
+  return grey, one_hot(resized, len(label_values)), info
 
 
 def _rel(path: Path, base: Path) -> str:

@@ -22,17 +22,18 @@ from unet_jax.errors import UserError
 
 
 def cache_path(cache_dir: str | os.PathLike, name: str, roots: list[Path], size: int,
-               on_bad: str, files: list[Path], version: int, labels: dict | None = None
+               on_bad: str, files: list[Path], version: int, options: dict | None = None
                ) -> Path:
-  """Where the preprocessed set with these inputs lives in ``cache_dir`` (``labels``: the
-  declared structures of a label-map set; None for a binary set)."""
+  """Where the preprocessed set with these inputs lives in ``cache_dir`` (``options``: how
+  it is read where that is not the default: declared label maps, a resize other than
+  'stretch')."""
   stats = []
   for f in sorted(set(files)):
     st = f.stat()
     stats.append([str(f.absolute()), st.st_size, st.st_mtime_ns])
   payload = json.dumps({'version': version, 'name': name, 'size': size, 'on_bad': on_bad,
                         'roots': [str(r.absolute()) for r in roots], 'files': stats,
-                        **({'labels': labels} if labels else {})})
+                        **(options or {})})
   digest = hashlib.sha256(payload.encode()).hexdigest()[:24]
   return Path(cache_dir) / f'{name}-{size}px-{digest}.npz'
 

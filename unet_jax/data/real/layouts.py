@@ -31,7 +31,9 @@ folder (saliency sets: XPIE, DUTS, MSRA10K, ...)
   - one folder holding both, as MSRA10K ``Imgs/``: mask ``<stem>.png`` beside image
     ``<stem>.jpg`` (or ``.jpeg``, ``.bmp``, ``.tif``).
   Masks pair with images by file stem, also with a ``_mask``, ``_gt`` or ``_segmentation``
-  suffix (``ISIC_0000000_segmentation.png``). Class ``object``.
+  suffix (``ISIC_0000000_segmentation.png``). Class ``object``. A set of several structures
+  holds label maps there, or one binary mask per structure in sub-folders of the masks
+  folder named after the structures (``masks/cavity/a.png``, ``masks/wall/a.png``).
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class Found:
   extra_files: list[Path] = dataclasses.field(default_factory=list)  # label sheets
   notes: list[str] = dataclasses.field(default_factory=list)  # to warn about
   mask_scale: bool = False  # masks may be a scaled copy of the image grid (SCR)
+  per_structure: bool = False  # a pair's masks: one binary file per structure, in order
 
 
 def missing(name: str, root, what: str = '') -> UserError:
@@ -370,8 +373,14 @@ _IMAGE_DIR_WORDS = ('image', 'img', 'original', 'input')
 _MASK_DIR_WORDS = ('mask', 'gt', 'ground', 'label', 'annotation', 'seg')
 
 
-def find_folder(root: Path | tuple[Path, Path]) -> Found:
-  """Any images folder and masks folder, paired by file stem."""
+def find_folder(root: Path | tuple[Path, Path], structures: tuple[str, ...] = ()) -> Found:
+  """Any images folder and masks folder, paired by file stem.
+
+  With ``structures`` (several) and a masks folder holding one sub-folder named after
+  each (``masks/cavity/``, ``masks/wall/``), each image's masks are one binary file per
+  structure, in structure order (``Found.per_structure``); an image lacking one is a
+  problem naming the file expected.
+  """
   if isinstance(root, tuple):
     if len(root) != 2:
       raise UserError(f'folder: expected (images_dir, masks_dir), got {len(root)} paths')
@@ -397,6 +406,27 @@ def find_folder(root: Path | tuple[Path, Path]) -> Found:
       raise missing('folder', root, f'cannot tell the images and masks folders in {root} '
                     f'(sub-folders: {names}); pass root=(images_dir, masks_dir)')
   problems = []
+  folders = {d.name.lower(): d for d in masks_dir.iterdir() if d.is_dir()} if len(
+      structures) > 1 else {}
+  if folders and all(n.lower() in folders for n in structures):
+    images = by_stem(image_files(images_dir), problems)
+    per = [by_stem(image_files(folders[n.lower()]), problems,
+                   stem=lambda f: _mask_stem(file_stem(f), images)) for n in structures]
+    masks, unpaired = {}, set()
+    for stem in images:
+      lacking = [n for n, found in zip(structures, per) if stem not in found]
+      if lacking:
+        unpaired.add(stem)
+        problems.append(Problem((images[stem],), 'image without its mask of '
+                                f'{", ".join(lacking)} (expected '
+                                f'{folders[lacking[0].lower()] / (stem + ".png")})'))
+      else:
+        masks[stem] = [found[stem] for found in per]
+    for stem in sorted(set().union(*per) - images.keys()):
+      problems.append(Problem(tuple(f[stem] for f in per if stem in f), 'mask without image'))
+    pairs = [Pair(stem, image, tuple(masks[stem]), 'object')
+             for stem, image in images.items() if stem in masks]
+    return Found(base, pairs, problems, per_structure=True)
   if images_dir == masks_dir:
     files = image_files(images_dir)
     suffixes = defaultdict(set)

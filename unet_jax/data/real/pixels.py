@@ -27,10 +27,11 @@ otherwise), as 8- or 16-bit grey, palette indices (a palette PNG's index, not it
 stored as RGB, or a NIfTI slice. Any other value is refused naming the file and the values
 found. Several files of one image are merged; two structures claiming one pixel are refused.
 
-Resizing is a plain resize to a ``size x size`` square (aspect ratio not kept, as most papers
-on these sets do): images with Pillow's bilinear filter on 32-bit floats, which is
-anti-aliased when shrinking (its support grows with the scale factor) and stays in [0, 1];
-masks by area: the fraction of foreground under each output pixel (Pillow's box filter),
+Resizing is a plain resize to a ``size x size`` square by default (``resize='stretch'``: aspect
+ratio not kept, as most papers on these sets do), or with ``resize='pad'`` the longer side to
+``size`` and the image centred on a zero square (background in the masks). Images with
+Pillow's bilinear filter on 32-bit floats, which is anti-aliased when shrinking (its support
+grows with the scale factor) and stays in [0, 1]; masks by area: the fraction of foreground under each output pixel (Pillow's box filter),
 foreground when >= 0.5; label maps by area too, each output pixel taking the label (background
 included) that covers most of it, the lower label on a tie.
 """
@@ -252,6 +253,31 @@ def read_label_map(paths: list[str | os.PathLike], values: tuple[int, ...]) -> n
   return merged
 
 
+def read_structure_masks(paths: list[str | os.PathLike]) -> np.ndarray:
+  """One binary mask file per structure, in structure order -> uint8 (H, W) labels (k
+  where the k-th file is foreground; each file read as :func:`read_mask` reads one).
+
+  Raises:
+    BadFile: a file cannot be used, the files differ in size, or two claim one pixel.
+  """
+  labels, first = None, None
+  for k, path in enumerate(paths, 1):
+    mask = read_mask([path])
+    if labels is None:
+      labels, first = np.zeros(mask.shape, np.uint8), path
+    elif mask.shape != labels.shape:
+      raise BadFile(f'mask sizes differ: {_wh(labels.shape)} in {first}, '
+                    f'{_wh(mask.shape)} in {path}', path)
+    clash = mask & (labels > 0)
+    if clash.any():
+      raise BadFile(f'{int(clash.sum())} pixels are foreground in {path} and in the mask of '
+                    'an earlier structure: structures may not overlap', path)
+    labels[mask] = k
+  if labels is None:
+    raise BadFile('no mask file')
+  return labels
+
+
 def _read_label_values(path) -> np.ndarray:
   """A label-map file's integer values (H, W): grey, palette indices, grey as RGB, NIfTI."""
   if _is_nifti(path):
@@ -344,29 +370,62 @@ def _wh(shape) -> str:
   return f'{shape[1]}x{shape[0]}'
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-  """float32 (H, W) in [0, 1] -> (size, size), anti-aliased bilinear."""
-  if image.shape == (size, size):
-    return image.astype(np.float32)
-  out = Image.fromarray(image.astype(np.float32)).resize(
-      (size, size), Image.Resampling.BILINEAR)
-  return np.clip(np.asarray(out, np.float32), 0.0, 1.0)
+# How an image of another shape becomes a size x size square: 'stretch' resizes each axis
+# to size (aspect not kept: what most papers on these sets do); 'pad' scales the longer
+# side to size, keeping the aspect ratio, and centres the result on a zero (background)
+# square, as nnU-Net and MONAI's ResizeWithPadOrCrop do.
+RESIZES = ('stretch', 'pad')
 
 
-def resize_labels(labels: np.ndarray, size: int, num_structures: int) -> np.ndarray:
+def placement(height: int, width: int, size: int, resize: str = 'stretch'
+              ) -> tuple[int, int, int, int]:
+  """(rows, cols, top, left): the resized image's shape and its offset in the square."""
+  if resize == 'stretch' or height == width:
+    return size, size, 0, 0
+  scale = size / max(height, width)
+  rows, cols = max(1, round(height * scale)), max(1, round(width * scale))
+  return rows, cols, (size - rows) // 2, (size - cols) // 2
+
+
+def _fit(array: np.ndarray, size: int, resize: str, scale) -> np.ndarray:
+  """``scale(array, rows, cols)`` placed as :func:`placement` says, zeros around it."""
+  rows, cols, top, left = placement(*array.shape, size, resize)
+  scaled = scale(array, rows, cols)
+  if (rows, cols) == (size, size):
+    return scaled
+  out = np.zeros((size, size), scaled.dtype)
+  out[top:top + rows, left:left + cols] = scaled
+  return out
+
+
+def resize_image(image: np.ndarray, size: int, resize: str = 'stretch') -> np.ndarray:
+  """float32 (H, W) in [0, 1] -> (size, size), anti-aliased bilinear (:data:`RESIZES`)."""
+  def scale(a, rows, cols):
+    if a.shape == (rows, cols):
+      return a.astype(np.float32)
+    out = Image.fromarray(a.astype(np.float32)).resize((cols, rows), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(out, np.float32), 0.0, 1.0)
+  return _fit(image, size, resize, scale)
+
+
+def resize_labels(labels: np.ndarray, size: int, num_structures: int,
+                  resize: str = 'stretch') -> np.ndarray:
   """uint8 (H, W) labels 0..K -> (size, size): each pixel the label covering most of
   its area (box filter per label, background included; the lower label on a tie)."""
-  if labels.shape == (size, size):
-    return labels.astype(np.uint8)
-  areas = [np.asarray(Image.fromarray((labels == k).astype(np.float32)).resize(
-      (size, size), Image.Resampling.BOX)) for k in range(num_structures + 1)]
-  return np.argmax(np.stack(areas), axis=0).astype(np.uint8)
+  def scale(a, rows, cols):
+    if a.shape == (rows, cols):
+      return a.astype(np.uint8)
+    areas = [np.asarray(Image.fromarray((a == k).astype(np.float32)).resize(
+        (cols, rows), Image.Resampling.BOX)) for k in range(num_structures + 1)]
+    return np.argmax(np.stack(areas), axis=0).astype(np.uint8)
+  return _fit(labels, size, resize, scale)
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+def resize_mask(mask: np.ndarray, size: int, resize: str = 'stretch') -> np.ndarray:
   """bool (H, W) -> bool (size, size): foreground where >= half the area was foreground."""
-  if mask.shape == (size, size):
-    return mask.copy()
-  area = Image.fromarray(mask.astype(np.float32)).resize(
-      (size, size), Image.Resampling.BOX)
-  return np.asarray(area) >= 0.5
+  def scale(a, rows, cols):
+    if a.shape == (rows, cols):
+      return a.copy()
+    area = Image.fromarray(a.astype(np.float32)).resize((cols, rows), Image.Resampling.BOX)
+    return np.asarray(area) >= 0.5
+  return _fit(mask, size, resize, scale)
