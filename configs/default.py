@@ -76,9 +76,10 @@ def get_config(arg=None):
   # val_fraction: share of the training images held out to score validation
   # Dice after every chunk (curves, TensorBoard, convergence speed).
   # source: a built-in generator (ultrasound, chest_xray, dead_leaves, and
-  # cardiac: three structures, cavity, wall and atrium) with num_images, or a real set (busi, udiat_b, montgomery, jsrt_scr, folder)
-  # read from root, all of its images (unet_jax/data/real). on_bad='skip'
-  # leaves out unusable image/mask pairs (reported) instead of stopping.
+  # cardiac: three structures, cavity, wall and atrium) with num_images, or a
+  # real set (busi, udiat_b, montgomery, jsrt_scr, folder) read from root,
+  # all of its images (unet_jax/data/real). on_bad='skip' leaves out
+  # unusable image/mask pairs (reported) instead of stopping.
   # folds >= 2: k-fold cross-validation instead of one hold-out split (every
   # image tested once per seed; test_fraction is then unused), crossed with
   # the experiments through grid.fold. split_per_seed=True: every seed draws

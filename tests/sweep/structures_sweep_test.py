@@ -15,7 +15,7 @@ from unet_jax.model import model_graphdef
 from unet_jax.model import predict as predict_batches
 from unet_jax.sweep.checkpoint import load_weights
 from unet_jax.sweep.records import read_summary
-from unet_jax.sweep.run import run_sweep
+from unet_jax.sweep.run import _race_frame, run_sweep
 from unet_jax.sweep.settings import NEW_HEAD_RULE, SweepSettings, load_config
 
 TINY = os.path.join(CONFIGS, 'default.py') + ':tiny'
@@ -147,4 +147,22 @@ def test_a_new_head_is_trained_by_every_pretrained_run():
     else:
       assert NEW_HEAD_RULE not in first, run.name
   binary = SweepSettings.from_config(load_config(TINY))
-  assert not any(NEW_HEAD_RULE in stage for r in binary.runs() for stage in r.schedule.stages)
+  assert not any(e.new_head for e in binary.experiments)
+  contracting = next(r for r in binary.runs() if r.base == 'contracting')
+  assert [r.pattern for r in contracting.schedule.stages[0]] == ['enc.*|bottleneck', '.*']
+
+
+def test_the_race_may_rank_on_one_structure():
+  fields = {'data.source': 'cardiac', 'race.enabled': True, 'grid.seed': ()}
+  s = SweepSettings.from_config(set_fields(load_config(TINY), {**fields,
+                                                               'race.metric': 'dice:wall'}))
+  assert s.race.metric == 'dice:wall'
+  runs = s.runs()[:2]
+  rows = {r.name: [{'seed': r.seed, 'image_id': 'a', 'dice': 0.9, 'dice:wall': 0.4}]
+          for r in runs}
+  frame = _race_frame(rows, {r.name: r.base for r in runs}, runs, s.race.metric)
+  assert list(frame['dice']) == [0.4, 0.4]
+  with pytest.raises(UserError, match="'race.metric' is 'dice:lesion'; valid choices: dice, "
+                                      'dice:cavity, dice:wall, dice:atrium'):
+    SweepSettings.from_config(set_fields(load_config(TINY), {**fields,
+                                                             'race.metric': 'dice:lesion'}))

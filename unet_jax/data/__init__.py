@@ -223,7 +223,7 @@ def make_dataset(name: str, num: int, size: int, seed: int) -> Dataset:
 
 
 __all__ = [
-    'EMPTY_MASKS', 'INTENSITIES', 'LOADERS', 'RESIZES', 'SOURCES', 'Dataset', 'Split', 'holdout_split',
-    'SOURCE_STRUCTURES', 'is_real', 'kfold_split', 'leave_out_empty', 'load', 'make_dataset',
-    'normalise', 'open_source', 'plan_splits', 'source_names', 'structures_of',
+    'EMPTY_MASKS', 'INTENSITIES', 'LOADERS', 'RESIZES', 'SOURCES', 'SOURCE_STRUCTURES',
+    'Dataset', 'Split', 'holdout_split', 'is_real', 'kfold_split', 'leave_out_empty', 'load',
+    'make_dataset', 'normalise', 'open_source', 'plan_splits', 'source_names', 'structures_of',
 ]

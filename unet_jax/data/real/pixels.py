@@ -31,9 +31,10 @@ Resizing is a plain resize to a ``size x size`` square by default (``resize='str
 ratio not kept, as most papers on these sets do), or with ``resize='pad'`` the longer side to
 ``size`` and the image centred on a zero square (background in the masks). Images with
 Pillow's bilinear filter on 32-bit floats, which is anti-aliased when shrinking (its support
-grows with the scale factor) and stays in [0, 1]; masks by area: the fraction of foreground under each output pixel (Pillow's box filter),
-foreground when >= 0.5; label maps by area too, each output pixel taking the label (background
-included) that covers most of it, the lower label on a tie.
+grows with the scale factor) and stays in [0, 1]; masks by area: the fraction of foreground
+under each output pixel (Pillow's box filter), foreground when >= 0.5; label maps by area too,
+each output pixel taking the label (background included) that covers most of it, the lower
+label on a tie.
 """
 
 from __future__ import annotations
