@@ -1,4 +1,4 @@
-"""Sweep throughput: experiment-steps per second, compile included, per strategy.
+"""Sweep throughput: experiment-steps per second, compile included, per executor.
 
 Runs a sweep of N layer-subset experiments x S steps at the default model
 size (U-Net base 16, depth 4, BatchNorm, 64x64, batch 8), or on a ResNet
@@ -8,12 +8,12 @@ measures:
 - baseline: what a user would write, one experiment at a time, each with its
   own jit and a static ``optax.partition`` freeze (``tests/reference_trainer.py``), timed
   first and again last, the faster run counting;
-- each bundle strategy forced (``unet_jax.engine.choices.STRATEGIES``);
+- each bundle executor forced (``unet_jax.engine.choices.EXECUTORS``);
 - auto: the autotuner's timing plus the run with its choice;
 - optionally (``--torch``) the same U-Net in a plain PyTorch loop, one
   experiment at a time, for the gap to the peer a user would reach for.
 - optionally (``--largest_bundle=N``) the largest bundle that fits memory:
-  the automatic choice's strategy, doubling the bundle until it runs out of
+  the automatic choice's executor, doubling the bundle until it runs out of
   memory (or reaches N experiments, or the time budget).
 
 Prints a table and ends with one JSON line holding every figure.
@@ -82,12 +82,12 @@ def experiments(n, steps, spec, batch, mix='subsets'):
 
 
 def run_alone(exps, spec, weights, images, masks, chunk):
-  """Each experiment trained by itself, its own jit (the static strategy on a bundle of
-  one: its freeze compiled in): the one-at-a-time baseline of strategies the
+  """Each experiment trained by itself, its own jit (the static executor on a bundle of
+  one: its freeze compiled in): the one-at-a-time baseline of executors the
   optax.partition reference cannot express (L2-SP, Auto-RGN, layer-wise rates)."""
   start = time.perf_counter()
   for e in exps:
-    run_strategy('static', [e], spec, weights, images, masks, chunk)
+    run_executor('static', [e], spec, weights, images, masks, chunk)
   return time.perf_counter() - start
 
 
@@ -109,14 +109,14 @@ def run_baseline(exps, spec, weights, images, masks, chunk):
   return time.perf_counter() - start
 
 
-def run_strategy(strategy, exps, spec, weights, images, masks, chunk):
+def run_executor(executor, exps, spec, weights, images, masks, chunk):
   jax.clear_caches()  # every run pays its own compiles
   ctx = BundleContext(spec, exps[0].batch_size)
   bar = tqdm.tqdm(disable=True)
   start = time.perf_counter()
   result = run_bundle(ctx, exps, [weights] * len(exps),
                       BundleData(images, masks, [np.arange(len(images))] * len(exps)),
-                      RunOptions(strategy, 'auto', chunk), bar=bar)
+                      RunOptions(executor, 'auto', chunk), bar=bar)
   return time.perf_counter() - start, result.report
 
 
@@ -125,11 +125,11 @@ def is_out_of_memory(error: Exception) -> bool:
   return 'RESOURCE_EXHAUSTED' in text or 'Out of memory' in text or 'out of memory' in text
 
 
-def largest_bundle(strategy, spec, weights, images, masks, *, start, cap, batch,
+def largest_bundle(executor, spec, weights, images, masks, *, start, cap, batch,
                    seconds):
   """Doubles the bundle from ``start`` until it no longer fits memory.
 
-  Each size compiles and trains ``strategy`` for 2 steps. Stops at ``cap``
+  Each size compiles and trains ``executor`` for 2 steps. Stops at ``cap``
   experiments or once ``seconds`` are spent. Returns (largest that ran,
   the first size that ran out of memory or None, [(size, outcome, seconds)]).
   """
@@ -137,7 +137,7 @@ def largest_bundle(strategy, spec, weights, images, masks, *, start, cap, batch,
   while n <= cap and time.perf_counter() - began < seconds:
     tried = time.perf_counter()
     try:
-      run_strategy(strategy, experiments(n, 2, spec, batch), spec, weights, images, masks, 2)
+      run_executor(executor, experiments(n, 2, spec, batch), spec, weights, images, masks, 2)
     except Exception as e:  # noqa: BLE001 - out of memory is the answer sought
       if not is_out_of_memory(e):
         raise
@@ -230,11 +230,11 @@ def main():
   parser.add_argument('--mix', default='subsets', choices=('subsets', 'strategies'),
                       help='subsets: the paper\'s layer subsets; strategies: one of each '
                            'fine-tuning strategy (baseline: each alone, its own jit)')
-  parser.add_argument('--strategies', default='',
+  parser.add_argument('--executors', '--strategies', dest='executors', default='',
                       help='comma-separated; default: the autotuner candidates here')
   parser.add_argument('--torch', action='store_true', help='also time plain PyTorch')
   parser.add_argument('--largest_bundle', type=int, default=0,
-                      help='also double the bundle (auto\'s strategy) up to this many '
+                      help='also double the bundle (auto\'s executor) up to this many '
                            'experiments, until it runs out of memory; 0: off')
   parser.add_argument('--largest_bundle_seconds', type=float, default=120,
                       help='time budget for --largest_bundle')
@@ -252,8 +252,8 @@ def main():
                     'baseline (each alone, own jit)')
   total = args.experiments * args.steps
   backend, devices = jax.default_backend(), jax.device_count()
-  strategies = (args.strategies.split(',') if args.strategies else
-                autotune.candidate_strategies(backend, devices, args.experiments))
+  executors = (args.executors.split(',') if args.executors else
+                autotune.candidate_executors(backend, devices, args.experiments))
 
   rows, figures = [], {}
   # The baseline runs first and, with --baseline_runs=2, once more at the
@@ -263,18 +263,18 @@ def main():
   figures['baseline_runs_s'] = [seconds]
   rows.append((baseline_label, seconds, total / seconds, 1.0))
   print(f'baseline: {seconds:.1f}s', flush=True)
-  for strategy in strategies + ['auto']:
+  for executor in executors + ['auto']:
     try:
-      seconds, report = run_strategy(strategy, exps, spec, weights, ds.images, ds.masks,
+      seconds, report = run_executor(executor, exps, spec, weights, ds.images, ds.masks,
                                      args.chunk)
     except Exception as e:  # noqa: BLE001 - report and go on
-      print(f'{strategy}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}')
-      figures[f'{strategy}_exp_steps_per_s'] = None
+      print(f'{executor}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}')
+      figures[f'{executor}_exp_steps_per_s'] = None
       continue
-    label = f'auto (chose {report.strategy})' if strategy == 'auto' else strategy
-    if strategy == 'auto':
-      figures['auto_choice'] = report.strategy
-    figures[f'{strategy}_exp_steps_per_s'] = total / seconds
+    label = f'auto (chose {report.executor})' if executor == 'auto' else executor
+    if executor == 'auto':
+      figures['auto_choice'] = report.executor
+    figures[f'{executor}_exp_steps_per_s'] = total / seconds
     rows.append((label, seconds, total / seconds,
                  (total / seconds) / figures['baseline_exp_steps_per_s']))
     print(f'{label}: {seconds:.1f}s', flush=True)
@@ -295,14 +295,14 @@ def main():
                  (total / seconds) / figures['baseline_exp_steps_per_s']))
 
   if args.largest_bundle:
-    strategy = figures.get('auto_choice') or strategies[0]
+    executor = figures.get('auto_choice') or executors[0]
     largest, failed, trials = largest_bundle(
-        strategy, spec, weights, ds.images, ds.masks, start=args.experiments,
+        executor, spec, weights, ds.images, ds.masks, start=args.experiments,
         cap=args.largest_bundle, batch=args.batch_size, seconds=args.largest_bundle_seconds)
-    figures.update(largest_bundle=largest, largest_bundle_strategy=strategy,
+    figures.update(largest_bundle=largest, largest_bundle_executor=executor,
                    first_out_of_memory=failed, largest_bundle_trials=trials)
     for n, outcome, sec in trials:
-      print(f'bundle of {n} ({strategy}): {outcome} in {sec:.1f}s', flush=True)
+      print(f'bundle of {n} ({executor}): {outcome} in {sec:.1f}s', flush=True)
   if figures.get('auto_exp_steps_per_s'):
     figures['auto_over_baseline'] = (figures['auto_exp_steps_per_s']
                                      / figures['baseline_exp_steps_per_s'])

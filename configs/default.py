@@ -152,8 +152,8 @@ def get_config(arg=None):
                      max_replicates=15, metric='dice')
   # How a bundle runs: 'auto' times the candidates on this hardware and keeps
   # the fastest; or one of static, per_experiment, sequential, vmap,
-  # vmap_matmul, sharded_sequential, sharded_vmap (unet_jax/engine/strategies.py).
-  config.strategy = 'auto'
+  # vmap_matmul, sharded_sequential, sharded_vmap (unet_jax/engine/executors.py).
+  config.executor = 'auto'
   config.max_bundle = 0  # most experiments per compiled program; 0 = no cap
   # JAX's persistent compilation cache: reruns skip compiling ('' = off).
   config.compilation_cache = '~/.cache/unet_jax/jax'

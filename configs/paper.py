@@ -186,7 +186,7 @@ def get_config(arg=None):
   config.grid = dict(seed=tuple(range(int(options['seeds']))), learning_rate=(),
                      weight_decay=(), steps=(), batch_size=(), frozen_norm=(), fold=())
   config.only = ''
-  config.strategy = 'auto'
+  config.executor = 'auto'
   config.max_bundle = 0
   config.compilation_cache = '~/.cache/unet_jax/jax'
   config.chunk_steps = 2 if smoke else 50

@@ -98,12 +98,12 @@ def get_config(arg=None):
   config.model.adapter_rank = 4
   config.grid.layer_decay = (0.5, 0.8)
   config.grid.l2sp = (0.1, 1.0)
-  # Each experiment's own training time is part of the answer: 'static'
+  # Each experiment's own training time is part of the answer: the 'static' executor
   # compiles its freeze in (one program per distinct set of trained leaves),
   # so a strategy that trains less also costs less, as it would alone; the
-  # masks-as-data strategies run every experiment through one program, at one
+  # masks-as-data executors run every experiment through one program, at one
   # cost (README "Fine-tuning strategies").
-  config.strategy = 'static'
+  config.executor = 'static'
   if variant in ('smoke', 'tiny'):
     keep = ['full', 'contracting', 'expanding', 'head', 'layer_decay', 'l2sp', 'bitfit_head',
             'lp_ft', 'auto_rgn', 'lora', 'surgical_enc1']

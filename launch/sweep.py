@@ -48,8 +48,17 @@ def _last_line(error: Exception) -> str:
   return lines[-1] if 'Traceback' in str(text) else ' '.join(lines)
 
 
+# Overrides of fields that were renamed: --config.<old> names the new field.
+_RENAMED = {'strategy': "executor (how a bundle runs); 'strategy' now means only a "
+                        'fine-tuning method (config.experiments.<name>)'}
+
+
 def load_flags(argv):
   """Parses the flags and loads the config; any problem is a UserError."""
+  for arg in argv[1:]:
+    field = arg.removeprefix('--config.').split('=')[0]
+    if arg.startswith('--config.') and field in _RENAMED:
+      raise UserError(f'--config.{field} was renamed: use --config.{_RENAMED[field]}')
   try:
     # Defined here, not at import, so that errors in the config file or in a
     # --config.x override surface inside this try and not as a traceback.

@@ -115,7 +115,7 @@ def test_unknown_policy_names_the_valid_ones():
 
 
 def test_policies_cross_the_grid_in_one_bundle_and_flip_trains_as_before(tmp_path):
-  fields = {'only': 'full', 'grid.seed': (0,), 'strategy': 'static'}
+  fields = {'only': 'full', 'grid.seed': (0,), 'executor': 'static'}
   plain = run_sweep(set_fields(load_config(TINY), fields), str(tmp_path / 'plain'),
                     progress=False)
   crossed = run_sweep(set_fields(load_config(TINY), {**fields,

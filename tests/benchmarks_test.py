@@ -20,12 +20,12 @@ def test_out_of_memory_is_told_apart_from_other_failures():
 def test_largest_bundle_doubles_until_memory_runs_out(monkeypatch):
   sizes = []
 
-  def fake_run(strategy, exps, *args):
+  def fake_run(executor, exps, *args):
     sizes.append(len(exps))
     if len(exps) >= 8:
       raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4GiB')
 
-  monkeypatch.setattr(sweep_throughput, 'run_strategy', fake_run)
+  monkeypatch.setattr(sweep_throughput, 'run_executor', fake_run)
   monkeypatch.setattr(sweep_throughput, 'experiments', lambda n, *args: [None] * n)
   largest, failed, trials = sweep_throughput.largest_bundle(
       'static', None, None, None, None, start=2, cap=64, batch=8, seconds=60)
@@ -41,7 +41,7 @@ def test_tiny_benchmark_prints_a_table_and_one_json_line(tmp_path):
   out = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'benchmarks', 'sweep_throughput.py'),
        '--experiments=2', '--steps=2', '--chunk=1', '--image_size=32', '--base_width=4',
-       '--strategies=static', '--baseline_runs=1', '--largest_bundle=2'],
+       '--executors=static', '--baseline_runs=1', '--largest_bundle=2'],
       capture_output=True, text=True, timeout=600, cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.strip().splitlines()

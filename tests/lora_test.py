@@ -7,8 +7,8 @@ import numpy as np
 from bundles import LR
 
 from unet_jax import freeze
+from unet_jax.engine.executors import make_bundle_chunk
 from unet_jax.engine.step import BundleContext, init_experiment_state, make_setup, stack, unstack
-from unet_jax.engine.strategies import make_bundle_chunk
 from unet_jax.model import UNetSpec, adapter_limit, apply_model, init_model, merge_adapters
 from unet_jax.schedules import Schedule
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from unet_jax.engine.executors import make_bundle_chunk
 from unet_jax.engine.experiment import Experiment
 from unet_jax.engine.run import Weights
 from unet_jax.engine.step import BundleContext, init_experiment_state, make_setup, stack, unstack
-from unet_jax.engine.strategies import make_bundle_chunk
 from unet_jax.errors import UserError
 from unet_jax.files import read_jsonl
 from unet_jax.freeze import FROZEN_NORM, norm_masks, preset_rules

@@ -3,7 +3,7 @@
 ``optax.partition`` routes 'train' leaves to Adam and 'freeze' leaves to
 ``set_to_zero``, so a frozen leaf has no Adam moments at all and its update
 is exactly zero; the BatchNorm policy's masks are Python bools. The tests
-compare every bundled strategy against it (tests/engine/strategies_test.py) and
+compare every bundled strategy against it (tests/engine/executors_test.py) and
 the sweep benchmark times it as the baseline (benchmarks/sweep_throughput.py).
 It draws the batches the engine draws (``unet_jax.engine.step.draw_batch``).
 """

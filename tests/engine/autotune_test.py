@@ -1,7 +1,7 @@
 import jax
 import numpy as np
 
-from unet_jax.engine.autotune import candidate_strategies, time_strategies
+from unet_jax.engine.autotune import candidate_executors, time_executors
 from unet_jax.engine.step import BundleContext, init_experiment_state, make_setup, stack
 from unet_jax.freeze import preset_rules
 from unet_jax.model import UNetSpec, init_model
@@ -9,14 +9,14 @@ from unet_jax.schedules import Schedule
 
 
 def test_candidates_follow_the_hardware():
-  assert candidate_strategies('cpu', 1, 1) == ['static']
-  assert candidate_strategies('cpu', 1, 8) == ['static', 'per_experiment']
-  assert candidate_strategies('cpu', 1, 8, num_stages=1) == ['static']  # nothing to time
-  assert candidate_strategies('cpu', 2, 8) == ['static', 'per_experiment', 'sharded_vmap']
-  assert candidate_strategies('cpu', 2, 8, num_stages=1) == ['static', 'sharded_vmap']
-  gpu = candidate_strategies('gpu', 4, 16)
+  assert candidate_executors('cpu', 1, 1) == ['static']
+  assert candidate_executors('cpu', 1, 8) == ['static', 'per_experiment']
+  assert candidate_executors('cpu', 1, 8, num_stages=1) == ['static']  # nothing to time
+  assert candidate_executors('cpu', 2, 8) == ['static', 'per_experiment', 'sharded_vmap']
+  assert candidate_executors('cpu', 2, 8, num_stages=1) == ['static', 'sharded_vmap']
+  gpu = candidate_executors('gpu', 4, 16)
   assert {'sequential', 'sharded_vmap', 'sharded_sequential'} <= set(gpu)
-  assert candidate_strategies('tpu', 8, 16, num_processes=2) == ['sharded_vmap',
+  assert candidate_executors('tpu', 8, 16, num_processes=2) == ['sharded_vmap',
                                                                  'sharded_sequential']
 
 
@@ -32,14 +32,14 @@ def test_picks_the_fastest_projection_and_records_failures():
   state = stack([init_experiment_state(params, stats)] * 2)
   images = np.random.default_rng(0).random((8, 16, 16, 1), np.float32)
   inputs = jax.device_put((state, setup, images, (images > 0.5).astype(np.float32)))
-  best, chunk, trials = time_strategies(
+  best, chunk, trials = time_executors(
       BundleContext(spec, 4), lambda _: inputs, candidates=['per_experiment', 'vmap',
-                                                           'no_such_strategy'],
+                                                           'no_such_executor'],
       total_steps=100, loop='host')
-  by_name = {t.strategy: t for t in trials}
-  assert 'unknown strategy' in by_name['no_such_strategy'].error
+  by_name = {t.executor: t for t in trials}
+  assert 'unknown executor' in by_name['no_such_executor'].error
   ok = [by_name['per_experiment'], by_name['vmap']]
-  assert best == min(ok, key=lambda t: t.projected_s).strategy
+  assert best == min(ok, key=lambda t: t.projected_s).executor
   for t in ok:
     assert t.step_s > 0 and t.compile_s >= 0
     assert abs(t.projected_s - (t.compile_s + 100 * t.step_s)) < 1e-9

@@ -6,12 +6,12 @@ import pytest
 import tqdm
 
 from unet_jax import freeze
+from unet_jax.engine.executors import make_bundle_chunk
 from unet_jax.engine.experiment import Experiment
 from unet_jax.engine.resume import BundleCheckpoints, Interrupted
 from unet_jax.engine.run import BundleData, RunOptions, Weights, run_bundle
 from unet_jax.engine.step import BundleContext, init_experiment_state, make_setup, stack
 from unet_jax.engine.stopping import StopRule, StopTracker
-from unet_jax.engine.strategies import make_bundle_chunk
 from unet_jax.model import UNetSpec, init_model
 from unet_jax.schedules import Schedule
 
@@ -36,14 +36,14 @@ def _experiment(name, steps, preset='full', seed=0, unfreeze_at=None):
   return Experiment(name, name, schedule, 'pretrained', seed, 3e-3, 0.0, steps, 4, 'adapt')
 
 
-def _run(problem, experiments, rule, strategy='static', val=True, **kwargs):
+def _run(problem, experiments, rule, executor='static', val=True, **kwargs):
   init, images, masks = problem
   num = len(experiments)
   data = BundleData(images, masks, [np.arange(12)] * num,
                     [(images[12:], masks[12:])] * num if val else None)
   with tqdm.tqdm(disable=True) as bar:
     return run_bundle(BundleContext(SPEC, 4), experiments, [init] * num, data,
-                      RunOptions(strategy, 'host', CHUNK, kwargs.pop('checkpoint_every', 0),
+                      RunOptions(executor, 'host', CHUNK, kwargs.pop('checkpoint_every', 0),
                                  rule), bar=bar, **kwargs)
 
 
@@ -83,8 +83,8 @@ def test_min_delta_one_stops_every_run_after_patience(problem):
   assert result.report.exp_steps_per_s > 0
 
 
-@pytest.mark.parametrize('strategy', ['static', 'vmap'])
-def test_a_stopped_experiment_stays_bitwise_while_its_bundle_trains(problem, strategy):
+@pytest.mark.parametrize('executor', ['static', 'vmap'])
+def test_a_stopped_experiment_stays_bitwise_while_its_bundle_trains(problem, executor):
   init, images, masks = problem
   exps = [_experiment('a', 8), _experiment('b', 8, 'contracting', seed=1)]
   setup = stack([make_setup(init.params, init.stats, e.schedule, num_stages=1,
@@ -93,7 +93,7 @@ def test_a_stopped_experiment_stays_bitwise_while_its_bundle_trains(problem, str
                             train_index=np.arange(12), index_length=12) for e in exps])
   state = stack([init_experiment_state(init.params, init.stats)] * 2)
   state = state._replace(stopped_at=np.asarray([-1, 0], np.int32))
-  chunk = make_bundle_chunk(BundleContext(SPEC, 4), strategy, loop='host')
+  chunk = make_bundle_chunk(BundleContext(SPEC, 4), executor, loop='host')
   after, losses = chunk(jax.device_put(state), jax.device_put(setup), images, masks,
                         num_steps=3)
   before, after = jax.tree.map(np.asarray, (state, after))
@@ -103,7 +103,7 @@ def test_a_stopped_experiment_stays_bitwise_while_its_bundle_trains(problem, str
   assert any(not np.array_equal(x[0], y[0]) for x, y in
              zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params)))
   assert int(after.diverged_at[1]) == -1
-  if strategy == 'static':  # not run at all
+  if executor == 'static':  # not run at all
     assert np.isnan(np.asarray(losses)[:, 1]).all() and int(after.step[1]) == 0
 
 
@@ -120,14 +120,14 @@ def test_a_bundle_whose_runs_stop_apart_equals_each_run_alone(problem):
     assert together.history[i] == alone.history[0]
     assert together.progress[i] == alone.progress[0]
   # One program for both (vmap): the same decisions.
-  vmapped = _run(problem, exps, rule, strategy='vmap')
+  vmapped = _run(problem, exps, rule, executor='vmap')
   assert [(r.best_step, r.stopped_at, r.reason) for r in vmapped.progress] == [
       (r.best_step, r.stopped_at, r.reason) for r in together.progress]
   np.testing.assert_allclose([r.best_val_dice for r in vmapped.progress],
                              [r.best_val_dice for r in together.progress], atol=0.01)
   # Weights are not compared: in float32, Adam turns the rounding of
   # near-zero gradients (convolution biases before BatchNorm) into steps of
-  # either sign; the strategies' float64 equivalence test holds them.
+  # either sign; the executors' float64 equivalence test holds them.
 
 
 def test_resume_after_a_stop_mid_bundle_decides_and_ends_the_same(problem, tmp_path):

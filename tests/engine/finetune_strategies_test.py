@@ -15,6 +15,7 @@ from bundles import LR, SPEC
 from reference_trainer import init_state, make_train_chunk
 
 from unet_jax import freeze
+from unet_jax.engine.executors import make_bundle_chunk
 from unet_jax.engine.experiment import Experiment
 from unet_jax.engine.masked_adam import masked_adam
 from unet_jax.engine.run import strategy_setup
@@ -26,7 +27,6 @@ from unet_jax.engine.step import (
   stack,
   unstack,
 )
-from unet_jax.engine.strategies import make_bundle_chunk
 from unet_jax.schedules import Schedule, parse_schedule
 
 

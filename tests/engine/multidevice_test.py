@@ -1,4 +1,4 @@
-"""Sharded strategies on faked CPU devices, and a two-process sweep.
+"""Sharded executors on faked CPU devices, and a two-process sweep.
 
 Each case runs in a subprocess: the device count must be set through
 XLA_FLAGS before JAX starts.
@@ -32,7 +32,7 @@ PRELUDE = r'''
 import jax, numpy as np
 from jax.sharding import PartitionSpec as P
 from unet_jax.engine.step import *
-from unet_jax.engine.strategies import *
+from unet_jax.engine.executors import *
 from unet_jax.engine.execution import place
 from unet_jax.freeze import preset_rules
 from unet_jax.model import UNetSpec, init_model
@@ -55,8 +55,8 @@ masks = (images > 0.5).astype(np.float32)
 
 
 SHARDED_SCRIPT = PRELUDE + r'''
-# Float64, as the single-device strategies are checked against optax.partition
-# (tests/engine/strategies_test.py): per_experiment is that check's reference here.
+# Float64, as the single-device executors are checked against optax.partition
+# (tests/engine/executors_test.py): per_experiment is that check's reference here.
 jax.config.update('jax_enable_x64', True)
 params, stats, images, masks = jax.tree.map(lambda x: np.asarray(x, np.float64),
                                             (params, stats, images, masks))
@@ -71,9 +71,9 @@ reference = make_bundle_chunk(ctx, 'per_experiment', loop='host')
 ref, _ = reference(state, setup, images, masks, num_steps=3)
 mesh = experiment_mesh(4)
 assert dict(mesh.shape) == {'exp': 2, 'data': 1}
-for strategy in ('sharded_vmap', 'sharded_sequential'):
+for executor in ('sharded_vmap', 'sharded_sequential'):
   TRACES.clear()
-  chunk = make_bundle_chunk(ctx, strategy, loop='host', mesh=mesh)
+  chunk = make_bundle_chunk(ctx, executor, loop='host', mesh=mesh)
   out, losses = chunk(place(state, mesh, P('exp')), place(setup, mesh, P('exp')),
                       place(images, mesh, P()), place(masks, mesh, P()), num_steps=3)
   assert TRACES['experiment_step'] == 1, TRACES
@@ -87,7 +87,7 @@ print('OK')
 '''
 
 
-def test_sharded_strategies_on_two_devices():
+def test_sharded_executors_on_two_devices():
   proc = subprocess.run([sys.executable, '-c', SHARDED_SCRIPT], env=_env(2),
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stderr[-3000:]
@@ -132,7 +132,7 @@ def _free_port() -> int:
 
 def _sweep_args(workdir):
   return [sys.executable, SWEEP, f'--config={TINY}', '--config.only=full,head,contracting,last',
-          '--config.grid.seed=(0,)', '--config.strategy=sharded_vmap', f'--workdir={workdir}',
+          '--config.grid.seed=(0,)', '--config.executor=sharded_vmap', f'--workdir={workdir}',
           '--noprogress']
 
 
@@ -168,7 +168,7 @@ def test_two_processes_match_one_process(tmp_path):
   # (its thread split): one process with 4 devices and two with 2 agree to
   # float tolerance, not bit for bit. Weights: Adam's lr * steps bound.
   for name in want:
-    assert got[name]['strategy'] == 'sharded_vmap'
+    assert got[name]['executor'] == 'sharded_vmap'
     np.testing.assert_allclose(got[name]['chunk_losses'], want[name]['chunk_losses'],
                                rtol=1e-4)
     assert got[name]['mean_dice'] == pytest.approx(want[name]['mean_dice'], abs=0.02)

@@ -1,12 +1,12 @@
-"""The static and per_experiment strategies: worker threads, stage segments."""
+"""The static and per_experiment executors: worker threads, stage segments."""
 
 import jax
 import numpy as np
 from bundles import SPEC, make_bundle
 
+from unet_jax.engine.executors import make_bundle_chunk
 from unet_jax.engine.per_experiment import _segments
 from unet_jax.engine.step import BundleContext
-from unet_jax.engine.strategies import make_bundle_chunk
 from unet_jax.freeze import preset_rules
 from unet_jax.schedules import Schedule, unfreeze_at
 

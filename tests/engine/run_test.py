@@ -16,7 +16,7 @@ from unet_jax.engine.run import (
   Restored,
   RunOptions,
   Weights,
-  choose_strategy,
+  choose_executor,
   run_bundle,
 )
 from unet_jax.engine.step import BundleContext
@@ -41,14 +41,14 @@ def _experiment(name, preset='full', lr=1e-3, seed=0):
                     'pretrained', seed, lr, 0.0, STEPS, 4, 'adapt')
 
 
-def _run(problem, experiments, strategy='static', checkpoint_every=0, **kwargs):
+def _run(problem, experiments, executor='static', checkpoint_every=0, **kwargs):
   init, images, masks = problem
   num = len(experiments)
   data = BundleData(images, masks, [np.arange(len(images))] * num,
                     [(images[:4], masks[:4])] * num)
   with tqdm.tqdm(disable=True) as bar:
     return run_bundle(BundleContext(SPEC, 4), experiments, [init] * num, data,
-                      RunOptions(strategy, 'host', 2, checkpoint_every), bar=bar, **kwargs)
+                      RunOptions(executor, 'host', 2, checkpoint_every), bar=bar, **kwargs)
 
 
 def _assert_same_weights(a: Weights, b: Weights):
@@ -142,11 +142,11 @@ def test_stop_request_saves_and_resume_matches(problem, tmp_path):
 
 
 # static: one program per experiment; vmap: both experiments in one program.
-@pytest.mark.parametrize('strategy', ['static', 'vmap'])
-def test_diverging_experiment_is_frozen_and_others_unaffected(problem, strategy):
+@pytest.mark.parametrize('executor', ['static', 'vmap'])
+def test_diverging_experiment_is_frozen_and_others_unaffected(problem, executor):
   sound = [_experiment('a'), _experiment('b', 'contracting', seed=1)]
   wild = [sound[0], _experiment('b', 'contracting', lr=1e30, seed=1)]
-  want, got = _run(problem, sound, strategy), _run(problem, wild, strategy)
+  want, got = _run(problem, sound, executor), _run(problem, wild, executor)
   assert want.diverged_at == [None, None]
   assert got.diverged_at[0] is None
   assert got.diverged_at[1] is not None and 0 <= got.diverged_at[1] < STEPS
@@ -157,20 +157,23 @@ def test_diverging_experiment_is_frozen_and_others_unaffected(problem, strategy)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(got.weights[1].params))
 
 
-def test_the_strategy_choice_is_a_value_and_times_only_when_it_must():
-  restored = Restored(4, None, None, [[]], 'vmap', [{'strategy': 'vmap'}], [])
+def test_the_executor_choice_is_a_value_and_times_only_when_it_must():
+  restored = Restored(4, None, None, [[]], 'vmap', [{'executor': 'vmap'}], [])
   calls = []
   def choose(requested, candidates, cached=None, restored_=None):
-    return choose_strategy(BundleContext(SPEC, 4), requested, candidates, cached=cached,
+    return choose_executor(BundleContext(SPEC, 4), requested, candidates, cached=cached,
                            restored=restored_, inputs_for=lambda s: calls.append(s),
                            steps=10, loop='host', mesh=None, timing_steps=1)
-  # A restored bundle keeps the strategy it was saved with, whatever is asked.
+  # A restored bundle keeps the executor it was saved with, whatever is asked.
   got = choose('static', ['static', 'per_experiment'], restored_=restored)
-  assert (got.strategy, got.how, got.trials) == ('vmap', 'restored', restored.trials)
+  assert (got.executor, got.how, got.trials) == ('vmap', 'restored', restored.trials)
   assert choose('vmap_matmul', ['static']).how == 'forced'
-  cached = {'strategy': 'per_experiment', 'trials': [{'strategy': 'x'}]}
+  cached = {'executor': 'per_experiment', 'trials': [{'executor': 'x'}]}
   got = choose('auto', ['static', 'per_experiment'], cached=cached)
-  assert (got.strategy, got.how) == ('per_experiment', 'cached')
+  assert (got.executor, got.how) == ('per_experiment', 'cached')
+  # An autotuning cache written before the rename called it 'strategy'.
+  old = {'strategy': 'per_experiment', 'trials': []}
+  assert choose('auto', ['static', 'per_experiment'], cached=old).executor == 'per_experiment'
   got = choose('auto', ['static'])
-  assert (got.strategy, got.how, got.chunk) == ('static', 'only candidate', None)
+  assert (got.executor, got.how, got.chunk) == ('static', 'only candidate', None)
   assert calls == []  # nothing was timed

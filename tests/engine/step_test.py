@@ -6,14 +6,14 @@ import pytest
 from bundles import LR, SPEC, make_bundle
 
 from unet_jax.engine import step
+from unet_jax.engine.executors import make_bundle_chunk
 from unet_jax.engine.step import BundleContext, init_experiment_state, make_setup, stack, unstack
-from unet_jax.engine.strategies import make_bundle_chunk
 from unet_jax.freeze import preset_rules
 from unet_jax.schedules import Schedule, gradual
 
 
-@pytest.mark.parametrize('strategy', ['static', 'vmap'])
-def test_each_experiment_draws_only_its_own_training_images(problem, strategy):
+@pytest.mark.parametrize('executor', ['static', 'vmap'])
+def test_each_experiment_draws_only_its_own_training_images(problem, executor):
   # Folds of one bundle share the image array: every image outside an
   # experiment's training indices is poisoned, so one draw of it would make
   # the loss NaN and mark the experiment diverged. The two index lists differ
@@ -31,7 +31,7 @@ def test_each_experiment_draws_only_its_own_training_images(problem, strategy):
                  for fit in fits])
   assert np.asarray(setup.train_count).tolist() == [5, 6]
   state = stack([init_experiment_state(params, stats)] * 2)
-  chunk = make_bundle_chunk(BundleContext(SPEC, 4), strategy, loop='host')
+  chunk = make_bundle_chunk(BundleContext(SPEC, 4), executor, loop='host')
   state, losses = chunk(state, setup, poisoned, masks, num_steps=6)
   assert np.all(np.isfinite(np.asarray(losses)))
   assert np.asarray(state.diverged_at).tolist() == [-1, -1]

@@ -89,7 +89,7 @@ def test_a_race_under_a_batched_executor_trains_rounds_of_one_size(tmp_path):
   replicate 3 of both strategies and takes replicate 4 too, filling the first
   round's four slots, so both rounds have one shape."""
   config = load_config(TINY_RACE)
-  config.strategy = 'vmap'
+  config.executor = 'vmap'
   config.race.max_replicates = 4
   workdir = str(tmp_path)
   run_sweep(config, workdir, progress=False)

@@ -65,7 +65,7 @@ def resnet_config(weights_path: str = '', **overrides):
   config.grid.seed = (0,)
   config.finetune.steps = config.chunk_steps = 2
   # One program for the three (masks as data); no validation or re-estimation programs.
-  config.strategy = 'per_experiment'
+  config.executor = 'per_experiment'
   config.data.val_fraction = 0.0
   config.evaluation.norm_check = False
   # Frozen layers keep their statistics, so the frozen encoder stays the file's.

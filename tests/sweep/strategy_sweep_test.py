@@ -102,7 +102,7 @@ def test_strategy_sweep_records_rules_times_and_the_answer(tmp_path):
   config = _tiny()
   config.only = 'full,layer_decay,l2sp,bitfit_head,auto_rgn,lp_ft,lora'
   config.grid.seed = (0, 1)
-  config.strategy = 'per_experiment'
+  config.executor = 'per_experiment'
   run_sweep(config, str(tmp_path), progress=False)
   exp = tmp_path / 'experiments'
   rules = (exp / 'bitfit_head-seed0' / 'rules.txt').read_text()

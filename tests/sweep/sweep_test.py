@@ -328,7 +328,7 @@ def test_cli_runs_and_prints_the_table_with_seed_spread(tmp_path):
 def _sweep_command(workdir):
   return [sys.executable, SWEEP, f'--config={TINY}', f'--workdir={workdir}',
           '--config.only=full,head', '--config.grid.seed=(0,)', '--config.finetune.steps=12',
-          '--config.strategy=static', '--progress=false']
+          '--config.executor=static', '--progress=false']
 
 
 def _finetune_checkpoints(workdir) -> list[int]:

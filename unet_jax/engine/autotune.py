@@ -1,6 +1,6 @@
 """Choosing how to run a bundle by timing the candidates on the hardware at hand.
 
-Each candidate strategy is compiled and run for a few steps on the bundle's
+Each candidate executor is compiled and run for a few steps on the bundle's
 real state and data (the results are thrown away). The projected time of
 the whole bundle, compile included, is ``compile + steps * step_time``; the
 fastest projection wins. A candidate that fails (out of memory, an XLA
@@ -19,12 +19,12 @@ import jax
 import numpy as np
 
 from unet_jax.engine.choices import SHARDED
-from unet_jax.engine.strategies import make_bundle_chunk
+from unet_jax.engine.executors import make_bundle_chunk
 
 
 @dataclasses.dataclass
 class Trial:
-  strategy: str
+  executor: str
   compile_s: float = float('nan')  # first call minus one timed step
   step_s: float = float('nan')  # one bundle step (all experiments)
   exp_steps_per_s: float = float('nan')
@@ -32,17 +32,17 @@ class Trial:
   error: str = ''
 
 
-def candidate_strategies(backend: str, num_devices: int, num_experiments: int,
+def candidate_executors(backend: str, num_devices: int, num_experiments: int,
                          num_processes: int = 1, num_stages: int = 2) -> list[str]:
-  """Strategies worth timing here.
+  """Executors worth timing here.
 
   Timing is not free (each candidate compiles), so on CPU the candidates
   that measured slowest there are left out (docs/DESIGN.md section 3,
   BENCHMARKS.md): ``vmap`` (grouped convolutions, ~3x slower than
   ``static``), ``vmap_matmul`` (~1.5x slower) and ``sequential`` (a
-  ``lax.map`` loop body, 14x slower on XLA:CPU). ``config.strategy`` can
+  ``lax.map`` loop body, 14x slower on XLA:CPU). ``config.executor`` can
   still force any of them. With more than one process only sharded
-  strategies make sense: the others would run the whole bundle on every host.
+  executors make sense: the others would run the whole bundle on every host.
   """
   if num_experiments == 1 and num_processes == 1:
     return ['static']
@@ -62,14 +62,14 @@ def candidate_strategies(backend: str, num_devices: int, num_experiments: int,
   return names
 
 
-def time_strategies(ctx, inputs_for: Callable[[str], tuple], *,
+def time_executors(ctx, inputs_for: Callable[[str], tuple], *,
                     candidates: Sequence[str], total_steps: int, loop: str, mesh=None,
                     timing_steps: int = 2, repeats: int = 2
                     ) -> tuple[str, Callable, list[Trial]]:
-  """Times each candidate; returns (best strategy, its chunk function, trials).
+  """Times each candidate; returns (best executor, its chunk function, trials).
 
-  ``inputs_for(strategy)`` gives (state, setup, images, masks) placed as that
-  strategy expects; they are not modified.
+  ``inputs_for(executor)`` gives (state, setup, images, masks) placed as that
+  executor expects; they are not modified.
   """
   trials, chunks = [], {}
   for name in candidates:
@@ -103,7 +103,7 @@ def time_strategies(ctx, inputs_for: Callable[[str], tuple], *,
     chunks[name] = chunk
   ok = [t for t in trials if not t.error]
   if not ok:
-    raise RuntimeError('no strategy could run this bundle: ' +
-                       '; '.join(f'{t.strategy}: {t.error}' for t in trials))
+    raise RuntimeError('no executor could run this bundle: ' +
+                       '; '.join(f'{t.executor}: {t.error}' for t in trials))
   best = min(ok, key=lambda t: t.projected_s)
-  return best.strategy, chunks[best.strategy], trials
+  return best.executor, chunks[best.executor], trials

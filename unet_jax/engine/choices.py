@@ -1,7 +1,7 @@
 """Names of the engine's choices, without JAX, for settings and readers."""
 
-# How a bundle runs (unet_jax.engine.strategies, .per_experiment).
-STRATEGIES = ('static', 'per_experiment', 'sequential', 'vmap', 'vmap_matmul',
+# How a bundle runs (unet_jax.engine.executors, .per_experiment).
+EXECUTORS = ('static', 'per_experiment', 'sequential', 'vmap', 'vmap_matmul',
               'sharded_sequential', 'sharded_vmap')
 SHARDED = ('sharded_sequential', 'sharded_vmap')
 # Those that train a whole bundle as one program, whose shape is the bundle's size.

@@ -1,4 +1,4 @@
-"""The ``static`` and ``per_experiment`` strategies: a bundle as calls of one experiment's step.
+"""The ``static`` and ``per_experiment`` executors: a bundle as calls of one experiment's step.
 
 Experiments run one after another, dispatched asynchronously, or with
 ``workers > 1`` that many at a time from Python threads (on CPU, where

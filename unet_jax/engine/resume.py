@@ -3,7 +3,7 @@
 A bundle's whole training state (parameters, BatchNorm statistics, Adam
 state, step counters and divergence flags of every experiment, stacked) is
 saved with an orbax ``CheckpointManager`` every ``checkpoint_every`` steps,
-together with a JSON record of what was logged so far and the strategy the
+together with a JSON record of what was logged so far and the executor the
 bundle runs with. Rerunning the same command restores the newest checkpoint
 that reads back whole, so a resumed sweep ends with exactly the weights and
 metrics of one that ran straight through.

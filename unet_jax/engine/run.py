@@ -1,7 +1,7 @@
-"""Runs one bundle: stacks its experiments, picks a strategy, trains in chunks.
+"""Runs one bundle: stacks its experiments, picks a executor, trains in chunks.
 
 ``run_bundle`` is four steps: restore the newest checkpoint (if any),
-choose a strategy (``choose_strategy`` returns a :class:`StrategyChoice`
+choose a executor (``choose_executor`` returns a :class:`ExecutorChoice`
 and changes nothing), the chunk loop (:class:`_ChunkLoop`: after every
 chunk each training experiment's loss and validation Dice go to its
 history and TensorBoard, early stopping decides who goes on
@@ -29,6 +29,7 @@ from unet_jax.engine import autotune
 from unet_jax.engine.choices import SHARDED
 from unet_jax.engine.distributed import is_writer, to_host
 from unet_jax.engine.execution import place, split_experiments
+from unet_jax.engine.executors import experiment_mesh, make_bundle_chunk
 from unet_jax.engine.experiment import AUGMENT_DEFAULTS, Experiment
 from unet_jax.engine.loops import resolve_loop
 from unet_jax.engine.resume import BundleCheckpoints, Interrupted, StopRequest
@@ -42,7 +43,6 @@ from unet_jax.engine.step import (
   unstack,
 )
 from unet_jax.engine.stopping import RunProgress, StopRule, StopTracker
-from unet_jax.engine.strategies import experiment_mesh, make_bundle_chunk
 from unet_jax.model import apply_model
 from unet_jax.schedules import stage_index
 
@@ -67,7 +67,7 @@ class BundleData:
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
-  strategy: str = 'auto'  # one of engine.choices.STRATEGIES, or 'auto' (timed)
+  executor: str = 'auto'  # one of engine.choices.EXECUTORS, or 'auto' (timed)
   loop: str = 'auto'  # engine.choices.LOOPS
   chunk_steps: int = 50  # steps between host updates
   checkpoint_every: int = 0  # steps between checkpoints; 0 = only on a stop request
@@ -80,10 +80,10 @@ class RunOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class StrategyChoice:
+class ExecutorChoice:
   """How a bundle runs, and why: forced, cached, restored or timed."""
 
-  strategy: str
+  executor: str
   trials: list[dict]  # the timed candidates (autotune.Trial as dicts); [] if untimed
   how: str  # 'forced', 'only candidate', 'cached', 'restored' or 'timed'
   chunk: Callable | None = None  # the timed winner's chunk, already compiled
@@ -94,7 +94,7 @@ class BundleReport:
   """What the engine decided for a bundle and what it measured."""
 
   experiments: list[str]
-  strategy: str
+  executor: str
   loop: str
   padded: int  # extra copies added to fill the devices
   trials: list[dict]
@@ -103,7 +103,7 @@ class BundleReport:
   # The autotuning cache's key for bundles like this one, and the choice.
   signature: str = ''
   how: str = ''
-  # Per experiment, its own seconds per training step where the strategy ran
+  # Per experiment, its own seconds per training step where the executor ran
   # one experiment at a time (static, per_experiment; first chunk left out:
   # compilation), else None.
   seconds_per_step: list = dataclasses.field(default_factory=list)
@@ -130,15 +130,15 @@ def chunk_length(steps: int, chunk_steps: int) -> int:
 
 
 class _Inputs:
-  """The bundle's arrays, placed for local or sharded strategies on demand."""
+  """The bundle's arrays, placed for local or sharded executors on demand."""
 
   def __init__(self, state, setup, images, masks, mesh):
     self.host = (state, setup, images, masks)
     self.mesh = mesh
     self._placed = {}
 
-  def get(self, strategy: str):
-    kind = 'sharded' if strategy in SHARDED else 'local'
+  def get(self, executor: str):
+    kind = 'sharded' if executor in SHARDED else 'local'
     if kind not in self._placed:
       state, setup, images, masks = self.host
       if kind == 'sharded':
@@ -228,7 +228,7 @@ def _event_writers(events_dir: str | None, names: Sequence[str], start: int) -> 
 
 
 def strategy_setup(ctx: BundleContext, exp: Experiment, bundle: Sequence[Experiment]) -> dict:
-  """``make_setup``'s strategy arguments for ``exp``: L2-SP, Auto-RGN and
+  """``make_setup``'s fine-tuning strategy arguments for ``exp``: L2-SP, Auto-RGN and
   augmentation data only when some experiment of its bundle uses them, so
   plain bundles do none of their work."""
   default = AUGMENT_DEFAULTS['augment_values']
@@ -254,7 +254,7 @@ class Restored(NamedTuple):
   state: ExperimentState
   best: Saved
   history: list[list[dict]]
-  strategy: str
+  executor: str
   trials: list[dict]
   progress: list[dict]
 
@@ -266,39 +266,42 @@ def restore(checkpoints: BundleCheckpoints | None, template: Saved, fingerprint:
   if found is None:
     return None
   step, saved, meta = found
-  return Restored(step, saved.state, saved, meta['history'], meta['strategy'],
-                  meta['trials'], meta['progress'])
+  # Checkpoints written before the rename call the executor 'strategy'.
+  executor = meta.get('executor', meta.get('strategy'))
+  return Restored(step, saved.state, saved, meta['history'], executor, meta['trials'],
+                  meta['progress'])
 
 
 def bundle_signature(ctx: BundleContext, num_members: int, image_shape, loop: str) -> str:
-  """What a strategy choice depends on: the autotuning cache's key."""
+  """What a executor choice depends on: the autotuning cache's key."""
   return (f'{jax.default_backend()}|{len(jax.devices())}|{jax.process_count()}|'
           f'{ctx.spec}|{ctx.batch_size}|E={num_members}|{image_shape}|{loop}')
 
 
-def choose_strategy(ctx: BundleContext, requested: str, candidates: Sequence[str], *,
+def choose_executor(ctx: BundleContext, requested: str, candidates: Sequence[str], *,
                     cached: dict | None, restored: Restored | None, inputs_for, steps: int,
-                    loop: str, mesh, timing_steps: int) -> StrategyChoice:
-  """The strategy a bundle runs with; times the candidates only when it must.
+                    loop: str, mesh, timing_steps: int) -> ExecutorChoice:
+  """The executor a bundle runs with; times the candidates only when it must.
 
-  A restored bundle keeps the strategy it was saved with (results stay
+  A restored bundle keeps the executor it was saved with (results stay
   bitwise those of an uninterrupted run); a forced one is used as is; with
   ``'auto'`` a cached choice for this bundle's signature is taken, a single
   candidate needs no timing, and otherwise the candidates are timed
-  (``autotune.time_strategies``).
+  (``autotune.time_executors``).
   """
   if restored is not None:
-    return StrategyChoice(restored.strategy, restored.trials, 'restored')
+    return ExecutorChoice(restored.executor, restored.trials, 'restored')
   if requested != 'auto':
-    return StrategyChoice(requested, [], 'forced')
+    return ExecutorChoice(requested, [], 'forced')
   if cached is not None:
-    return StrategyChoice(cached['strategy'], cached['trials'], 'cached')
+    return ExecutorChoice(cached.get('executor', cached.get('strategy')), cached['trials'],
+                          'cached')
   if len(candidates) == 1:
-    return StrategyChoice(candidates[0], [], 'only candidate')
-  strategy, chunk, trials = autotune.time_strategies(
+    return ExecutorChoice(candidates[0], [], 'only candidate')
+  executor, chunk, trials = autotune.time_executors(
       ctx, inputs_for, candidates=candidates, total_steps=steps, loop=loop, mesh=mesh,
       timing_steps=timing_steps)
-  return StrategyChoice(strategy, [dataclasses.asdict(t) for t in trials], 'timed', chunk)
+  return ExecutorChoice(executor, [dataclasses.asdict(t) for t in trials], 'timed', chunk)
 
 
 class _ChunkLoop:
@@ -437,7 +440,7 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
   """Trains a bundle of experiments that share steps and batch size.
 
   Longer than the engine's other functions because it is the one place the
-  four steps (restore, choose a strategy, the chunk loop, collect) and their
+  four steps (restore, choose a executor, the chunk loop, collect) and their
   inputs meet; each step is a function or class of its own above.
 
   Args:
@@ -445,10 +448,10 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
     experiments, inits: the experiments and their initial weights.
     data: the image array every experiment draws from, its indices into it,
       and optional per-experiment validation sets (scored after every chunk).
-    options: strategy (``'auto'`` times the candidates, ``autotune``),
+    options: executor (``'auto'`` times the candidates, ``autotune``),
       loop, chunk length and checkpoint interval.
     bar: a progress bar (none shown when None).
-    tuning: the autotuning cache, read only: signature -> {'strategy',
+    tuning: the autotuning cache, read only: signature -> {'executor',
       'trials'}; the choice made is in ``result.report`` (``signature``).
     checkpoints: where to save and resume from; ``fingerprint`` must
       identify the settings the checkpoints belong to.
@@ -481,29 +484,29 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
     warn(f'resuming {names[0] if len(names) == 1 else f"a bundle of {len(names)}"} '
          f'at step {restored.step} of {steps} from {checkpoints.directory}')
   start = restored.step if restored is not None else 0
-  candidates = autotune.candidate_strategies(
+  candidates = autotune.candidate_executors(
       jax.default_backend(), len(jax.devices()), len(experiments), jax.process_count(),
       num_stages=num_stages)
-  # A restored bundle keeps its strategy, and so the padding it was saved with.
+  # A restored bundle keeps its executor, and so the padding it was saved with.
   mesh, padded = _mesh_and_padding(
-      experiments, restored.strategy if restored is not None else options.strategy, candidates)
+      experiments, restored.executor if restored is not None else options.executor, candidates)
   pad = lambda tree: jax.tree.map(
       lambda x: np.concatenate([x] + [x[-1:]] * padded) if padded else x, tree)
   inputs = _Inputs(pad(state), pad(setup), data.images, data.masks, mesh)
   n = chunk_length(steps, options.chunk_steps)
   signature = bundle_signature(ctx, len(experiments) + padded, data.images.shape, options.loop)
   cached = (tuning or {}).get(signature)
-  if restored is None and options.strategy == 'auto' and cached is None and len(candidates) > 1:
-    bar.set_description('timing strategies')
-  choice = choose_strategy(
-      ctx, options.strategy, candidates, cached=cached,
+  if restored is None and options.executor == 'auto' and cached is None and len(candidates) > 1:
+    bar.set_description('timing executors')
+  choice = choose_executor(
+      ctx, options.executor, candidates, cached=cached,
       restored=restored, inputs_for=inputs.get, steps=steps, loop=options.loop, mesh=mesh,
       timing_steps=n if resolve_loop(options.loop) == 'scan' else 1)
   chunk = choice.chunk or make_bundle_chunk(
-      ctx, choice.strategy, loop=options.loop,
-      mesh=mesh if choice.strategy in SHARDED else None)
-  state, *arrays = inputs.get(choice.strategy)
-  meta = {'fingerprint': fingerprint, 'strategy': choice.strategy, 'trials': choice.trials,
+      ctx, choice.executor, loop=options.loop,
+      mesh=mesh if choice.executor in SHARDED else None)
+  state, *arrays = inputs.get(choice.executor)
+  meta = {'fingerprint': fingerprint, 'executor': choice.executor, 'trials': choice.trials,
           'history': restored.history if restored is not None else [[] for _ in names],
           'progress': tracker.to_json()}
   writers = _event_writers(events_dir, names, start)
@@ -529,7 +532,7 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
          else [None] * len(experiments))
   trained = sum(max(0, r.stopped_at - start) for r in tracker.runs) + padded * (
       loop.last_step - start)
-  report = BundleReport(names, choice.strategy, chunk.loop, padded, choice.trials, seconds,
+  report = BundleReport(names, choice.executor, chunk.loop, padded, choice.trials, seconds,
                         trained / seconds if seconds > 0 else 0.0,
                         signature, choice.how, own)
   weights = loop.best if data.val is not None else None
@@ -538,14 +541,14 @@ def run_bundle(ctx: BundleContext, experiments: Sequence[Experiment],
   return dataclasses.replace(result, val_per_image=loop.per_image)
 
 
-def _mesh_and_padding(experiments: Sequence[Experiment], strategy: str,
+def _mesh_and_padding(experiments: Sequence[Experiment], executor: str,
                       candidates: Sequence[str]):
-  """(mesh or None, padding): sharded strategies need the experiment axis to fill
+  """(mesh or None, padding): sharded executors need the experiment axis to fill
   the 'exp' devices evenly, so copies of the last experiment pad it (and are
   dropped after)."""
   mesh = (experiment_mesh(len(experiments), experiments[0].batch_size)
           if len(jax.devices()) > 1 else None)
-  may_shard = strategy in SHARDED or (strategy == 'auto' and
+  may_shard = executor in SHARDED or (executor == 'auto' and
                                       any(c in SHARDED for c in candidates))
   shards = mesh.shape['exp'] if mesh is not None else 1
   return mesh, (-len(experiments)) % shards if may_shard else 0

@@ -77,12 +77,12 @@ class ExperimentSummary:
   scoring_seconds: dict | None = None
   seconds: float | None = None  # its share of its bundle's training time
   # Its own training time (seconds per step measured when its bundle ran one
-  # experiment at a time, x steps); None when the strategy trained the bundle
+  # experiment at a time, x steps); None when the executor trained the bundle
   # as one program (vmap, ...), where one experiment's time is not separable.
   own_seconds: float | None = None
   extra_params: int = 0  # parameters added to the network (adapters), merged on export
   bundle: int | None = None
-  strategy: str | None = None
+  executor: str | None = None  # how its bundle ran (engine.choices.EXECUTORS)
   resumed_from_step: int = 0
   diverged_at_step: int | None = None  # weights are those before that step
   chunk_losses: list[float] = dataclasses.field(default_factory=list)
@@ -131,6 +131,8 @@ class ExperimentSummary:
   def from_json(cls, data: dict) -> 'ExperimentSummary':
     known = {f.name for f in dataclasses.fields(cls)}
     fields = {k: v for k, v in data.items() if k in known}
+    if 'executor' not in data and isinstance(data.get('strategy'), str):  # before the rename
+      fields['executor'] = data['strategy']
     fields['schedule'] = [StageRecord(**stage) for stage in data.get('schedule') or []]
     return cls(**fields)
 

@@ -328,7 +328,7 @@ def summarise(s: SweepSettings, exp: Experiment, weights: Weights, rows: list[di
       split_seed=split_seed(s, exp.seed), empty_masks=s.empty_masks,
       seconds=report.seconds / len(report.experiments), bundle=bundle,
       own_seconds=per_step * run.stopped_at if per_step is not None else None,
-      strategy=report.strategy, resumed_from_step=result.resumed_from,
+      executor=report.executor, resumed_from_step=result.resumed_from,
       diverged_at_step=result.diverged_at[index], chunk_losses=result.losses[index],
       final_val_dice=result.history[index][-1]['val_dice'], fingerprint=fingerprint,
       stop_reason=run.reason, stopped_at_step=run.stopped_at,
@@ -526,15 +526,15 @@ class _Sweep:
     result = run_bundle(
         BundleContext(s.model, members[0].batch_size, rewarmup_steps=s.rewarmup_steps),
         members, inits, BundleData(images, masks, [sp.fit for sp in splits], val),
-        RunOptions(s.strategy, s.loop, s.chunk_steps, s.checkpoint_every, s.early_stop),
+        RunOptions(s.executor, s.loop, s.chunk_steps, s.checkpoint_every, s.early_stop),
         bar=bar,
         tuning=self.tuning, checkpoints=checkpoints, fingerprint=key, stop=self.stop,
         events_dir=self.paths.tensorboard)
     report = result.report
     if report.how in ('timed', 'only candidate'):
-      self.tuning[report.signature] = {'strategy': report.strategy, 'trials': report.trials}
+      self.tuning[report.signature] = {'executor': report.executor, 'trials': report.trials}
     self.reports.append(dataclasses.asdict(report))
-    bar.write(f'bundle {b}: {len(members)} experiment(s), strategy {report.strategy}, '
+    bar.write(f'bundle {b}: {len(members)} experiment(s), executor {report.executor}, '
               f'{report.exp_steps_per_s:.2f} exp-steps/s', file=sys.stderr)
     scoring = []
     for i, (exp, weights, split) in enumerate(zip(members, result.weights, splits)):
@@ -631,7 +631,7 @@ class _Race:
     # Where one program trains a whole bundle (an accelerator, or a batched
     # executor forced), a bundle's size is its compiled shape: later rounds
     # are filled to the first round's size (fill_round).
-    self.batched = s.strategy in BATCHED or (s.strategy == 'auto' and
+    self.batched = s.executor in BATCHED or (s.executor == 'auto' and
                                              jax.default_backend() != 'cpu')
 
   def run(self, progress: bool) -> list[ExperimentSummary]:

@@ -17,7 +17,7 @@ from typing import Any
 from unet_jax import augment, data, resnet, structures
 from unet_jax.block_order import ENCODERS, ORDERS, RESNET_ENCODERS, UNET
 from unet_jax.conventions import HD95_CONVENTIONS
-from unet_jax.engine.choices import LOOPS, STRATEGIES
+from unet_jax.engine.choices import EXECUTORS, LOOPS
 from unet_jax.engine.experiment import LR_SCALINGS, Experiment
 from unet_jax.engine.stopping import StopRule
 from unet_jax.errors import UserError
@@ -122,7 +122,7 @@ class SweepSettings:
   loop: str
   experiments: tuple[ExperimentSpec, ...]
   grid: dict  # axis -> tuple of values, defaults filled in
-  strategy: str  # 'auto' or one of engine.choices.STRATEGIES
+  executor: str  # how a bundle runs: 'auto' or one of engine.choices.EXECUTORS
   max_bundle: int  # 0 = no limit
   rewarmup_steps: int
   early_stop: StopRule  # finetune.patience, finetune.min_delta (engine.stopping)
@@ -235,7 +235,7 @@ class SweepSettings:
                                    'augment': _augment_choice(config, policies),
                                    **dataclasses.asdict(finetune)}, policies),
         augment_policies=policies,
-        strategy=_choice(config, 'strategy', ('auto',) + STRATEGIES),
+        executor=_choice(config, 'executor', ('auto',) + EXECUTORS),
         max_bundle=_int(config, 'max_bundle', 0),
         rewarmup_steps=_int(config, 'finetune.rewarmup_steps', 0),
         early_stop=_early_stop(config),
@@ -526,6 +526,8 @@ _REPLACED = {
                                     'normalised frozen blocks with batch statistics '
                                     'in training but pretrained ones in evaluation, '
                                     'which no policy does any more (docs/DESIGN.md)',
+    'strategy': "executor (how a bundle runs: 'auto', " + ', '.join(EXECUTORS) + '); '
+                '"strategy" now means only a fine-tuning method (experiments.<name>)',
 }
 
 

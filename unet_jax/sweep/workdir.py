@@ -20,8 +20,8 @@ Layout::
   data.json                        the target set: classes, skipped files, copies, split sizes
   report.md, report/               tables, findings F1-F6 and figures
   results.jsonl                    one row per (experiment, test image)
-  bundles.json                     each bundle's strategy and autotuning timings
-  autotune.json                    cached strategy choices
+  bundles.json                     each bundle's executor and autotuning timings
+  autotune.json                    cached executor choices
   cache/                           preprocessed arrays of a real data set
   .lock                            held while a sweep runs
 """

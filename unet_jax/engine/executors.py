@@ -1,4 +1,4 @@
-"""Strategies: how a bundle's experiment steps are mapped over the experiment axis.
+"""Executors: how a bundle's experiment steps are mapped over the experiment axis.
 
 - ``static``: each experiment's current stage masks compiled in as constants,
   so XLA skips the gradients of frozen leaves (like ``optax.partition``); one
@@ -15,7 +15,7 @@
 
 ``static`` and ``per_experiment`` are :class:`unet_jax.engine.per_experiment.
 PerExperimentChunk`; the others are one program for the whole bundle. Whatever
-the strategy, a bundle traces ``experiment_step`` once (``step.TRACES``).
+the executor, a bundle traces ``experiment_step`` once (``step.TRACES``).
 """
 
 from __future__ import annotations
@@ -26,18 +26,18 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from unet_jax.engine.choices import SHARDED, STRATEGIES
+from unet_jax.engine.choices import EXECUTORS, SHARDED
 from unet_jax.engine.execution import cpu_workers
 from unet_jax.engine.loops import host_loop, resolve_loop
 from unet_jax.engine.per_experiment import PerExperimentChunk
 from unet_jax.engine.step import BundleContext, experiment_step
 
 
-def _over_experiments(ctx: BundleContext, strategy: str, data_shards: int = 1):
+def _over_experiments(ctx: BundleContext, executor: str, data_shards: int = 1):
   """experiment_step mapped over the (local) experiment axis."""
-  conv = 'matmul' if strategy == 'vmap_matmul' else 'xla'
+  conv = 'matmul' if executor == 'vmap_matmul' else 'xla'
   step = functools.partial(experiment_step, ctx, conv, data_shards=data_shards)
-  if strategy in ('vmap', 'vmap_matmul', 'sharded_vmap'):
+  if executor in ('vmap', 'vmap_matmul', 'sharded_vmap'):
     return jax.vmap(step, in_axes=(0, 0, None, None))
   return lambda state, setup, images, masks: jax.lax.map(
       lambda pair: step(pair[0], pair[1], images, masks), (state, setup))
@@ -62,14 +62,14 @@ def experiment_mesh(num_experiments: int | None = None, batch_size: int | None =
   return jax.sharding.Mesh(devices.reshape(len(devices) // data, data), ('exp', 'data'))
 
 
-def make_bundle_step(ctx: BundleContext, strategy: str, mesh=None):
+def make_bundle_step(ctx: BundleContext, executor: str, mesh=None):
   """``bundle_step(state, setup, images, masks) -> (state, losses[E])``."""
-  if strategy not in STRATEGIES:
-    raise ValueError(f'unknown strategy {strategy!r}; valid: {", ".join(STRATEGIES)}')
-  if strategy not in SHARDED:
-    return _over_experiments(ctx, strategy)
+  if executor not in EXECUTORS:
+    raise ValueError(f'unknown executor {executor!r}; valid: {", ".join(EXECUTORS)}')
+  if executor not in SHARDED:
+    return _over_experiments(ctx, executor)
   mesh = mesh or experiment_mesh()
-  inner = _over_experiments(ctx, strategy, data_shards=mesh.shape.get('data', 1))
+  inner = _over_experiments(ctx, executor, data_shards=mesh.shape.get('data', 1))
   return jax.shard_map(inner, mesh=mesh, in_specs=(P('exp'), P('exp'), P(), P()),
                        out_specs=(P('exp'), P('exp')))
 
@@ -78,7 +78,7 @@ def _scan_steps(bundle_step, images, masks, setup, state, _):
   return bundle_step(state, setup, images, masks)
 
 
-def make_bundle_chunk(ctx: BundleContext, strategy: str, *, loop: str = 'auto',
+def make_bundle_chunk(ctx: BundleContext, executor: str, *, loop: str = 'auto',
                       mesh=None):
   """``chunk(state, setup, images, masks, num_steps) -> (state, losses[T, E])``.
 
@@ -86,9 +86,9 @@ def make_bundle_chunk(ctx: BundleContext, strategy: str, *, loop: str = 'auto',
   one bundle step and calls it ``num_steps`` times (the CPU default, see
   ``resolve_loop``). ``chunk.step`` is the jitted bundle step.
   """
-  if strategy in ('per_experiment', 'static'):
-    return PerExperimentChunk(ctx, loop, static=strategy == 'static', workers=cpu_workers())
-  bundle_step = make_bundle_step(ctx, strategy, mesh)
+  if executor in ('per_experiment', 'static'):
+    return PerExperimentChunk(ctx, loop, static=executor == 'static', workers=cpu_workers())
+  bundle_step = make_bundle_step(ctx, executor, mesh)
   step = jax.jit(bundle_step)
   if resolve_loop(loop) == 'scan':
     @functools.partial(jax.jit, static_argnames='num_steps')

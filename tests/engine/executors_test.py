@@ -1,4 +1,4 @@
-"""Every strategy against the optax.partition baseline in float64; one trace per bundle."""
+"""Every executor against the optax.partition baseline in float64; one trace per bundle."""
 
 import jax
 import numpy as np
@@ -7,8 +7,8 @@ from bundles import LR, SPEC, make_bundle
 from reference_trainer import init_state, make_optimizer, make_train_chunk
 
 from unet_jax.engine import step
+from unet_jax.engine.executors import make_bundle_chunk
 from unet_jax.engine.step import BundleContext, unstack
-from unet_jax.engine.strategies import make_bundle_chunk
 from unet_jax.freeze import FROZEN_NORM, freeze_labels, norm_masks, preset_rules
 from unet_jax.schedules import Schedule, gradual, unfreeze_at
 
@@ -48,9 +48,9 @@ def references64(problem):
   return out
 
 
-@pytest.mark.parametrize('strategy, policy', [(s, 'inference') for s in BUNDLED]
+@pytest.mark.parametrize('executor, policy', [(s, 'inference') for s in BUNDLED]
                          + [('static', 'adapt'), ('vmap', 'adapt')])
-def test_bundle_matches_optax_partition_in_float64(problem, references64, strategy, policy,
+def test_bundle_matches_optax_partition_in_float64(problem, references64, executor, policy,
                                                   monkeypatch):
   # In float32, Adam turns float-noise gradients (conv biases before
   # BatchNorm) into lr-sized steps, so only a loose bound would hold; in
@@ -63,7 +63,7 @@ def test_bundle_matches_optax_partition_in_float64(problem, references64, strate
     p64, s64, i64, m64 = _float64((params, stats, images, masks))
     schedules = [Schedule.constant(preset_rules(p, SPEC.depth)) for p in SUBSETS]
     state, setup = make_bundle(p64, s64, schedules, frozen_norm=policy)
-    chunk = make_bundle_chunk(BundleContext(SPEC, 4), strategy, loop='host')
+    chunk = make_bundle_chunk(BundleContext(SPEC, 4), executor, loop='host')
     state, losses = chunk(state, setup, i64, m64, num_steps=3)
     assert losses.shape == (3, len(SUBSETS)) and losses.dtype == np.float64
     for i, preset in enumerate(SUBSETS):
@@ -94,8 +94,8 @@ def test_bundle_matches_optax_partition_in_float64(problem, references64, strate
           assert int(count) == 3
 
 
-@pytest.mark.parametrize('strategy', ['per_experiment', 'sequential', 'vmap'])
-def test_one_trace_per_bundle_with_mixed_subsets_and_schedules(problem, strategy):
+@pytest.mark.parametrize('executor', ['per_experiment', 'sequential', 'vmap'])
+def test_one_trace_per_bundle_with_mixed_subsets_and_schedules(problem, executor):
   _, params, stats, images, masks = problem
   schedules = [Schedule.constant(preset_rules('head', SPEC.depth)),
                gradual('flow', 'shallow_to_deep', 1, SPEC.depth),
@@ -103,7 +103,7 @@ def test_one_trace_per_bundle_with_mixed_subsets_and_schedules(problem, strategy
                unfreeze_at(preset_rules('last', SPEC.depth), 2)]
   state, setup = make_bundle(params, stats, schedules, lrs=[1e-3, 3e-4, 1e-3, 1e-2])
   step.TRACES.clear()
-  chunk = make_bundle_chunk(BundleContext(SPEC, 4), strategy, loop='host')
+  chunk = make_bundle_chunk(BundleContext(SPEC, 4), executor, loop='host')
   for _ in range(3):
     state, _ = chunk(state, setup, images, masks, num_steps=2)
   assert step.TRACES['experiment_step'] == 1
