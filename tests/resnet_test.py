@@ -118,9 +118,8 @@ def eager_runs(model, images):
 def test_output_shape_block_names_and_paths(model, eager_runs):
   _, params, stats = model
   assert eager_runs[0].shape == (2, 32, 32, 2)
-  assert resnet.block_names(SPEC) == ENCODER + ('dec5', 'dec4', 'dec3', 'dec2', 'dec1', 'head')
-  assert sorted({p.split('/')[0] for p in leaf_paths(params)}) == sorted(
-      resnet.block_names(SPEC))
+  assert SPEC.block_names() == ENCODER + ('dec5', 'dec4', 'dec3', 'dec2', 'dec1', 'head')
+  assert sorted({p.split('/')[0] for p in leaf_paths(params)}) == sorted(SPEC.block_names())
   paths = set(leaf_paths(params))
   for path in ['stem/conv1/kernel', 'stem/bn1/scale', 'stem/bn1/bias', 'layer1/0/conv1/kernel',
                'layer1/1/bn2/scale', 'layer2/0/downsample/0/kernel',
@@ -300,7 +299,7 @@ def test_spec_and_image_size_refusals():
   with pytest.raises(UserError, match="'unet' is not a ResNet encoder; valid: resnet18"):
     resnet.ResNetUNet(UNetSpec(), nnx.Rngs(0))
   with pytest.raises(UserError, match='five positive integers'):
-    resnet.block_names(dataclasses.replace(SPEC, decoder_channels=(8, 8, 8, 8)))
+    resnet.check_spec(dataclasses.replace(SPEC, decoder_channels=(8, 8, 8, 8)))
 
 
 @pytest.mark.parametrize('norm', ['group', 'none'])

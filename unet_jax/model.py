@@ -374,10 +374,6 @@ def norm_layer_tree(stats_like: PyTree) -> PyTree:
   return stats_like
 
 
-def count_params(tree: PyTree) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(tree))
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _predict_batch(graphdef, params, stats, images):
   logits, _ = apply_model(graphdef, params, stats, images, train=False)

@@ -1,6 +1,6 @@
 """A U-Net on a torchvision ResNet encoder, laid out as segmentation_models_pytorch's ``Unet``.
 
-Blocks in data-flow order (:func:`block_names`): ``stem`` (7x7/2 convolution, BatchNorm,
+Blocks in data-flow order (``block_order.RESNET.flow``): ``stem`` (7x7/2 convolution, BatchNorm,
 ReLU), the 3x3/2 max pool (no parameters), ``layer1 .. layer4`` (torchvision's residual
 stages: BasicBlock for resnet18/34, Bottleneck v1.5 for resnet50), then ``dec5 .. dec1``
 (nearest upsampling by 2, concatenation with the skip, two 3x3 convolution + norm + ReLU;
@@ -81,12 +81,6 @@ def check_spec(spec: UNetSpec) -> None:
                     f'integers, one per decoder block dec5..dec1')
   if spec.norm not in NORMS:
     raise UserError(f'model.norm={spec.norm!r} is not one of {", ".join(NORMS)}')
-
-
-def block_names(spec: UNetSpec) -> tuple[str, ...]:
-  """Blocks in data-flow order: stem, layer1..layer4, dec5..dec1, head."""
-  check_spec(spec)
-  return block_order.RESNET.flow
 
 
 def check_image_size(spec: UNetSpec, size: int | tuple[int, int]) -> None:

@@ -138,3 +138,17 @@ def test_contact_sheet_unknown_source_is_one_line(tmp_path):
   assert proc.stderr.strip() == (
       "error: unknown source 'busi'; valid choices: ultrasound, chest_xray, dead_leaves, "
       'cardiac')
+
+
+def test_every_named_source_has_a_modality():
+  """F4 compares modalities: a new source must say what it is (unet_jax/modalities.py)."""
+  from unet_jax.modalities import MODALITIES
+  named = [s for s in data.source_names(pets=True) if s != 'folder']  # a folder holds anything
+  assert [s for s in named if s not in MODALITIES] == []
+
+
+def test_generators_give_ids_classes_and_structures():
+  ds = data.make_dataset('cardiac', 3, 32, 0)
+  assert ds.ids == ['echo_00000', 'echo_00001', 'echo_00002']
+  assert set(ds.labels) <= {'normal', 'dilated'} and ds.structures == ('cavity', 'wall', 'atrium')
+  assert data.make_dataset('dead_leaves', 2, 16, 0).labels == ['object', 'object']

@@ -191,8 +191,8 @@ def test_results_summaries_and_report(sweep_dir):
   assert all(0.0 <= r['dice'] <= 1.0 for r in rows)
   contracting = summaries[[s.name for s in summaries].index('contracting')]
   assert set(contracting.schedule[0].trained) == set(resnet.ENCODER_BLOCKS)
-  assert tuple(contracting.schedule[0].block_fractions) == resnet.block_names(
-      UNetSpec(encoder='resnet18'))
+  assert tuple(contracting.schedule[0].block_fractions) == UNetSpec(
+      encoder='resnet18').block_names()
   with open(os.path.join(workdir, 'config.json')) as f:
     model = json.load(f)['model']
   assert model['encoder'] == 'resnet18' and model['decoder_channels'] == list(CHANNELS)

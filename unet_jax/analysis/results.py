@@ -46,6 +46,7 @@ from unet_jax import files
 from unet_jax.analysis import stats
 from unet_jax.analysis.paired import PairedTest, paired_test
 from unet_jax.errors import UserError
+from unet_jax.modalities import MODALITIES
 from unet_jax.sweep.records import ExperimentSummary, SweepRecord
 from unet_jax.sweep.workdir import WorkdirPaths
 
@@ -68,11 +69,6 @@ def structure_metrics(columns) -> dict[str, bool]:
   return out
 # Pairing keys of a row besides the grouping itself.
 _PAIR_KEYS = ('variant', 'seed', 'image_id')
-# data.source -> imaging modality, for F4 (an explicit table; pass more to findings()).
-DOMAIN_KINDS = {'ultrasound': 'ultrasound', 'cardiac': 'ultrasound', 'busi': 'ultrasound',
-                'udiat': 'ultrasound',
-                'udiat_b': 'ultrasound', 'xray': 'xray', 'chest_xray': 'xray',
-                'montgomery': 'xray', 'jsrt': 'xray', 'jsrt_scr': 'xray'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -572,10 +568,10 @@ class Results:
     """F1..F6 of DESIGN.md judged on these results; rules in ``unet_jax.analysis.findings``.
 
     ``domain_kinds`` adds ``data.source -> 'ultrasound' | 'xray'`` entries
-    to :data:`DOMAIN_KINDS`.
+    to :data:`unet_jax.modalities.MODALITIES`.
     """
     from unet_jax.analysis import findings  # noqa: PLC0415 - it builds on this module
-    return findings.evaluate(self, alpha, {**DOMAIN_KINDS, **(domain_kinds or {})})
+    return findings.evaluate(self, alpha, {**MODALITIES, **(domain_kinds or {})})
 
 
 def _pair_keys(by: str, variants_a: set, variants_b: set) -> list[str]:

@@ -11,7 +11,7 @@ distributed; ``holdout_split`` and ``kfold_split`` split either by class.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -120,46 +120,34 @@ class Dataset:
     return len(self.ids)
 
 
-def _ultrasound(num: int, size: int, seed: int) -> Dataset:
-  scan = ultrasound.BreastScan(size=size)
-  images, masks, malignant = ultrasound.breast_images(jax.random.key(seed), num, scan)
-  labels = [ultrasound.KINDS[k] for k in np.asarray(malignant)]
-  return Dataset(np.asarray(images), np.asarray(masks),
-                 [f'us_{i:05d}' for i in range(num)], labels)
+@dataclasses.dataclass(frozen=True)
+class Generator:
+  """A built-in source: ``make(key, num, settings(size))`` gives images, masks and, where
+  the source has classes, each image's class index into ``classes``."""
+
+  make: Callable
+  settings: Callable[[int], Any]  # image size -> the generator's settings
+  prefix: str  # image ids are prefix_00000, ...
+  classes: tuple[str, ...]  # one class: every image has it
+  structures: tuple[str, ...] = BINARY
 
 
-def _dead_leaves(num: int, size: int, seed: int) -> Dataset:
-  spec = dead_leaves.DeadLeaves(size=size)
-  images, masks = dead_leaves.dead_leaves_images(jax.random.key(seed), num, spec)
-  return Dataset(np.asarray(images), np.asarray(masks),
-                 [f'dl_{i:05d}' for i in range(num)], ['object'] * num)
-
-
-def _chest_xray(num: int, size: int, seed: int) -> Dataset:
-  spec = chest_xray.ChestXray(size=size)
-  images, masks, abnormal = chest_xray.chest_images(jax.random.key(seed), num, spec)
-  labels = ['abnormal' if a else 'normal' for a in np.asarray(abnormal)]
-  return Dataset(np.asarray(images), np.asarray(masks),
-                 [f'cxr_{i:05d}' for i in range(num)], labels)
-
-
-def _cardiac(num: int, size: int, seed: int) -> Dataset:
-  view = cardiac.CardiacView(size=size)
-  images, masks, dilated = cardiac.cardiac_images(jax.random.key(seed), num, view)
-  labels = [cardiac.KINDS[int(d)] for d in np.asarray(dilated)]
-  return Dataset(np.asarray(images), np.asarray(masks),
-                 [f'echo_{i:05d}' for i in range(num)], labels,
-                 structures=cardiac.STRUCTURES)
-
-
-SOURCES: dict[str, Callable[[int, int, int], Dataset]] = {
-    'ultrasound': _ultrasound,
-    'chest_xray': _chest_xray,
-    'dead_leaves': _dead_leaves,
-    'cardiac': _cardiac,
+SOURCES: dict[str, Generator] = {
+    'ultrasound': Generator(ultrasound.breast_images,
+                            lambda size: ultrasound.BreastScan(size=size), 'us',
+                            ultrasound.KINDS),
+    'chest_xray': Generator(chest_xray.chest_images,
+                            lambda size: chest_xray.ChestXray(size=size), 'cxr',
+                            ('normal', 'abnormal')),
+    'dead_leaves': Generator(dead_leaves.dead_leaves_images,
+                             lambda size: dead_leaves.DeadLeaves(size=size), 'dl', ('object',)),
+    'cardiac': Generator(cardiac.cardiac_images, lambda size: cardiac.CardiacView(size=size),
+                         'echo', cardiac.KINDS, cardiac.STRUCTURES),
 }
+
+
 # The structures of each built-in source's masks (one for a binary source).
-SOURCE_STRUCTURES = {name: BINARY for name in SOURCES} | {'cardiac': cardiac.STRUCTURES}
+SOURCE_STRUCTURES = {name: source.structures for name, source in SOURCES.items()}
 
 
 def structures_of(name: str, declared: str = '') -> tuple[tuple[str, ...], tuple[int, ...] | None]:
@@ -219,7 +207,12 @@ def make_dataset(name: str, num: int, size: int, seed: int) -> Dataset:
   if name not in SOURCES:
     raise UserError(f'unknown data source {name!r}; valid sources: '
                     f'{", ".join(sorted(SOURCES))}')
-  return SOURCES[name](num, size, seed)
+  source = SOURCES[name]
+  images, masks, *kinds = source.make(jax.random.key(seed), num, source.settings(size))
+  kinds = np.asarray(kinds[0]).astype(int) if kinds else np.zeros(num, int)
+  return Dataset(np.asarray(images), np.asarray(masks),
+                 [f'{source.prefix}_{i:05d}' for i in range(num)],
+                 [source.classes[k] for k in kinds], structures=source.structures)
 
 
 __all__ = [
