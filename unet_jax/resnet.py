@@ -29,7 +29,7 @@ convolution, strided ones included, is im2col + matmul with the same parameters.
 Example::
 
   spec = UNetSpec(encoder='resnet34', in_channels=1)
-  graphdef, params, stats = init_resnet_unet(spec, seed=0)
+  graphdef, params, stats = unet_jax.model.init_model(spec, seed=0)
   params, stats = encoder_from_torchvision(torch_state, params, stats, spec,
                                            source='resnet34.pth')
 """
@@ -46,7 +46,8 @@ from flax import nnx
 
 from unet_jax import block_order
 from unet_jax.errors import UserError
-from unet_jax.model import NORMS, BatchNorm, UNetSpec, _make_norm, model_graphdef, split_model
+from unet_jax.layers import BatchNorm, make_norm, split_model
+from unet_jax.spec import NORMS, UNetSpec
 
 PyTree = Any
 
@@ -214,7 +215,7 @@ class DecoderBlock(nnx.Module):
 
 
 def _decoder_norm(spec: UNetSpec, features: int, rngs: nnx.Rngs) -> nnx.Module:
-  return _bn(spec, features, rngs) if spec.norm == 'batch' else _make_norm(spec, features, rngs)
+  return _bn(spec, features, rngs) if spec.norm == 'batch' else make_norm(spec, features, rngs)
 
 
 def encoder_widths(spec: UNetSpec) -> tuple[int, ...]:
@@ -272,14 +273,16 @@ class ResNetUNet(nnx.Module):
     return self.head(x)
 
 
-def init_resnet_unet(spec: UNetSpec, seed: int) -> tuple[nnx.GraphDef, PyTree, PyTree]:
-  """Builds a ResNetUNet with random weights; returns (graphdef, params, stats) as pure dicts.
+Network = ResNetUNet
+
+
+def init(spec: UNetSpec, seed: int) -> tuple[PyTree, PyTree]:
+  """Random weights of a ResNetUNet: (params, stats) as pure dicts.
 
   The weights are drawn by one compiled program per spec, for every seed: op by op each of
   the initialisers compiles on its own (resnet18 on a 2-core CPU: 17 s against 4 s).
   """
-  params, stats = _init_program(spec)(jax.random.key(seed))
-  return model_graphdef(spec), params, stats
+  return _init_program(spec)(jax.random.key(seed))
 
 
 @functools.lru_cache(maxsize=8)

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import tqdm
 
-from unet_jax import augment, data, files, freeze, resnet, structures, weights_file
+from unet_jax import augment, data, encoders, files, freeze, structures, weights_file
 from unet_jax.engine.choices import BATCHED
 from unet_jax.engine.distributed import is_writer
 from unet_jax.engine.experiment import AUGMENT_DEFAULTS, STRATEGY_DEFAULTS, Experiment
@@ -208,10 +208,9 @@ def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqd
 def encoder_from_file(s: SweepSettings, init: Weights) -> Weights:
   """``init`` with stem and layer1..layer4 from ``s.pretrain_weights`` (torchvision names)."""
   state = weights_file.read_state_dict(s.pretrain_weights)
-  params, stats = resnet.encoder_from_torchvision(state, init.params, init.stats, s.model,
-                                                  source=s.pretrain_weights,
-                                                  grey=s.pretrain_grey,
-                                                  imagenet=s.intensity == 'imagenet')
+  read = encoders.network_module(s.model.encoder).encoder_from_torchvision
+  params, stats = read(state, init.params, init.stats, s.model, source=s.pretrain_weights,
+                       grey=s.pretrain_grey, imagenet=s.intensity == 'imagenet')
   return Weights(params, stats)
 
 

@@ -14,9 +14,10 @@ import os
 import re
 from typing import Any
 
-from unet_jax import augment, data, resnet, structures
-from unet_jax.block_order import ENCODERS, ORDERS, RESNET_ENCODERS, UNET
+from unet_jax import augment, data, encoders, resnet, structures
+from unet_jax.block_order import ORDERS, UNET
 from unet_jax.conventions import HD95_CONVENTIONS
+from unet_jax.encoders import ENCODERS
 from unet_jax.engine.choices import EXECUTORS, LOOPS
 from unet_jax.engine.experiment import LR_SCALINGS, Experiment
 from unet_jax.engine.stopping import StopRule
@@ -193,14 +194,12 @@ class SweepSettings:
     _refuse_replaced_fields(config)
     model = _model(config)
     size = _int(config, 'image_size', 8)
-    if model.encoder != UNET:
-      try:
-        resnet.check_image_size(model, size)
-      except UserError as e:
-        raise UserError(f"config field 'image_size': {e}") from None
-    elif size % 2 ** model.depth:
-      raise UserError(f'image_size={size} must be divisible by 2**model.depth '
-                      f'= {2 ** model.depth}')
+    divisor = encoders.family(model.encoder).divisor(model)
+    if size % divisor:
+      why = ('2**model.depth' if model.encoder == UNET
+             else f'the {model.encoder} encoder halves it five times')
+      raise UserError(f"config field 'image_size': image size {size} must be divisible by "
+                      f'{divisor} ({why})')
     only = [n.strip() for n in str(_get(config, 'only')).split(',') if n.strip()]
     seed, finetune = _number(config, 'seed'), _train(config, 'finetune')
     frozen_norm = _choice(config, 'finetune.frozen_norm', tuple(FROZEN_NORM))
@@ -362,7 +361,7 @@ def _adapters(config, encoder: str) -> dict:
   except re.error as e:
     raise UserError(f"config field 'model.adapter_blocks' is not a valid regular expression: "
                     f'{e}') from None
-  if rank and encoder != UNET:
+  if rank and not encoders.family(encoder).adapters:
     raise UserError(f"config field 'model.adapter_rank': adapters are built for the paper's "
                     f"U-Net (model.encoder='unet'), not yet for {encoder}; set it to 0")
   return {'adapter_rank': rank, 'adapter_blocks': blocks}
@@ -406,10 +405,11 @@ def _pretrained_weights(config, source: str, model: UNetSpec) -> dict:
                       f"'{TORCHVISION}' (a ResNet encoder's weights); pretrain.source is "
                       f'{source!r}: set it, or remove pretrain.weights')
     return {'pretrain_weights': '', 'pretrain_grey': grey}
-  if model.encoder not in RESNET_ENCODERS:
+  if not encoders.family(model.encoder).weights:
+    readable = [e for e in ENCODERS if encoders.family(e).weights]
     raise UserError(f"config field 'pretrain.source' is '{TORCHVISION}', which loads a ResNet "
                     f'encoder from a weights file; model.encoder is {model.encoder!r}: set '
-                    f'model.encoder to one of {", ".join(RESNET_ENCODERS)}, or pretrain on a '
+                    f'model.encoder to one of {", ".join(readable)}, or pretrain on a '
                     'data source (dead_leaves, ...)')
   if not weights:
     raise UserError(f"pretrain.source='{TORCHVISION}' needs config field 'pretrain.weights': "

@@ -1,0 +1,68 @@
+"""What a network is: ``UNetSpec``, the fields of ``config.model`` (no JAX).
+
+``encoder`` picks the family that builds it (``unet_jax.encoders``); the other
+fields are read by the families that use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from unet_jax.block_order import UNET, layout
+
+NORMS = ('batch', 'group', 'none')
+
+@dataclasses.dataclass(frozen=True)
+class UNetSpec:
+  """Architecture of a U-Net; the fields mirror ``config.model``."""
+
+  base_width: int = 16
+  depth: int = 4
+  in_channels: int = 1
+  out_channels: int = 1
+  norm: str = 'batch'
+  group_size: int = 8  # channels per group for GroupNorm
+  bn_momentum: float = 0.9
+  # 'matmul' writes convolutions as im2col + matmul: the same parameters and
+  # outputs, but under vmap over experiments XLA makes batched matmuls
+  # instead of grouped convolutions (DESIGN.md section 3).
+  conv: str = 'xla'
+  # 'unet': the paper's U-Net above; 'resnet18' | 'resnet34' | 'resnet50': a
+  # torchvision ResNet encoder with a U-Net decoder (unet_jax/resnet.py);
+  # decoder_channels are then the widths of its five decoder blocks.
+  encoder: str = 'unet'
+  decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+  # Low-rank adapters (LoRA for convolutions): > 0 gives the 3x3 kernels of
+  # the blocks adapter_blocks matches (a regular expression over block
+  # names) a rank-r update W + A B, B zero-initialised (:class:`LoRAConv`).
+  adapter_rank: int = 0
+  adapter_blocks: str = 'enc.*|bottleneck|dec.*'
+
+  def __post_init__(self):
+    # Read back from JSON the widths are a list; the spec must stay hashable.
+    object.__setattr__(self, 'decoder_channels', tuple(self.decoder_channels))
+
+  def block_names(self) -> tuple[str, ...]:
+    """Blocks in data-flow order: enc1..encD, bottleneck, decD..dec1, head; for a ResNet
+    encoder stem, layer1..layer4, dec5..dec1, head (``block_order.layout``)."""
+    return layout(self).flow
+
+  def identity(self) -> dict:
+    """The fields results depend on, as fingerprints record them: the fields added
+    after the first release only where they differ from their defaults, so work
+    directories of the paper's U-Net without adapters keep their fingerprints."""
+    out = dataclasses.asdict(self)
+    if self.encoder == UNET:
+      del out['encoder'], out['decoder_channels']
+    if not self.adapter_rank:
+      del out['adapter_rank'], out['adapter_blocks']
+    return out
+
+  def adapted(self, block: str) -> bool:
+    """Whether ``block``'s 3x3 convolutions carry low-rank adapters."""
+    return self.adapter_rank > 0 and re.fullmatch(self.adapter_blocks, block) is not None
+
+  def width(self, level: int) -> int:
+    """Channels at a resolution level (1 = full resolution)."""
+    return self.base_width * 2 ** (level - 1)
