@@ -97,7 +97,7 @@ def test_settings_read_the_resnet_and_its_weights(weights):
 @pytest.mark.parametrize('overrides, message', [
     ({'model.encoder': 'vgg16'}, "'model.encoder' is 'vgg16'; valid choices: unet, resnet18, "
                                  'resnet34, resnet50'),
-    ({'image_size': 48}, "'image_size': image size 48 must be divisible by 32 \\(the resnet18"),
+    ({'image_size': 48}, "'image_size': image size 48 must be divisible by 32 (the resnet18"),
     ({'model.decoder_channels': (16, 8, 8, 4)}, "'model.decoder_channels' must be five "
                                                 'integers >= 1'),
     ({'model.encoder': 'unet', 'pretrain.source': 'torchvision'},

@@ -24,7 +24,7 @@ NAMES = ['cavity', 'wall', 'atrium']
 
 def test_a_cardiac_sweep_scores_each_structure_and_exports_label_maps(tmp_path):
   config = set_fields(load_config(TINY), {'only': 'full,head', 'grid.seed': (0,),
-                                          'data.source': 'cardiac', 'augment': 'nnunet'})
+                                          'data.source': 'cardiac'})
   s = SweepSettings.from_config(config)
   assert s.structures == tuple(NAMES) and s.model.out_channels == 4
   workdir = str(tmp_path / 'run')
@@ -90,7 +90,7 @@ def _label_set(root, n=12, size=16, width=24):
 def test_a_folder_of_label_maps_trains_with_the_declared_structures(tmp_path):
   root = _label_set(tmp_path / 'set')  # 16 x 24 images, padded to 16 x 16 squares
   config = set_fields(load_config(TINY), {
-      'only': 'full', 'grid.seed': (0,), 'data.source': 'folder', 'data.root': str(root),
+      'only': 'scratch', 'grid.seed': (0,), 'data.source': 'folder', 'data.root': str(root),
       'data.structures': 'gland,nodule', 'image_size': 16, 'data.resize': 'pad'})
   s = SweepSettings.from_config(config)
   assert (s.structures, s.label_values, s.model.out_channels) == (('gland', 'nodule'), (1, 2), 3)
@@ -102,11 +102,11 @@ def test_a_folder_of_label_maps_trains_with_the_declared_structures(tmp_path):
   assert (test['images'][:, :2] == 0).all() and (test['images'][:, 13:] == 0).all()
   assert test['images'][:, 2:13].std() > 0  # rows 16 * 16/24 = 10.7 -> 11, from row 2
   # Exported, the model pads new images the same way and returns their own shape.
-  out = unet_jax.export_experiment(workdir, 'full', str(tmp_path / 'model'))
+  out = unet_jax.export_experiment(workdir, 'scratch', str(tmp_path / 'model'))
   raw = np.random.default_rng(1).random((2, 16, 24)).astype(np.float32)
   probs = unet_jax.predict(out, raw)
   assert probs.shape == (2, 16, 24, 2)
-  tuned, stats = load_weights(os.path.join(workdir, 'experiments', 'full', 'weights'))
+  tuned, stats = load_weights(os.path.join(workdir, 'experiments', 'scratch', 'weights'))
   square = np.zeros((2, 16, 16, 1), np.float32)
   square[:, 2:13] = np.asarray(jax.image.resize(raw[..., None], (2, 11, 16, 1), 'linear',
                                                 antialias=True))
@@ -115,7 +115,7 @@ def test_a_folder_of_label_maps_trains_with_the_declared_structures(tmp_path):
                              atol=1e-5)
   # A binary declaration of the same set is refused with the file and its values.
   config = set_fields(load_config(TINY), {
-      'only': 'full', 'grid.seed': (0,), 'data.source': 'folder', 'data.root': str(root),
+      'only': 'scratch', 'grid.seed': (0,), 'data.source': 'folder', 'data.root': str(root),
       'image_size': 16})
   with pytest.raises(UserError, match=r"case00.png.*values \{0, 1, 2\}.*data.structures"):
     run_sweep(config, str(tmp_path / 'binary'), progress=False)

@@ -201,7 +201,7 @@ def test_pretraining_is_reused(sweep_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize('overrides, message', [
     ({'model.norm': 'layer'}, "'model.norm' is 'layer'; valid choices: batch, group, none"),
-    ({'image_size': 34}, r'image size 34 must be divisible by 4 \(2\*\*model.depth\)'),
+    ({'image_size': 34}, 'image size 34 must be divisible by 4 (2**model.depth)'),
     ({'only': 'full,encoder'}, 'unknown experiment(s) encoder; valid names:'),
     ({'experiments.head.rules': 'encoder'}, "'experiments.head.rules': unknown freeze preset"),
     ({'experiments.head.init': 'imagenet'}, 'valid choices: pretrained, random'),
