@@ -131,19 +131,26 @@ def read_mask(paths: list[str | os.PathLike]) -> np.ndarray:
   Raises:
     BadFile: a file cannot be decoded or the files differ in size.
   """
+  return _merged(paths, lambda path, _: _read_one_mask(path),
+                 lambda merged, mask, *_: merged | mask)
+
+
+def _merged(paths, read, combine) -> np.ndarray:
+  """``read(path, k)`` of each file (k = 1, 2, ...) folded by ``combine(merged, new, first,
+  path)``; a file's BadFile names it, and files of different sizes are refused."""
   merged, first = None, None
-  for path in paths:
+  for k, path in enumerate(paths, 1):
     try:
-      mask = _read_one_mask(path)
+      array = read(path, k)
     except BadFile as e:
-      raise BadFile(str(e), path) from e
+      raise BadFile(str(e), e.path or path) from e
     if merged is None:
-      merged, first = mask, path
-    elif mask.shape != merged.shape:
+      merged, first = array, path
+    elif array.shape != merged.shape:
       raise BadFile(f'mask sizes differ: {_wh(merged.shape)} in {first}, '
-                    f'{_wh(mask.shape)} in {path}', path)
+                    f'{_wh(array.shape)} in {path}', path)
     else:
-      merged = merged | mask
+      merged = combine(merged, array, first, path)
   if merged is None:
     raise BadFile('no mask file')
   return merged
@@ -181,6 +188,12 @@ def _read_one_mask(path) -> np.ndarray:
 LABEL_MAP_VALUES, LABEL_MAP_SHARE = 8, 0.10
 
 
+def _shown(values) -> str:
+  """The first few distinct values of a mask, for a message."""
+  return ', '.join(str(int(v)) for v in values[:LABEL_MAP_VALUES + 1]) + (
+      ', ...' if len(values) > LABEL_MAP_VALUES + 1 else '')
+
+
 def _refuse_label_map(array: np.ndarray, threshold: int) -> None:
   """Raises BadFile for values that binarisation would misread: nonzero pixels with
   none above the threshold (a 0, 1, 2 label map reads as empty), or several
@@ -189,8 +202,7 @@ def _refuse_label_map(array: np.ndarray, threshold: int) -> None:
   nonzero = values > 0
   if not nonzero.any():
     return
-  shown = ', '.join(str(int(v)) for v in values[:LABEL_MAP_VALUES + 1]) + (
-      ', ...' if len(values) > LABEL_MAP_VALUES + 1 else '')
+  shown = _shown(values)
   if values.max() <= threshold:
     raise BadFile(f'mask values {{{shown}}} are nonzero but none is above {threshold}: as a '
                   'binary mask (0/255, or 0/1) it would be empty. A label map of several '
@@ -220,38 +232,27 @@ def read_label_map(paths: list[str | os.PathLike], values: tuple[int, ...]) -> n
       or claim one pixel for two structures.
   """
   lookup = {0: 0, **{v: k for k, v in enumerate(values, 1)}}
-  merged, first = None, None
-  for path in paths:
-    try:
-      raw = _read_label_values(path)
-      found = np.unique(raw)
-      bad = [int(v) for v in found if int(v) not in lookup]
-      if bad:
-        shown = ', '.join(str(int(v)) for v in found[:LABEL_MAP_VALUES + 1]) + (
-            ', ...' if len(found) > LABEL_MAP_VALUES + 1 else '')
-        declared = ', '.join(str(v) for v in sorted(lookup))
-        raise BadFile(f'mask values {{{shown}}} are not all declared label values '
-                      f'{{{declared}}} (0 background; data.structures gives the others)')
-      labels = np.zeros(raw.shape, np.uint8)
-      for value, k in lookup.items():
-        if k:
-          labels[raw == value] = k
-    except BadFile as e:
-      raise BadFile(str(e), path) from e
-    if merged is None:
-      merged, first = labels, path
-    elif labels.shape != merged.shape:
-      raise BadFile(f'mask sizes differ: {_wh(merged.shape)} in {first}, '
-                    f'{_wh(labels.shape)} in {path}', path)
-    else:
-      clash = (merged > 0) & (labels > 0) & (merged != labels)
-      if clash.any():
-        raise BadFile(f'{int(clash.sum())} pixels have one structure in {first} and another '
-                      f'in {path}', path)
-      merged = np.maximum(merged, labels)
-  if merged is None:
-    raise BadFile('no mask file')
-  return merged
+
+  def read(path, _):
+    raw = _read_label_values(path)
+    found = np.unique(raw)
+    if any(int(v) not in lookup for v in found):
+      declared = ', '.join(str(v) for v in sorted(lookup))
+      raise BadFile(f'mask values {{{_shown(found)}}} are not all declared label values '
+                    f'{{{declared}}} (0 background; data.structures gives the others)')
+    labels = np.zeros(raw.shape, np.uint8)
+    for value, k in lookup.items():
+      labels[raw == value] = k
+    return labels
+
+  def combine(merged, labels, first, path):
+    clash = (merged > 0) & (labels > 0) & (merged != labels)
+    if clash.any():
+      raise BadFile(f'{int(clash.sum())} pixels have one structure in {first} and another '
+                    f'in {path}', path)
+    return np.maximum(merged, labels)
+
+  return _merged(paths, read, combine)
 
 
 def read_structure_masks(paths: list[str | os.PathLike]) -> np.ndarray:
@@ -261,22 +262,14 @@ def read_structure_masks(paths: list[str | os.PathLike]) -> np.ndarray:
   Raises:
     BadFile: a file cannot be used, the files differ in size, or two claim one pixel.
   """
-  labels, first = None, None
-  for k, path in enumerate(paths, 1):
-    mask = read_mask([path])
-    if labels is None:
-      labels, first = np.zeros(mask.shape, np.uint8), path
-    elif mask.shape != labels.shape:
-      raise BadFile(f'mask sizes differ: {_wh(labels.shape)} in {first}, '
-                    f'{_wh(mask.shape)} in {path}', path)
-    clash = mask & (labels > 0)
-    if clash.any():
-      raise BadFile(f'{int(clash.sum())} pixels are foreground in {path} and in the mask of '
-                    'an earlier structure: structures may not overlap', path)
-    labels[mask] = k
-  if labels is None:
-    raise BadFile('no mask file')
-  return labels
+  def combine(merged, labels, first, path):
+    if ((merged > 0) & (labels > 0)).any():
+      raise BadFile(f'{int(((merged > 0) & (labels > 0)).sum())} pixels are foreground in '
+                    f'{path} and in the mask of an earlier structure: structures may not '
+                    'overlap', path)
+    return merged + labels
+
+  return _merged(paths, lambda path, k: read_mask([path]).astype(np.uint8) * k, combine)
 
 
 def _read_label_values(path) -> np.ndarray:
