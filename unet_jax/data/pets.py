@@ -12,21 +12,17 @@ Images are turned grey (ITU-R 601 luma) and resized like the real sets.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
+from unet_jax.data.dataset import Dataset
 from unet_jax.data.real import pixels
 from unet_jax.errors import UserError
-
-if TYPE_CHECKING:
-  from unet_jax.data import Dataset
 
 NAME = 'oxford_iiit_pet'
 BACKGROUND = 2  # trimap values: 1 pet, 2 background, 3 border (counted as pet)
 
 
-def load(num: int, size: int, data_dir: str = '') -> 'Dataset':
+def load(num: int, size: int, data_dir: str = '') -> Dataset:
   """The first ``num`` images of the train and test splits, as a Dataset.
 
   Args:
@@ -39,7 +35,6 @@ def load(num: int, size: int, data_dir: str = '') -> 'Dataset':
   """
   import tensorflow_datasets as tfds  # noqa: PLC0415 - heavy, only for this source
 
-  from unet_jax.data import Dataset  # here: unet_jax.data imports this module
 
   try:
     sources = [tfds.data_source(NAME, split=split, data_dir=data_dir or None)

@@ -16,18 +16,16 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
 from unet_jax.data import duplicates
+from unet_jax.data.dataset import Dataset
 from unet_jax.data.real import cache, layouts, pixels
 from unet_jax.data.real.layouts import WHERE, Found, Pair, Problem
 from unet_jax.errors import UserError
 from unet_jax.structures import BINARY, one_hot
-
-if TYPE_CHECKING:
-  from unet_jax.data import Dataset
 
 # Bump when decoding or resizing changes, so old caches are not read.
 LOADER_VERSION = 2  # 2: label-map masks refused (label maps read when declared: same version)
@@ -44,7 +42,7 @@ ON_BAD = ('error', 'skip')
 
 def load(name: str, root, size: int, *, cache_dir: str | os.PathLike | None = None,
          on_bad: str = 'error', structures: tuple[str, ...] = BINARY,
-         label_values: tuple[int, ...] | None = None, resize: str = 'stretch') -> 'Dataset':
+         label_values: tuple[int, ...] | None = None, resize: str = 'stretch') -> Dataset:
   """Loads a real set from its folder, resized to ``size x size``.
 
   Args:
@@ -75,7 +73,6 @@ def load(name: str, root, size: int, *, cache_dir: str | os.PathLike | None = No
     >>> ds.images.shape, sorted(set(ds.labels))
     ((780, 128, 128, 1), ['benign', 'malignant', 'normal'])
   """
-  from unet_jax.data import Dataset  # here: unet_jax.data imports this module
 
   if name not in LOADERS:
     raise UserError(f'unknown real data set {name!r}; valid names: {", ".join(LOADERS)}')
