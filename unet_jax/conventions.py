@@ -4,6 +4,9 @@ Recorded with every result (``summary.json``) and stated in the report;
 ``unet_jax.metrics`` implements them.
 """
 
+# The per-image scores, per structure and averaged (unet_jax.metrics.score_masks).
+METRICS = ('dice', 'iou', 'hd95', 'assd')
+
 EMPTY_MASK_CONVENTION = ('dice/iou: both empty -> 1.0, one empty -> 0.0; '
                          'hd95/assd: either empty -> NaN (excluded from means, counted)')
 

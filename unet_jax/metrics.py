@@ -61,9 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # Defined without JAX, so that readers of results can state them.
-from unet_jax.conventions import EMPTY_MASK_CONVENTION, HD95_CONVENTIONS  # noqa: F401
-
-SCORES = ('dice', 'iou', 'hd95', 'assd')  # what score_masks gives per image
+from unet_jax.conventions import EMPTY_MASK_CONVENTION, HD95_CONVENTIONS, METRICS  # noqa: F401
 
 
 def _as_batch(x) -> tuple[jax.Array, bool]:

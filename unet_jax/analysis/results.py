@@ -53,7 +53,6 @@ from unet_jax.sweep.workdir import WorkdirPaths
 if TYPE_CHECKING:
   from unet_jax.analysis.findings import Finding
 
-METRICS = ('dice', 'iou', 'hd95', 'assd')
 HIGHER_IS_BETTER = {'dice': True, 'iou': True, 'hd95': False, 'assd': False}
 GROUPINGS = ('base', 'condition', 'experiment')
 
@@ -99,7 +98,7 @@ class Results:
   loaded: list[LoadedRun]  # every run's summary record
   sweeps: dict[str, SweepRecord]  # domain -> its sweep's resolved settings
   notes: list[str]
-  # metric -> whether higher is better (METRICS' by default)
+  # metric -> whether higher is better (HIGHER_IS_BETTER's by default)
   higher: dict[str, bool] = dataclasses.field(default_factory=lambda: dict(HIGHER_IS_BETTER))
 
   @functools.cached_property

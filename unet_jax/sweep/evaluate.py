@@ -77,12 +77,12 @@ def score(pred: np.ndarray, test: data.Dataset, *, hd95_convention: str = 'max'
   rows = []
   for i in range(len(test)):
     row = {'image_id': test.ids[i], 'label': test.labels[i]}
-    for metric in metrics.SCORES:
+    for metric in metrics.METRICS:
       values = np.array([scores[metric][i] for scores in each], np.float64)
       row[metric] = float(values.mean())  # NaN when any structure's distance is undefined
     row['pred_pixels'], row['true_pixels'] = int(pred_px[i].sum()), int(true_px[i].sum())
     for k, name in enumerate(names):
-      row.update({f'{metric}:{name}': float(each[k][metric][i]) for metric in metrics.SCORES})
+      row.update({f'{metric}:{name}': float(each[k][metric][i]) for metric in metrics.METRICS})
       row[f'pred_pixels:{name}'] = int(pred_px[i, k])
       row[f'true_pixels:{name}'] = int(true_px[i, k])
     rows.append(row)

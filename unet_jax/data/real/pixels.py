@@ -263,10 +263,10 @@ def read_structure_masks(paths: list[str | os.PathLike]) -> np.ndarray:
     BadFile: a file cannot be used, the files differ in size, or two claim one pixel.
   """
   def combine(merged, labels, first, path):
-    if ((merged > 0) & (labels > 0)).any():
-      raise BadFile(f'{int(((merged > 0) & (labels > 0)).sum())} pixels are foreground in '
-                    f'{path} and in the mask of an earlier structure: structures may not '
-                    'overlap', path)
+    both = int(((merged > 0) & (labels > 0)).sum())
+    if both:
+      raise BadFile(f'{both} pixels are foreground in {path} and in the mask of an earlier '
+                    'structure: structures may not overlap', path)
     return merged + labels
 
   return _merged(paths, lambda path, k: read_mask([path]).astype(np.uint8) * k, combine)
