@@ -73,10 +73,10 @@ def test_the_summed_stem_of_normalised_grey_is_the_rgb_stem_up_to_a_constant():
   # Away from the border, a grey image normalised once through the summed stem
   # gives the RGB stem's response to the image repeated and normalised per
   # channel, minus sum_c w_c (m - m_c) / s_c: one constant per filter.
-  from unet_jax import resnet
+  from unet_jax import encoder_weights
   rng = np.random.default_rng(3)
   kernel = rng.standard_normal((7, 7, 3, 5)).astype(np.float32)  # HWIO
-  summed = resnet._grey_stem(kernel, (7, 7, 1, 5), 'sum', 'file', 'conv1.weight', True)
+  summed = encoder_weights.grey_stem(kernel, (7, 7, 1, 5), 'sum', 'file', True)
   x = rng.random((16, 16)).astype(np.float32)
   rgb = data.normalise(np.repeat(x[None, ..., None], 3, axis=-1), 'imagenet')[0]
   grey = data.normalise(x[None, ..., None], 'imagenet')[0]
@@ -89,5 +89,5 @@ def test_the_summed_stem_of_normalised_grey_is_the_rgb_stem_up_to_a_constant():
     np.testing.assert_allclose(got, want - offset, rtol=1e-4, atol=1e-4)
   # Without normalisation the stem is summed as before.
   np.testing.assert_array_equal(
-      resnet._grey_stem(kernel, (7, 7, 1, 5), 'sum', 'file', 'conv1.weight'),
+      encoder_weights.grey_stem(kernel, (7, 7, 1, 5), 'sum', 'file'),
       kernel.sum(axis=2, keepdims=True))

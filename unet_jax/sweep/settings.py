@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any
 
-from unet_jax import augment, data, encoders, resnet, structures
+from unet_jax import augment, data, encoder_weights, encoders, structures
 from unet_jax.block_order import ORDERS, UNET
 from unet_jax.conventions import HD95_CONVENTIONS
 from unet_jax.encoders import ENCODERS
@@ -95,7 +95,7 @@ class SweepSettings:
   pretrain_source: str
   pretrain_root: str  # folder of a real set (data.is_real(pretrain_source))
   pretrain_weights: str  # the weights file of pretrain_source 'torchvision', else ''
-  pretrain_grey: str  # resnet.GREY: a 3-channel stem on a 1-channel model ('torchvision')
+  pretrain_grey: str  # encoder_weights.GREY: a 3-channel stem on a 1-channel model ('torchvision')
   pretrain_images: int
   pretrain: TrainSettings
   target_source: str
@@ -396,9 +396,9 @@ def _pretrained_weights(config, source: str, model: UNetSpec) -> dict:
   # Absolute, so config.json says which file was read from wherever the sweep ran.
   weights = os.path.abspath(os.path.expanduser(weights)) if weights else ''
   grey = _optional(config, 'pretrain.grey', 'sum')
-  if grey not in resnet.GREY:
+  if grey not in encoder_weights.GREY:
     raise UserError(f"config field 'pretrain.grey' is {grey!r}; valid choices: "
-                    f'{", ".join(resnet.GREY)}')
+                    f'{", ".join(encoder_weights.GREY)}')
   if source != TORCHVISION:
     if weights:
       raise UserError(f"config field 'pretrain.weights' is read only with pretrain.source="
