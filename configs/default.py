@@ -17,7 +17,8 @@ Overrides:  --config.finetune.steps=600 --config.finetune.epochs=40
             --config.data.folds=5
 ResNet:     --config.model.encoder=resnet34 --config.pretrain.source=torchvision
             --config.pretrain.weights=resnet34.pth  (ImageNet encoder, no
-            pretraining steps; image_size a multiple of 32; not yet timed)
+            pretraining steps; image_size a multiple of 32; not yet timed);
+            efficientnet_b0..b4 the same way (README "EfficientNet encoders")
 Time:       6 min 41 s on a 2-core CPU with no accelerator, fresh work
             directory and no compilation cache (2026-12-07, README; the
             previous default, 80 fixed steps at base 16, took 6 min 38 s on
@@ -57,17 +58,18 @@ def get_config(arg=None):
   config.image_size = 64
   # in_channels > 1 repeats the grey images over channels (as for networks
   # built for RGB input). encoder: 'unet' (the paper's U-Net: base_width,
-  # depth) or 'resnet18' | 'resnet34' | 'resnet50' (a torchvision ResNet
-  # encoder, image_size a multiple of 32, with a U-Net decoder whose five
-  # blocks dec5..dec1 have decoder_channels; unet_jax/resnet.py).
+  # depth), 'resnet18' | 'resnet34' | 'resnet50' (a torchvision ResNet
+  # encoder; unet_jax/resnet.py) or 'efficientnet_b0' .. 'efficientnet_b4'
+  # (unet_jax/efficientnet.py): image_size a multiple of 32, with smp's U-Net
+  # decoder whose five blocks dec5..dec1 have decoder_channels.
   config.model = dict(base_width=8, depth=4, norm='batch', group_size=8,
                       bn_momentum=0.9, in_channels=1, encoder='unet',
                       decoder_channels=(256, 128, 64, 32, 16))
   # source: dead_leaves (built in), a real saliency set read from root,
   # e.g. source='folder', root='~/data/DUTS-TR' (XPIE, DUTS, MSRA10K), or
   # 'oxford_iiit_pet' from TFDS (downloaded on first use; root = data_dir).
-  # source='torchvision' (a ResNet encoder): no pretraining steps, the
-  # encoder comes from weights, a torchvision state dict (.pth) or a
+  # source='torchvision' (a ResNet or EfficientNet encoder): no pretraining
+  # steps, the encoder comes from weights, a torchvision or timm state dict (.pth) or a
   # .safetensors file; grey: 'sum' (the stem's RGB filters summed for grey
   # input) or 'repeat' (needs in_channels=3).
   config.pretrain = dict(source='dead_leaves', num_images=1024, steps=400,

@@ -48,9 +48,12 @@ ROLES = ('contracting', 'expanding', 'shallow', 'deep', 'last', 'head')
 
 UNET = 'unet'
 RESNET_ENCODERS = ('resnet18', 'resnet34', 'resnet50')
-ENCODERS = (UNET,) + RESNET_ENCODERS
+EFFICIENTNET_ENCODERS = tuple(f'efficientnet_b{i}' for i in range(5))
+ENCODERS = (UNET,) + RESNET_ENCODERS + EFFICIENTNET_ENCODERS
 RESNET_CONTRACTING = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
-RESNET_EXPANDING = ('dec5', 'dec4', 'dec3', 'dec2', 'dec1', 'head')
+EFFICIENTNET_CONTRACTING = ('stem',) + tuple(f'stage{i}' for i in range(1, 8))
+PYRAMID_EXPANDING = ('dec5', 'dec4', 'dec3', 'dec2', 'dec1', 'head')
+RESNET_EXPANDING = PYRAMID_EXPANDING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,17 +106,39 @@ def unet_layout(depth: int) -> Layout:
   return Layout(enc + ('bottleneck',), dec + ('head',), groups + (('bottleneck',),), patterns)
 
 
-def _resnet_layout() -> Layout:
-  roles = {'contracting': RESNET_CONTRACTING, 'expanding': RESNET_EXPANDING,
-           'shallow': ('stem', 'dec2', 'dec1'), 'deep': ('layer3', 'layer4', 'dec5'),
-           'last': ('dec1', 'head'), 'head': ('head',)}
-  groups = (('dec1', 'head'), ('stem', 'dec2'), ('layer1', 'dec3'), ('layer2', 'dec4'),
-            ('layer3', 'dec5'), ('layer4',))
-  return Layout(RESNET_CONTRACTING, RESNET_EXPANDING, groups,
+def pyramid_layout(encoder: Sequence[tuple[str, int]]) -> Layout:
+  """The layout of an encoder with smp's decoder (``unet_jax.decoder``).
+
+  ``encoder``: its blocks in data-flow order, each with the factor by which it has
+  reduced the resolution (2 .. 32). The decoder block ``decL`` works at 1/2**(L-1), the head
+  at full resolution. Depth groups are the blocks working at one resolution, the finest
+  first (encoder blocks before the decoder block); ``shallow`` is the encoder's blocks at
+  its finest resolution and the decoder blocks at that resolution or finer, ``deep`` the two
+  coarsest groups.
+  """
+  contracting = tuple(name for name, _ in encoder)
+  at = {1: ['dec1', 'head']}
+  for level in range(2, 6):
+    at[2 ** (level - 1)] = [f'dec{level}']
+  at[32] = []
+  for name, factor in reversed(encoder):
+    at[factor].insert(0, name)
+  groups = tuple(tuple(at[f]) for f in sorted(at) if at[f])
+  flow = contracting + PYRAMID_EXPANDING
+  finest = min(factor for _, factor in encoder)
+  shallow = {name for name, factor in encoder if factor == finest}
+  shallow |= {f'dec{level}' for level in range(1, 6) if 2 ** (level - 1) <= finest}
+  deep = set(groups[-2] + groups[-1])
+  roles = {'contracting': contracting, 'expanding': PYRAMID_EXPANDING,
+           'shallow': tuple(b for b in flow if b in shallow),
+           'deep': tuple(b for b in flow if b in deep), 'last': ('dec1', 'head'),
+           'head': ('head',)}
+  return Layout(contracting, PYRAMID_EXPANDING, groups,
                 tuple((role, '|'.join(roles[role])) for role in ROLES))
 
 
-RESNET = _resnet_layout()
+RESNET = pyramid_layout(tuple(zip(RESNET_CONTRACTING, (2, 4, 8, 16, 32))))
+EFFICIENTNET = pyramid_layout(tuple(zip(EFFICIENTNET_CONTRACTING, (2, 2, 4, 8, 16, 16, 32, 32))))
 
 
 def layout(model: Any) -> Layout:
@@ -143,14 +168,17 @@ def layout(model: Any) -> Layout:
     return unet_layout(depth)
   if encoder in RESNET_ENCODERS:
     return RESNET
+  if encoder in EFFICIENTNET_ENCODERS:
+    return EFFICIENTNET
   raise UserError(f'model.encoder={encoder!r} is not one of {", ".join(ENCODERS)}')
 
 
 def layout_of_blocks(names: Sequence[str]) -> Layout | None:
   """The layout whose blocks are ``names`` (as a summary records them), or None."""
   names = set(names)
-  if names == set(RESNET.flow):
-    return RESNET
+  for pyramid in (RESNET, EFFICIENTNET):
+    if names == set(pyramid.flow):
+      return pyramid
   depth = sum(1 for n in names if re.fullmatch(r'enc\d+', n))
   if depth and names == set(unet_layout(depth).flow):
     return unet_layout(depth)

@@ -17,7 +17,7 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
-from unet_jax.block_order import RESNET_ENCODERS, UNET
+from unet_jax.block_order import EFFICIENTNET_ENCODERS, RESNET_ENCODERS, UNET
 from unet_jax.errors import UserError
 
 
@@ -35,6 +35,8 @@ FAMILIES = {
                    adapters=True),
     'resnet': Family('unet_jax.resnet', RESNET_ENCODERS, lambda spec: 32, weights=True,
                      adapters=False),
+    'efficientnet': Family('unet_jax.efficientnet', EFFICIENTNET_ENCODERS, lambda spec: 32,
+                           weights=True, adapters=False),
 }
 ENCODERS = tuple(name for family in FAMILIES.values() for name in family.encoders)
 

@@ -10,6 +10,7 @@ adapter fields.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -153,3 +154,15 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, PyTree, PyTree]:
   """Returns (graphdef, params, batch_stats), the states as pure nested dicts."""
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
+
+
+@functools.lru_cache(maxsize=8)
+def init_program(network: type, spec: UNetSpec):
+  """One compiled program drawing ``network(spec, rngs)``'s weights from a key, for every
+  seed: op by op each initialiser compiles on its own (resnet18 on a 2-core CPU: 17 s
+  against 4 s). Returns key -> (params, stats)."""
+  def states(key):
+    return split_model(network(spec, nnx.Rngs(key)))[1:]
+  # Drawing weights needs no optimised code: on CPU level 0 compiles 3x faster than the default.
+  options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
+  return jax.jit(states).lower(jax.random.key(0)).compile(compiler_options=options)

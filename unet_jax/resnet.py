@@ -35,7 +35,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping
 
 import jax
@@ -45,7 +44,7 @@ from flax import nnx
 from unet_jax import block_order, decoder, encoder_weights
 from unet_jax.decoder import Conv, Numbered, PyramidUNet, Stage, normalise, torch_bn
 from unet_jax.errors import UserError
-from unet_jax.layers import split_model
+from unet_jax.layers import init_program
 from unet_jax.spec import UNetSpec
 
 PyTree = Any
@@ -168,16 +167,6 @@ def init(spec: UNetSpec, seed: int) -> tuple[PyTree, PyTree]:
   the initialisers compiles on its own (resnet18 on a 2-core CPU: 17 s against 4 s).
   """
   return init_program(ResNetUNet, spec)(jax.random.key(seed))
-
-
-@functools.lru_cache(maxsize=8)
-def init_program(network: type, spec: UNetSpec):
-  """One compiled program drawing ``network(spec)``'s weights from a key."""
-  def states(key):
-    return split_model(network(spec, nnx.Rngs(key)))[1:]
-  # Drawing weights needs no optimised code: on CPU level 0 compiles 3x faster than the default.
-  options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
-  return jax.jit(states).lower(jax.random.key(0)).compile(compiler_options=options)
 
 
 def torch_name(path: tuple[str, ...]) -> str:

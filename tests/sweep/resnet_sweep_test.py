@@ -96,12 +96,12 @@ def test_settings_read_the_resnet_and_its_weights(weights):
 
 @pytest.mark.parametrize('overrides, message', [
     ({'model.encoder': 'vgg16'}, "'model.encoder' is 'vgg16'; valid choices: unet, resnet18, "
-                                 'resnet34, resnet50'),
+                                 'resnet34, resnet50, efficientnet_b0, '),
     ({'image_size': 48}, "'image_size': image size 48 must be divisible by 32 (the resnet18"),
     ({'model.decoder_channels': (16, 8, 8, 4)}, "'model.decoder_channels' must be five "
                                                 'integers >= 1'),
     ({'model.encoder': 'unet', 'pretrain.source': 'torchvision'},
-     "'pretrain.source' is 'torchvision', which loads a ResNet encoder from a weights file; "
+     "'pretrain.source' is 'torchvision', which loads an encoder from a weights file; "
      "model.encoder is 'unet'"),
     ({'pretrain.source': 'torchvision'}, "needs config field 'pretrain.weights'"),
     ({'pretrain.source': 'torchvision', 'pretrain.weights': '/nonexistent/r18.pth'},

@@ -29,8 +29,8 @@ from unet_jax.structures import BINARY
 from unet_jax.sweep.grid import AXES, STRATEGY_AXES, expand
 
 INITS = ('pretrained', 'random')
-# pretrain.source that pretrains nothing: a ResNet encoder's weights are read from
-# pretrain.weights, a torchvision (or timm) state dict, and the rest stays as initialised.
+# pretrain.source that pretrains nothing: a ResNet or EfficientNet encoder's weights are read
+# from pretrain.weights, a torchvision (or timm) state dict, and the rest stays as initialised.
 TORCHVISION = 'torchvision'
 
 
@@ -314,12 +314,12 @@ def _epochs(config) -> float:
 
 def _model(config) -> UNetSpec:
   """config.model; ``encoder`` absent means the paper's U-Net, ``decoder_channels`` is read
-  only for a ResNet encoder."""
+  only for an encoder with smp's decoder (ResNet, EfficientNet)."""
   encoder = _optional(config, 'model.encoder', UNET)
   if encoder not in ENCODERS:
     raise UserError(f"config field 'model.encoder' is {encoder!r}; valid choices: "
                     f'{", ".join(ENCODERS)}')
-  resnet_fields = {}
+  pyramid_fields = {}
   if encoder != UNET:
     field = 'model.decoder_channels'
     channels = _optional(config, field, UNetSpec.decoder_channels)
@@ -327,7 +327,7 @@ def _model(config) -> UNetSpec:
         or any(_int_problem(c, 1) for c in channels)):
       raise UserError(f'config field {field!r} must be five integers >= 1, the widths of '
                       f'dec5..dec1; got {channels!r}')
-    resnet_fields['decoder_channels'] = tuple(channels)
+    pyramid_fields['decoder_channels'] = tuple(channels)
   spec = UNetSpec(
       base_width=_int(config, 'model.base_width', 1),
       depth=_int(config, 'model.depth', 1),
@@ -335,7 +335,7 @@ def _model(config) -> UNetSpec:
       in_channels=_int(config, 'model.in_channels', 1),
       group_size=_int(config, 'model.group_size', 1),
       bn_momentum=_float(config, 'model.bn_momentum', 0.0, 1.0),
-      encoder=encoder, **resnet_fields, **_adapters(config, encoder))
+      encoder=encoder, **pyramid_fields, **_adapters(config, encoder))
   if spec.adapter_rank:
     limit, block = adapter_limit(spec)
     if not limit:
@@ -402,12 +402,12 @@ def _pretrained_weights(config, source: str, model: UNetSpec) -> dict:
   if source != TORCHVISION:
     if weights:
       raise UserError(f"config field 'pretrain.weights' is read only with pretrain.source="
-                      f"'{TORCHVISION}' (a ResNet encoder's weights); pretrain.source is "
+                      f"'{TORCHVISION}' (an encoder's weights); pretrain.source is "
                       f'{source!r}: set it, or remove pretrain.weights')
     return {'pretrain_weights': '', 'pretrain_grey': grey}
   if not encoders.family(model.encoder).weights:
     readable = [e for e in ENCODERS if encoders.family(e).weights]
-    raise UserError(f"config field 'pretrain.source' is '{TORCHVISION}', which loads a ResNet "
+    raise UserError(f"config field 'pretrain.source' is '{TORCHVISION}', which loads an "
                     f'encoder from a weights file; model.encoder is {model.encoder!r}: set '
                     f'model.encoder to one of {", ".join(readable)}, or pretrain on a '
                     'data source (dead_leaves, ...)')

@@ -1,0 +1,84 @@
+"""A tiny sweep on the EfficientNet U-Net from a weights file under timm's names."""
+
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+from repo import CONFIGS
+from safetensors.numpy import save_file
+
+from unet_jax import efficientnet
+from unet_jax.files import read_jsonl
+from unet_jax.freeze import leaf_paths
+from unet_jax.model import UNetSpec, split_model
+from unet_jax.sweep import checkpoint
+from unet_jax.sweep.run import run_sweep
+from unet_jax.sweep.settings import SweepSettings, load_config
+
+CHANNELS = (16, 8, 8, 4, 4)
+SPEC = UNetSpec(encoder='efficientnet_b0', decoder_channels=CHANNELS)
+
+
+def _write_weights(path: str) -> dict[str, np.ndarray]:
+  """Random efficientnet_b0 tensors under timm's names and shapes (RGB stem, head)."""
+  _, params, stats = split_model(nnx.eval_shape(
+      lambda: efficientnet.EfficientNetUNet(SPEC, nnx.Rngs(0))))
+  rng = np.random.default_rng(3)
+  state = {}
+  for tree in (params, stats):
+    for name, leaf in zip(leaf_paths(tree), jax.tree.leaves(tree)):
+      parts = tuple(name.split('/'))
+      if parts[0] not in efficientnet.ENCODER_BLOCKS:
+        continue
+      shape = tuple(leaf.shape[i] for i in (3, 2, 0, 1)) if parts[-1] == 'kernel' else leaf.shape
+      shape = (shape[0], 3) + shape[2:] if name == 'stem/conv/kernel' else shape
+      value = rng.uniform(0.5, 1.5, shape) if parts[-1] == 'var' else rng.normal(0, 0.1, shape)
+      state[efficientnet.torch_name(parts, 'timm')] = value.astype(np.float32)
+  state['conv_head.weight'] = np.zeros((1280, 320, 1, 1), np.float32)
+  state['classifier.weight'] = np.zeros((1000, 1280), np.float32)
+  save_file(state, path)
+  return state
+
+
+def test_sweep_from_a_timm_file(tmp_path):
+  weights = str(tmp_path / 'efficientnet_b0.safetensors')
+  state = _write_weights(weights)
+  config = load_config(os.path.join(CONFIGS, 'default.py') + ':tiny')
+  config.model.encoder = 'efficientnet_b0'
+  config.model.decoder_channels = CHANNELS
+  config.image_size = 32
+  config.only = 'full,head'
+  config.grid.seed = (0,)
+  config.finetune.steps = config.chunk_steps = 2
+  config.executor = 'per_experiment'
+  config.data.val_fraction = 0.0
+  config.evaluation.norm_check = False
+  config.finetune.frozen_norm = 'inference'
+  config.pretrain.source = 'torchvision'
+  config.pretrain.weights = weights
+  s = SweepSettings.from_config(config)
+  assert [r.as_list() for r in s.experiments[1].schedule.stages[0]] == [['head', 'train'],
+                                                                        ['.*', 'freeze']]
+  workdir = str(tmp_path / 'sweep')
+  summaries = run_sweep(config, workdir, progress=False)
+  rows = read_jsonl(os.path.join(workdir, 'results.jsonl'))
+  assert {r['experiment'] for r in rows} == {'full', 'head'}
+  assert len(rows) == 2 * summaries[0].test_images
+  assert all(0.0 <= r['dice'] <= 1.0 for r in rows)
+  # The frozen encoder of 'head' is the file's: a depthwise kernel, a squeeze-excitation
+  # bias, running statistics, and the RGB stem summed for grey input.
+  params, stats = checkpoint.load_weights(os.path.join(workdir, 'experiments', 'head',
+                                                       'weights'))
+  np.testing.assert_array_equal(params['stage3']['1']['conv_dw']['kernel'],
+                                state['blocks.2.1.conv_dw.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params['stage6']['3']['se']['conv_expand']['bias'],
+                                state['blocks.5.3.se.conv_expand.bias'])
+  np.testing.assert_array_equal(stats['stage7']['0']['bn3']['var'],
+                                state['blocks.6.0.bn3.running_var'])
+  np.testing.assert_allclose(params['stem']['conv']['kernel'],
+                             state['conv_stem.weight'].transpose(2, 3, 1, 0).sum(2, keepdims=True),
+                             rtol=1e-6)
+  trained, _ = checkpoint.load_weights(os.path.join(workdir, 'experiments', 'full', 'weights'))
+  assert not np.allclose(trained['stage3']['1']['conv_dw']['kernel'],
+                         params['stage3']['1']['conv_dw']['kernel'])
