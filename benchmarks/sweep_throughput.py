@@ -37,7 +37,7 @@ import numpy as np
 import tqdm
 
 from unet_jax import data, resnet
-from unet_jax.block_order import ENCODERS, UNET
+from unet_jax.encoders import ENCODERS, UNET, layout
 from unet_jax.engine import autotune
 from unet_jax.engine.experiment import Experiment
 from unet_jax.engine.run import BundleData, RunOptions, Weights, run_bundle
@@ -76,7 +76,7 @@ def experiments(n, steps, spec, batch, mix='subsets'):
       name, rules, fields = SUBSETS[i % len(SUBSETS)], SUBSETS[i % len(SUBSETS)], {}
     else:
       name, rules, fields = STRATEGY_MIX[i % len(STRATEGY_MIX)]
-    out.append(Experiment(f'{name}-{i}', name, parse_schedule(rules, spec, steps),
+    out.append(Experiment(f'{name}-{i}', name, parse_schedule(rules, layout(spec), steps),
                           'pretrained', i, 1e-3, 0.0, steps, batch, 'adapt', **fields))
   return out
 

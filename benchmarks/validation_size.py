@@ -27,7 +27,7 @@ import time
 import numpy as np
 import tqdm
 
-from unet_jax import data, freeze
+from unet_jax import data, encoders, freeze
 from unet_jax.engine.experiment import Experiment
 from unet_jax.engine.run import BundleData, RunOptions, Weights, run_bundle
 from unet_jax.engine.step import BundleContext
@@ -95,8 +95,9 @@ def main():
   graphdef, params, stats = init_model(s.model, s.seed)
   with tqdm.tqdm(disable=True) as bar:
     weights = pretrain(s, Weights(params, stats), paths, bar)
+  layout = encoders.layout(s.model)
   runs = [Experiment(f'{name}_s{seed}', name,
-                     Schedule.constant(freeze.preset_rules(name, s.model)), 'pretrained',
+                     Schedule.constant(freeze.preset_rules(name, layout)), 'pretrained',
                      seed, s.finetune.learning_rate, s.finetune.weight_decay, args.cap,
                      s.finetune.batch_size, s.frozen_norm)
           for name in args.subsets.split(',') for seed in map(int, args.seeds.split(','))]

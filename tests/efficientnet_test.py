@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from unet_jax import efficientnet
-from unet_jax.block_order import EFFICIENTNET, layout, layout_of_blocks
 from unet_jax.decoder import Conv
+from unet_jax.encoders import EFFICIENTNET, layout, layout_of_blocks
 from unet_jax.errors import UserError
 from unet_jax.freeze import leaf_paths, preset_rules
 from unet_jax.model import UNetSpec, apply_model, norm_layer_tree, split_model
@@ -54,7 +54,7 @@ def test_blocks_layout_and_presets():
   assert EFFICIENTNET.groups('depth') == [
       ['dec1', 'head'], ['stem', 'stage1', 'dec2'], ['stage2', 'dec3'], ['stage3', 'dec4'],
       ['stage4', 'stage5', 'dec5'], ['stage6', 'stage7']]
-  assert preset_rules('shallow', SPEC)[0].pattern == 'stem|stage1|dec2|dec1'
+  assert preset_rules('shallow', EFFICIENTNET)[0].pattern == 'stem|stage1|dec2|dec1'
   assert EFFICIENTNET.blocks('deep') == ('stage4', 'stage5', 'stage6', 'stage7', 'dec5')
   paths = set(leaf_paths(params))
   # Expansion 1 (stage1) has no conv_pwl; the depthwise kernel is (k, k, 1, channels).

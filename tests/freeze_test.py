@@ -42,14 +42,14 @@ def _labels_by_path(tree, rules):
 ])
 def test_preset_labels_leaf_by_leaf(tree, preset, trained):
   # depth=1: the deepest encoder/decoder blocks are enc1/dec1.
-  labels = _labels_by_path(tree, preset_rules(preset, depth=1))
+  labels = _labels_by_path(tree, preset_rules(preset, network=1))
   for path, label in labels.items():
     assert label == ('train' if path in trained else 'freeze'), path
 
 
 def test_deep_preset_on_a_real_unet(tiny_model):
   _, params, _ = tiny_model
-  labels = _labels_by_path(params, preset_rules('deep', depth=2))
+  labels = _labels_by_path(params, preset_rules('deep', network=2))
   assert labels['bottleneck/conv1/kernel'] == 'train'
   assert labels['enc2/conv2/kernel'] == 'train'
   assert labels['dec2/up/kernel'] == 'train'
@@ -96,11 +96,11 @@ def test_bad_rules(rule, message):
 
 def test_unknown_preset_lists_presets():
   with pytest.raises(UserError, match='valid presets: bitfit, bitfit_head, contracting, deep'):
-    preset_rules('encoder', depth=4)
+    preset_rules('encoder', network=4)
 
 
 def test_describe_names_the_matching_rule(tree):
-  text = describe_labels(tree, preset_rules('contracting', depth=1))
+  text = describe_labels(tree, preset_rules('contracting', network=1))
   lines = {line.split()[0]: line for line in text.splitlines()}
   assert len(lines) == len(leaf_paths(tree))
   assert "train   rule 0: 'enc.*|bottleneck'" in lines['enc1/conv1/kernel']
@@ -108,5 +108,5 @@ def test_describe_names_the_matching_rule(tree):
 
 
 def test_frozen_paths(tree):
-  assert frozen_paths(tree, preset_rules('head', depth=1)) == [
+  assert frozen_paths(tree, preset_rules('head', network=1)) == [
       p for p in leaf_paths(tree) if not p.startswith('head/')]

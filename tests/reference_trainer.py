@@ -127,7 +127,7 @@ def make_optimizer(labels: PyTree, learning_rate: float,
 
   Example::
 
-    labels = freeze_labels(params, preset_rules('contracting', depth=4))
+    labels = freeze_labels(params, preset_rules('contracting', network=4))
     tx = make_optimizer(labels, 1e-3)
   """
   return optax.partition(

@@ -30,7 +30,7 @@ def test_block_orders():
     ('depth', 'deep_to_shallow', 'bottleneck', 'head'),
 ])
 def test_gradual_is_cumulative(order, direction, first, last_added):
-  sched = gradual(order, direction, 10, depth=2)
+  sched = gradual(order, direction, 10, network=2)
   assert sched.starts == tuple(range(0, 10 * len(sched.stages), 10))
   assert sched.stages[0][0].pattern == first
   patterns = [stage[0].pattern.split('|') for stage in sched.stages]

@@ -1,7 +1,8 @@
 """What "shallow" and "deep" mean for a U-Net's blocks (the two orders of DESIGN.md F6), and
 which blocks each freeze preset's role names.
 
-A :class:`Layout` lists a network's blocks by role. Two kinds of network have one:
+A :class:`Layout` lists a network's blocks by role. Two kinds of layout are built here
+(each encoder family's is named in ``unet_jax.encoders``):
 
 - the paper's U-Net of depth D (``model.encoder='unet'``): contracting path ``enc1 .. encD,
   bottleneck``, expanding path ``decD .. dec1, head``;
@@ -10,8 +11,9 @@ A :class:`Layout` lists a network's blocks by role. Two kinds of network have on
   - ``depth``: the full-resolution blocks of both paths first: {enc1, dec1, head},
     {enc2, dec2}, ..., {encD, decD}, {bottleneck};
 
-- the ResNet U-Net (``unet_jax.resnet``; ``resnet18 | resnet34 | resnet50``): contracting path
-  ``stem, layer1 .. layer4``, expanding path ``dec5 .. dec1, head``;
+- an encoder with smp's decoder (:func:`pyramid_layout`), e.g. the ResNet U-Net
+  (``unet_jax.resnet``): contracting path ``stem, layer1 .. layer4``, expanding path
+  ``dec5 .. dec1, head``; EfficientNet's (``stem, stage1 .. stage7``) follows the same rule;
 
   - ``flow``: stem, layer1, ..., layer4, dec5, ..., dec1, head;
   - ``depth``, by the resolution a block works at: {dec1, head} (H), {stem, dec2} (H/2),
@@ -28,8 +30,9 @@ Roles of the freeze presets (``unet_jax.freeze.PRESETS``), paper U-Net / ResNet 
 - ``deep``: encD, bottleneck, decD / layer3, layer4, dec5: the two deepest depth groups;
 - ``last``: dec1, head; ``head``: head, for both.
 
-Functions here and in ``freeze`` and ``schedules`` take the network as ``depth``: a paper
-U-Net's depth (an int, as before), or a model description (:func:`layout`).
+Functions here and in ``freeze`` and ``schedules`` take the network as its ``Layout``, built
+once from the model by ``unet_jax.encoders.layout``; a paper U-Net's depth (an int) is
+accepted as shorthand for its layout (:func:`as_layout`).
 
 Plain Python (no JAX), so the analysis of results can use it.
 """
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
 from unet_jax.errors import UserError
 
@@ -46,14 +49,7 @@ ORDERS = ('flow', 'depth')
 DIRECTIONS = ('shallow_to_deep', 'deep_to_shallow')
 ROLES = ('contracting', 'expanding', 'shallow', 'deep', 'last', 'head')
 
-UNET = 'unet'
-RESNET_ENCODERS = ('resnet18', 'resnet34', 'resnet50')
-EFFICIENTNET_ENCODERS = tuple(f'efficientnet_b{i}' for i in range(5))
-ENCODERS = (UNET,) + RESNET_ENCODERS + EFFICIENTNET_ENCODERS
-RESNET_CONTRACTING = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
-EFFICIENTNET_CONTRACTING = ('stem',) + tuple(f'stage{i}' for i in range(1, 8))
 PYRAMID_EXPANDING = ('dec5', 'dec4', 'dec3', 'dec2', 'dec1', 'head')
-RESNET_EXPANDING = PYRAMID_EXPANDING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,64 +133,23 @@ def pyramid_layout(encoder: Sequence[tuple[str, int]]) -> Layout:
                 tuple((role, '|'.join(roles[role])) for role in ROLES))
 
 
-RESNET = pyramid_layout(tuple(zip(RESNET_CONTRACTING, (2, 4, 8, 16, 32))))
-EFFICIENTNET = pyramid_layout(tuple(zip(EFFICIENTNET_CONTRACTING, (2, 2, 4, 8, 16, 16, 32, 32))))
+def as_layout(network: Layout | int) -> Layout:
+  """``network`` if it is a Layout; an int is the paper U-Net's depth."""
+  if isinstance(network, Layout):
+    return network
+  if isinstance(network, int) and not isinstance(network, bool):
+    return unet_layout(network)
+  raise TypeError(f'not a Layout nor a U-Net depth: {network!r} (build the layout of a '
+                  'model once with unet_jax.encoders.layout)')
 
 
-def layout(model: Any) -> Layout:
-  """The layout of ``model``.
-
-  Args:
-    model: a paper U-Net's depth (int); a ``UNetSpec``; a model dict (``config.model``,
-      config.json's ``'model'``: ``'encoder'``, absent for the paper U-Net, and ``'depth'``);
-      or a Layout, returned as is.
-
-  Example::
-
-    layout(4).groups('depth')[0]                           # ['enc1', 'dec1', 'head']
-    layout({'encoder': 'resnet34'}).pattern('deep')        # 'layer3|layer4|dec5'
-  """
-  if isinstance(model, Layout):
-    return model
-  if isinstance(model, int) and not isinstance(model, bool):
-    return unet_layout(model)
-  if hasattr(model, 'keys'):
-    encoder, depth = model.get('encoder', UNET), model.get('depth')
-  elif hasattr(model, 'encoder') or hasattr(model, 'depth'):
-    encoder, depth = getattr(model, 'encoder', UNET), getattr(model, 'depth', None)
-  else:
-    raise TypeError(f'not a model description: {model!r}')
-  if encoder == UNET:
-    return unet_layout(depth)
-  if encoder in RESNET_ENCODERS:
-    return RESNET
-  if encoder in EFFICIENTNET_ENCODERS:
-    return EFFICIENTNET
-  raise UserError(f'model.encoder={encoder!r} is not one of {", ".join(ENCODERS)}')
+def block_groups(order: str, network: Layout | int) -> list[list[str]]:
+  """Groups of block names from shallowest to deepest under ``order`` (:func:`as_layout`)."""
+  return as_layout(network).groups(order)
 
 
-def layout_of_blocks(names: Sequence[str]) -> Layout | None:
-  """The layout whose blocks are ``names`` (as a summary records them), or None."""
-  names = set(names)
-  for pyramid in (RESNET, EFFICIENTNET):
-    if names == set(pyramid.flow):
-      return pyramid
-  depth = sum(1 for n in names if re.fullmatch(r'enc\d+', n))
-  if depth and names == set(unet_layout(depth).flow):
-    return unet_layout(depth)
-  return None
-
-
-def block_groups(order: str, depth: Any) -> list[list[str]]:
-  """Groups of block names from shallowest to deepest under ``order``.
-
-  ``depth``: a paper U-Net's depth or a model description (:func:`layout`).
-  """
-  return layout(depth).groups(order)
-
-
-def cumulative(order: str, depth: Any, k: int, direction: str) -> frozenset[str]:
+def cumulative(order: str, network: Layout | int, k: int, direction: str) -> frozenset[str]:
   """The blocks of the k shallowest (or deepest) groups under ``order``."""
-  groups = block_groups(order, depth)
+  groups = block_groups(order, network)
   chosen = groups[:k] if direction == 'shallow_to_deep' else groups[len(groups) - k:]
   return frozenset(b for g in chosen for b in g)

@@ -17,7 +17,7 @@ The decoder (``unet_jax.decoder``) reads stage1, stage2, stage3, stage5 and stag
 1/32 of the input), the taps of timm's ``features_only`` and of smp.
 
 Blocks in data-flow order: ``stem, stage1 .. stage7, dec5 .. dec1, head``
-(``block_order.layout``). Parameter paths take timm's names inside a block::
+(``encoders.EFFICIENTNET``). Parameter paths take timm's names inside a block::
 
   stem/conv/kernel  stem/bn/scale  stage1/0/conv_dw/kernel  stage1/0/se/conv_reduce/bias
   stage2/0/conv_pw/kernel  stage2/0/bn2/mean  stage2/0/conv_pwl/kernel  dec5/conv1/kernel
@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unet_jax import block_order, decoder, encoder_weights
+from unet_jax import decoder, encoder_weights, encoders
 from unet_jax.decoder import Conv, PyramidUNet, Stage, normalise, torch_bn
 from unet_jax.errors import UserError
 from unet_jax.layers import init_program
@@ -59,13 +59,13 @@ ENCODERS = {
     'efficientnet_b3': (1.2, 1.4),
     'efficientnet_b4': (1.4, 1.8),
 }
-assert tuple(ENCODERS) == block_order.EFFICIENTNET_ENCODERS  # the names settings offer
+assert tuple(ENCODERS) == encoders.FAMILIES['efficientnet'].encoders  # names settings offer
 # B0's stages: (expansion, kernel, stride, width, blocks).
 STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
           (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
 STEM_WIDTH = 32
 TAPS = (1, 2, 3, 5, 7)  # the stages the decoder reads, at 1/2, 1/4, 1/8, 1/16, 1/32
-ENCODER_BLOCKS = block_order.EFFICIENTNET_CONTRACTING  # stem, stage1..stage7
+ENCODER_BLOCKS = encoders.EFFICIENTNET.contracting  # stem, stage1..stage7
 
 
 def width(channels: int, multiplier: float) -> int:

@@ -29,7 +29,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import jax
 
-from unet_jax.block_order import ORDERS, block_groups, layout
+from unet_jax.block_order import ORDERS, Layout, as_layout, block_groups
 from unet_jax.errors import UserError
 from unet_jax.model import norm_layer_tree
 
@@ -162,30 +162,31 @@ PRESETS: dict[str, tuple[tuple, ...]] = {
 SURGICAL = 'surgical:'
 
 
-def preset_rules(name: str, depth: Any) -> tuple[FreezeRule, ...]:
+def preset_rules(name: str, network: Layout | int) -> tuple[FreezeRule, ...]:
   """The rules of a named preset for a network.
 
-  ``depth``: the paper U-Net's depth, or a model description (a ``UNetSpec``, its dict, a
-  ``block_order.Layout``; ``block_order.layout``).
+  ``network``: its ``block_order.Layout`` (``encoders.layout(spec)``), or the paper U-Net's
+  depth.
   """
   if name.startswith(SURGICAL) and name[len(SURGICAL):]:
     return (FreezeRule(re.escape(name[len(SURGICAL):]), TRAIN), FreezeRule('.*', FREEZE))
   if name not in PRESETS:
     raise UserError(f'unknown freeze preset {name!r}; valid presets: '
                     f'{", ".join(sorted(PRESETS))}, or {SURGICAL}<block>')
-  fill = dict(layout(depth).patterns)
+  fill = dict(as_layout(network).patterns)
   return tuple(FreezeRule(p.format(**fill), *rest) for p, *rest in PRESETS[name])
 
 
-def parse_rules(spec: Iterable[Sequence] | str, depth: Any) -> tuple[FreezeRule, ...]:
+def parse_rules(spec: Iterable[Sequence] | str, network: Layout | int
+                ) -> tuple[FreezeRule, ...]:
   """Rules from a preset name, or (pattern, action[, kind]) items, or
-  ``{'lr': {block: multiplier, ...}}``; ``depth`` as for :func:`preset_rules`.
+  ``{'lr': {block: multiplier, ...}}``; ``network`` as for :func:`preset_rules`.
 
   The dict form gives each named block its learning-rate multiplier (0
   freezes it) and freezes the blocks it does not name.
   """
   if isinstance(spec, str):
-    return preset_rules(spec, depth)
+    return preset_rules(spec, network)
   if isinstance(spec, dict) or hasattr(spec, 'keys'):
     table = dict(spec)
     if set(table) != {'lr'} or not hasattr(table['lr'], 'keys') or not table['lr']:
@@ -285,10 +286,10 @@ def lr_multipliers(tree: PyTree, rules: Sequence[FreezeRule],
   return jax.tree.unflatten(jax.tree.structure(tree), values)
 
 
-def layer_decay_scale(decay: float, order: str, depth: Any) -> dict[str, float]:
+def layer_decay_scale(decay: float, order: str, network: Layout | int) -> dict[str, float]:
   """Layer-wise learning-rate decay (timm's ``layer_decay``, ULMFiT): block -> factor.
 
-  Block groups (``block_order``; ``depth`` as for :func:`preset_rules`) are counted from
+  Block groups (``block_order``; ``network`` as for :func:`preset_rules`) are counted from
   the group holding the head: under ``flow`` the head gets 1, the block before it (dec1)
   ``decay``, ... the first block (enc1, or a ResNet's stem) ``decay ** (blocks - 1)``;
   under ``depth`` the full-resolution group ({enc1, dec1, head}, or {dec1, head}) gets 1,
@@ -298,7 +299,7 @@ def layer_decay_scale(decay: float, order: str, depth: Any) -> dict[str, float]:
     raise UserError(f'layer_decay must be a number in (0, 1]; got {decay!r}')
   if order not in ORDERS:
     raise UserError(f'decay_order {order!r} is not one of {", ".join(ORDERS)}')
-  groups = block_groups(order, depth)
+  groups = block_groups(order, network)
   if order == 'flow':
     groups = groups[::-1]
   return {b: float(decay) ** k for k, g in enumerate(groups) for b in g}

@@ -1,6 +1,6 @@
 """A U-Net on a torchvision ResNet encoder, laid out as segmentation_models_pytorch's ``Unet``.
 
-Blocks in data-flow order (``block_order.RESNET.flow``): ``stem`` (7x7/2 convolution, BatchNorm,
+Blocks in data-flow order (``encoders.RESNET.flow``): ``stem`` (7x7/2 convolution, BatchNorm,
 ReLU), the 3x3/2 max pool (no parameters), ``layer1 .. layer4`` (torchvision's residual
 stages: BasicBlock for resnet18/34, Bottleneck v1.5 for resnet50), then ``dec5 .. dec1``
 (smp's decoder, ``unet_jax.decoder``: ``dec5`` takes layer4 and the layer3 skip, ...,
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unet_jax import block_order, decoder, encoder_weights
+from unet_jax import decoder, encoder_weights, encoders
 from unet_jax.decoder import Conv, Numbered, PyramidUNet, Stage, normalise, torch_bn
 from unet_jax.errors import UserError
 from unet_jax.layers import init_program
@@ -57,8 +57,8 @@ ENCODERS = {
 }
 EXPANSION = {'basic': 1, 'bottleneck': 4}
 STAGE_WIDTHS = (64, 128, 256, 512)
-assert tuple(ENCODERS) == block_order.RESNET_ENCODERS  # the names settings offer
-ENCODER_BLOCKS = block_order.RESNET_CONTRACTING  # stem, layer1..layer4
+assert tuple(ENCODERS) == encoders.FAMILIES['resnet'].encoders  # the names settings offer
+ENCODER_BLOCKS = encoders.RESNET.contracting  # stem, layer1..layer4
 GREY = encoder_weights.GREY
 
 

@@ -12,10 +12,10 @@ time, cumulatively, in one of two orders of "shallow to deep":
 - ``depth``: depth in the U, the full-resolution blocks of both paths first
   ({enc1, dec1, head}, {enc2, dec2}, ..., {bottleneck}).
 
-A ResNet U-Net has its own groups of both orders (``unet_jax.block_order``).
-``gradual(order, 'shallow_to_deep' | 'deep_to_shallow', stage_steps, depth)``
-gives them, ``depth`` being the paper U-Net's depth or a model description
-(``block_order.layout``); ``unfreeze_at(rules, step)`` trains ``rules`` first
+Each encoder family has its own groups of both orders (``unet_jax.block_order``).
+``gradual(order, 'shallow_to_deep' | 'deep_to_shallow', stage_steps, network)``
+gives them, ``network`` being the network's ``Layout`` (``encoders.layout(spec)``)
+or the paper U-Net's depth; ``unfreeze_at(rules, step)`` trains ``rules`` first
 and everything from ``step`` on.
 """
 
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unet_jax.block_order import DIRECTIONS, ORDERS, block_groups  # noqa: F401 - re-exported
+from unet_jax.block_order import DIRECTIONS, ORDERS, Layout, block_groups  # noqa: F401
 from unet_jax.errors import UserError
 from unet_jax.freeze import FreezeRule, lr_multipliers, parse_rules
 
@@ -80,7 +80,7 @@ def stage_index(starts, step):
   return int(found) if np.ndim(found) == 0 else found
 
 
-def gradual(order: str, direction: str, stage_steps: int, depth: Any) -> Schedule:
+def gradual(order: str, direction: str, stage_steps: int, network: Layout | int) -> Schedule:
   """Cumulative gradual unfreezing, one block group per stage.
 
   ``flow`` + ``deep_to_shallow`` starts from the head end of the data flow
@@ -92,7 +92,7 @@ def gradual(order: str, direction: str, stage_steps: int, depth: Any) -> Schedul
                     f'{", ".join(DIRECTIONS)}')
   if stage_steps < 1:
     raise UserError(f'stage_steps must be >= 1; got {stage_steps}')
-  groups = block_groups(order, depth)
+  groups = block_groups(order, network)
   if direction == 'deep_to_shallow':
     groups = groups[::-1]
   stages = []
@@ -125,7 +125,7 @@ def lp_ft(fraction: float, steps: int) -> Schedule:
                   (('kind', 'lp_ft'), ('fraction', float(fraction)), ('step', step)))
 
 
-def parse_schedule(spec, depth: Any, steps: int | None = None) -> Schedule:
+def parse_schedule(spec, network: Layout | int, steps: int | None = None) -> Schedule:
   """A schedule from config: a preset / rule list (one stage) or a dict.
 
   Dict forms: ``{'gradual': 'depth', 'direction': 'shallow_to_deep',
@@ -133,26 +133,27 @@ def parse_schedule(spec, depth: Any, steps: int | None = None) -> Schedule:
   ``{'lp_ft': 0.5}`` (the head for half of ``steps``, then everything);
   ``{'starts': (0, 100), 'stages': ('head', 'full')}``; ``{'lr': {block:
   multiplier}}`` (one stage of per-block learning rates, ``freeze.parse_rules``).
-  ``depth``: the paper U-Net's depth or a model description (``block_order.layout``).
+  ``network``: its ``block_order.Layout`` (``encoders.layout(spec)``) or the paper U-Net's
+  depth.
   """
   if isinstance(spec, str) or isinstance(spec, (list, tuple)):
-    return Schedule.constant(parse_rules(spec, depth))
+    return Schedule.constant(parse_rules(spec, network))
   spec = dict(spec)
   if 'lr' in spec:
-    return Schedule.constant(parse_rules(spec, depth))
+    return Schedule.constant(parse_rules(spec, network))
   if 'lp_ft' in spec:
     if steps is None:
       raise ValueError('an lp_ft schedule needs the number of steps')
     return lp_ft(spec['lp_ft'], steps)
   if 'gradual' in spec:
     return gradual(spec['gradual'], spec.get('direction', 'shallow_to_deep'),
-                   int(spec.get('stage_steps', 50)), depth)
+                   int(spec.get('stage_steps', 50)), network)
   if 'unfreeze_at' in spec:
-    return unfreeze_at(parse_rules(spec.get('rules', 'head'), depth),
+    return unfreeze_at(parse_rules(spec.get('rules', 'head'), network),
                        int(spec['unfreeze_at']))
   if 'stages' in spec:
     return Schedule(tuple(int(s) for s in spec['starts']),
-                    tuple(parse_rules(s, depth) for s in spec['stages']))
+                    tuple(parse_rules(s, network) for s in spec['stages']))
   raise UserError(f'cannot read schedule {spec!r}; give a preset name, a rule '
                   "list, or a dict with 'gradual', 'unfreeze_at', 'lp_ft', 'stages' or 'lr'")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from unet_jax.block_order import UNET, layout
+from unet_jax.encoders import UNET, layout
 
 NORMS = ('batch', 'group', 'none')
 
@@ -45,7 +45,7 @@ class UNetSpec:
 
   def block_names(self) -> tuple[str, ...]:
     """Blocks in data-flow order: enc1..encD, bottleneck, decD..dec1, head; for a ResNet
-    encoder stem, layer1..layer4, dec5..dec1, head (``block_order.layout``)."""
+    encoder stem, layer1..layer4, dec5..dec1, head (``encoders.layout``)."""
     return layout(self).flow
 
   def identity(self) -> dict:

@@ -57,7 +57,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from unet_jax.analysis import paired, stats
-from unet_jax.block_order import ORDERS, Layout, cumulative, layout_of_blocks
+from unet_jax.block_order import ORDERS, Layout, cumulative
+from unet_jax.encoders import layout_of_blocks
 
 if TYPE_CHECKING:
   from unet_jax.analysis.paired import PairedTest

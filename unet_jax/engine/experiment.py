@@ -6,6 +6,7 @@ import dataclasses
 
 from unet_jax import augment as augmentation
 from unet_jax import freeze
+from unet_jax.block_order import Layout
 from unet_jax.schedules import Schedule
 
 
@@ -34,10 +35,10 @@ class Experiment:
   augment: str = augmentation.DEFAULT
   augment_values: tuple[float, ...] = augmentation.DEFAULT_VALUES
 
-  def block_scale(self, model) -> dict[str, float] | None:
+  def block_scale(self, model: Layout) -> dict[str, float] | None:
     """Per-block learning-rate factors of its layer decay; None without one.
 
-    ``model``: the network's ``UNetSpec`` (or a paper U-Net's depth; ``block_order.layout``).
+    ``model``: the network's ``block_order.Layout`` (``encoders.layout(spec)``).
     """
     if self.layer_decay == 1.0:
       return None

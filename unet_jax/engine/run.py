@@ -24,7 +24,7 @@ import numpy as np
 import tqdm
 from jax.sharding import PartitionSpec as P
 
-from unet_jax import metrics, structures
+from unet_jax import encoders, metrics, structures
 from unet_jax.engine import autotune
 from unet_jax.engine.choices import SHARDED
 from unet_jax.engine.distributed import is_writer, to_host
@@ -232,7 +232,7 @@ def strategy_setup(ctx: BundleContext, exp: Experiment, bundle: Sequence[Experim
   augmentation data only when some experiment of its bundle uses them, so
   plain bundles do none of their work."""
   default = AUGMENT_DEFAULTS['augment_values']
-  return {'block_scale': exp.block_scale(ctx.spec),
+  return {'block_scale': exp.block_scale(encoders.layout(ctx.spec)),
           'l2sp': exp.l2sp if any(e.l2sp > 0 for e in bundle) else None,
           'rgn': exp.lr_scaling == 'rgn' if any(e.lr_scaling == 'rgn' for e in bundle)
           else None,

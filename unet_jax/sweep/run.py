@@ -181,7 +181,7 @@ def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqd
   # Everything is trained, so every BatchNorm layer uses batch statistics
   # and updates its running ones whatever the policy.
   run = Experiment('pretrain', 'pretrain',
-                   Schedule.constant(freeze.preset_rules('full', spec)),
+                   Schedule.constant(freeze.preset_rules('full', encoders.layout(spec))),
                    'random', s.seed + 2, s.pretrain.learning_rate, s.pretrain.weight_decay,
                    s.pretrain.steps, s.pretrain.batch_size, frozen_norm='adapt')
   key = _hash(fingerprint)
@@ -360,7 +360,7 @@ def _score_fields(s: SweepSettings, rows: list[dict], norm: dict | None,
 
 def _describe_schedule(s: SweepSettings, params, exp: Experiment) -> str:
   """rules.txt: per stage, each parameter's action or learning-rate multiplier."""
-  scale = exp.block_scale(s.model)
+  scale = exp.block_scale(encoders.layout(s.model))
   fields = exp.strategy_fields()
   if 'layer_decay' in fields:
     fields['decay_order'] = exp.decay_order

@@ -15,9 +15,9 @@ import re
 from typing import Any
 
 from unet_jax import augment, data, encoder_weights, encoders, structures
-from unet_jax.block_order import ORDERS, UNET
+from unet_jax.block_order import ORDERS
 from unet_jax.conventions import HD95_CONVENTIONS
-from unet_jax.encoders import ENCODERS
+from unet_jax.encoders import ENCODERS, UNET
 from unet_jax.engine.choices import EXECUTORS, LOOPS
 from unet_jax.engine.experiment import LR_SCALINGS, Experiment
 from unet_jax.engine.stopping import StopRule
@@ -77,7 +77,7 @@ class ExperimentSpec:
 
   def schedule_for(self, steps: int) -> Schedule:
     """The schedule of a run of ``steps`` steps."""
-    schedule = parse_schedule(self.rules, self.model, steps)
+    schedule = parse_schedule(self.rules, encoders.layout(self.model), steps)
     return schedule.first(NEW_HEAD_RULE) if self.new_head else schedule
 
 
@@ -571,7 +571,7 @@ def _experiments(config, model, only, steps, new_head: bool = False
     field = f'experiments.{name}'
     rules = _get(config, f'{field}.rules')
     try:
-      schedule = parse_schedule(rules, model, steps)
+      schedule = parse_schedule(rules, encoders.layout(model), steps)
     except UserError as e:
       raise UserError(f'config field {field + ".rules"!r}: {e}') from None
     init = _choice(config, f'{field}.init', INITS)
