@@ -23,6 +23,7 @@ Prints a table and ends with one JSON line holding every figure.
                                                              # an accelerator
   python benchmarks/sweep_throughput.py --encoder=resnet34 --image_size=64
                                                              # the ResNet U-Net
+  python benchmarks/sweep_throughput.py --encoder=efficientnet_b0 --image_size=64
 """
 
 import argparse
@@ -36,7 +37,7 @@ import jax
 import numpy as np
 import tqdm
 
-from unet_jax import data, resnet
+from unet_jax import data, decoder
 from unet_jax.encoders import ENCODERS, UNET, layout
 from unet_jax.engine import autotune
 from unet_jax.engine.experiment import Experiment
@@ -195,7 +196,7 @@ def run_torch(n, steps, spec, size, batch):
 
 
 def model_spec(parser: argparse.ArgumentParser, args) -> UNetSpec:
-  """The network of the flags; a ResNet U-Net's widths and image size checked."""
+  """The network of the flags; a pyramid U-Net's widths and image size checked."""
   if args.encoder == UNET:
     return UNetSpec(base_width=args.base_width, depth=4, norm='batch')
   if args.torch:
@@ -203,7 +204,8 @@ def model_spec(parser: argparse.ArgumentParser, args) -> UNetSpec:
   try:
     channels = tuple(int(c) for c in args.decoder_channels.split(','))
     spec = UNetSpec(encoder=args.encoder, norm='batch', decoder_channels=channels)
-    resnet.check_image_size(spec, args.image_size)
+    decoder.check_decoder(spec)
+    decoder.check_image_size(spec, args.image_size)
   except (ValueError, UserError) as e:
     parser.error(str(e))
   return spec
@@ -223,7 +225,7 @@ def main():
   parser.add_argument('--image_size', type=int, default=64)
   parser.add_argument('--base_width', type=int, default=16, help='the paper U-Net\'s')
   parser.add_argument('--encoder', default=UNET, choices=ENCODERS,
-                      help='unet: the paper U-Net (depth 4); resnet*: a ResNet U-Net')
+                      help='unet: the paper U-Net (depth 4); resnet*, efficientnet_b*: smp U-Nets')
   parser.add_argument('--decoder_channels', default='256,128,64,32,16',
                       help='a ResNet U-Net\'s five decoder widths, comma-separated')
   parser.add_argument('--batch_size', type=int, default=8)

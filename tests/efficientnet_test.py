@@ -164,22 +164,6 @@ def test_depthwise_convolution_pads_like_pytorch_and_matmul_matches(size, stride
     np.testing.assert_allclose(conv(form)(x), want, rtol=1e-5, atol=1e-5, err_msg=form)
 
 
-def test_network_runs_in_both_convolution_forms():
-  graphdef, params, stats = _abstract(SPEC)
-  rng = np.random.default_rng(5)
-  params = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.3, a.shape), a.dtype), params)
-  stats = jax.tree_util.tree_map_with_path(
-      lambda p, a: jnp.ones_like(a) if p[-1].key == 'var' else a, stats)
-  x = rng.random((2, 32, 32, 1), np.float32)
-  outputs = {}
-  for form in ('xla', 'matmul'):
-    g, _, _ = split_model(nnx.eval_shape(lambda: efficientnet.EfficientNetUNet(
-        dataclasses.replace(SPEC, conv=form), nnx.Rngs(0))))
-    outputs[form] = jax.jit(lambda p, s, x: nnx.merge(g, p, s)(x, train=False))(params, stats, x)
-  assert outputs['xla'].shape == (2, 32, 32, 1)
-  np.testing.assert_allclose(outputs['matmul'], outputs['xla'], rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.parametrize('encoder, library', [('efficientnet_b0', 'torchvision'),
                                               ('efficientnet_b2', 'torchvision'),
                                               ('efficientnet_b3', 'timm')])

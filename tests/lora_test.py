@@ -3,13 +3,23 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 from bundles import LR
+from flax import nnx
 
-from unet_jax import freeze
+from unet_jax import encoders, freeze
 from unet_jax.engine.executors import make_bundle_chunk
 from unet_jax.engine.step import BundleContext, init_experiment_state, make_setup, stack, unstack
-from unet_jax.model import UNetSpec, adapter_limit, apply_model, init_model, merge_adapters
+from unet_jax.model import (
+    UNetSpec,
+    adapter_limit,
+    apply_model,
+    init_model,
+    merge_adapters,
+    split_model,
+)
 from unet_jax.schedules import Schedule
 
 SPEC = UNetSpec(base_width=4, depth=2, norm='batch')
@@ -118,3 +128,73 @@ def test_rules_txt_says_why_adapters_stay_frozen():
   text = freeze.describe_labels(params, ADAPTER_RULES)
   line = next(ln for ln in text.splitlines() if ln.startswith('enc1/conv1/lora_b'))
   assert 'train' in line and "(kind adapter)" in line
+
+
+PYRAMIDS = [UNetSpec(encoder='resnet18', decoder_channels=(16, 8, 8, 4, 4), adapter_rank=2,
+                     adapter_blocks='.*'),
+            UNetSpec(encoder='efficientnet_b0', decoder_channels=(16, 8, 8, 4, 4),
+                     adapter_rank=2, adapter_blocks='.*')]
+
+
+def _abstract(spec):
+  """(graphdef, params, stats) with random leaves drawn by name, without running init."""
+  network = encoders.network_module(spec.encoder).Network
+  graphdef, params, stats = split_model(nnx.eval_shape(lambda: network(spec, nnx.Rngs(0))))
+  rng = np.random.default_rng(3)
+  def draw(path, x):  # He-scaled kernels keep the activations of a deep network in range
+    name = freeze.path_str(path)
+    if name.endswith('lora_b'):
+      return jnp.zeros(x.shape, x.dtype)
+    if name.endswith('kernel') or name.endswith('lora_a'):
+      return jnp.asarray(rng.normal(0, (2 / np.prod(x.shape[:-1])) ** 0.5, x.shape), x.dtype)
+    if name.endswith('var') or name.endswith('scale'):
+      return jnp.asarray(rng.uniform(0.5, 1.5, x.shape), x.dtype)
+    return jnp.asarray(rng.normal(0, 0.2, x.shape), x.dtype)
+  return (graphdef, jax.tree_util.tree_map_with_path(draw, params),
+          jax.tree_util.tree_map_with_path(draw, stats))
+
+
+@pytest.mark.parametrize('spec', PYRAMIDS, ids=lambda s: s.encoder)
+def test_pyramid_encoders_carry_adapters(spec):
+  graphdef, params, stats = _abstract(spec)
+  paths = set(freeze.leaf_paths(params))
+  adapted = {p.rsplit('/', 1)[0] for p in paths if p.endswith('lora_a')}
+  if spec.encoder == 'resnet18':
+    assert {'stem/conv1', 'layer1/0/conv1', 'layer2/0/downsample/0', 'dec1/conv2'} <= adapted
+  else:  # dense convolutions only: no depthwise, no squeeze-excitation
+    assert {'stem/conv', 'stage2/0/conv_pw', 'stage2/0/conv_pwl', 'dec3/conv1'} <= adapted
+    assert not any('conv_dw' in p or '/se/' in p for p in adapted)
+  assert not any(p.startswith('head') for p in adapted)
+  # Zero-initialised adapters: bitwise the network without them, trained or evaluated.
+  network = encoders.network_module(spec.encoder).Network
+  def compiled(**changes):
+    graph, _, _ = split_model(nnx.eval_shape(
+        lambda: network(dataclasses.replace(spec, **changes), nnx.Rngs(0))))
+    return jax.jit(lambda p, s, x, train: apply_model(graph, p, s, x, train=train)[0],
+                   static_argnames='train')
+  adapted, plain = compiled(), compiled(adapter_rank=0)
+  images = np.random.default_rng(4).random((2, 32, 32, 1), np.float32)
+  plain_params = merge_adapters(jax.tree.map(np.asarray, params))
+  for train in (False, True):
+    np.testing.assert_array_equal(np.asarray(adapted(params, stats, images, train=train)),
+                                  np.asarray(plain(plain_params, stats, images, train=train)))
+  # A random update: the merged kernels are the adapted network, in both convolution forms.
+  updated = _with_random_update(params, scale=0.3)
+  out = np.asarray(adapted(updated, stats, images, train=False))
+  scale = np.abs(out).max()
+  def close(other):
+    return np.abs(np.asarray(other) - out).max() / scale < 1e-4
+  assert not close(adapted(params, stats, images, train=False))
+  assert close(plain(merge_adapters(updated), stats, images, train=False))
+  assert close(compiled(conv='matmul')(updated, stats, images, train=False))
+
+
+def test_resnet_adapters_draw_from_their_own_stream():
+  spec = PYRAMIDS[0]
+  _, with_adapters, _ = init_model(spec, 0)
+  _, without, _ = init_model(dataclasses.replace(spec, adapter_rank=0), 0)
+  merged = merge_adapters(jax.tree.map(np.asarray, with_adapters))
+  for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(without)):
+    np.testing.assert_array_equal(a, b)
+  assert adapter_limit(spec) == (4, 'dec1')  # min(3 x 3 x 8, 4 outputs)
+  assert adapter_limit(dataclasses.replace(spec, adapter_blocks='stem')) == (49, 'stem')

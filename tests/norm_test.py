@@ -126,12 +126,14 @@ def test_reestimated_statistics_make_evaluation_match_training_on_that_batch(pre
 
 # A small sweep that trains for real. At this size (32 x 32, 100 steps) the
 # running averages lag the still-moving weights enough to move test Dice by
-# 0.01-0.04 when re-estimated with the final weights (measured: an EMA over
-# 60 more forward passes with the weights fixed lands where the
-# re-estimate does), so the bound here is 0.05; the default sweep's own
-# changes are in README.md. The mix the policies replaced moved it by
-# 0.1-0.65 (test below, and the default sweep before them).
-CONSISTENT = 0.05
+# 0.01-0.04 when re-estimated with the final weights on one 2-core machine
+# and by up to 0.053 (contracting, adapt) on another, whose XLA CPU code
+# rounds differently (measured: an EMA over 60 more forward passes with the
+# weights fixed lands where the re-estimate does), so the bound here is
+# 0.08; the default sweep's own changes are in README.md. The mix the
+# policies replaced moved it by 0.1-0.65 (test below, and the default sweep
+# before them).
+CONSISTENT = 0.08
 PRESETS = ('full', 'contracting', 'expanding', 'last')
 
 

@@ -12,15 +12,19 @@ its norm ``spec.norm`` (``'batch'``, ``'group'`` or ``'none'``).
 
 Also here, for the families' encoders: :class:`Conv`, padded symmetrically like PyTorch
 (strided and depthwise included; with ``spec.conv == 'matmul'`` written as im2col + matmul
-with the same parameters), :func:`torch_bn` (epsilon 1e-5; flax's ``momentum=spec.bn_momentum``,
+with the same parameters; optionally with a low-rank adapter), :func:`adapter_streams`,
+:func:`torch_bn` (epsilon 1e-5; flax's ``momentum=spec.bn_momentum``,
 0.9 being torch's 0.1) and :func:`normalise`, the BatchNorm mode of ``unet_jax.model``'s
 docstring for one layer.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from unet_jax.errors import UserError
@@ -58,21 +62,38 @@ class Conv(nnx.Conv):
   """A square convolution padded by ``size // 2`` on every side, as PyTorch pads it.
 
   ``groups=cin`` makes it depthwise (kernel (size, size, 1, cin), as flax stores a grouped
-  convolution).
+  convolution). ``adapter``: a random stream for a rank-``spec.adapter_rank`` update
+  ``W + A B`` of the kernel, as ``layers.LoRAConv`` (``A`` (kh kw cin, r) Kaiming-uniform,
+  ``B`` (r, cout) zero, so the network starts as the one without adapters); None: none.
   """
 
   def __init__(self, spec: UNetSpec, cin: int, cout: int, size: int, *, stride: int = 1,
-               groups: int = 1, bias: bool = False, init=ENCODER_INIT, rngs: nnx.Rngs):
+               groups: int = 1, bias: bool = False, init=ENCODER_INIT, rngs: nnx.Rngs,
+               adapter: nnx.Rngs | None = None):
     pad = size // 2
     super().__init__(cin, cout, (size, size), strides=(stride, stride),
                      padding=((pad, pad), (pad, pad)), feature_group_count=groups,
                      use_bias=bias, kernel_init=init, rngs=rngs)
     self.matmul = spec.conv == 'matmul'
+    self.adapted = adapter is not None
+    if self.adapted:
+      fan_in = size * size * cin // groups
+      bound = 1.0 / np.sqrt(fan_in)
+      self.lora_a = nnx.Param(jax.random.uniform(adapter.params(), (fan_in, spec.adapter_rank),
+                                                 jnp.float32, -bound, bound))
+      self.lora_b = nnx.Param(jnp.zeros((spec.adapter_rank, cout), jnp.float32))
 
   def __call__(self, x):
-    if not self.matmul:
+    if not self.matmul and not self.adapted:
       return super().__call__(x)
     kernel = self.kernel[...]
+    if self.adapted:
+      kernel = kernel + (self.lora_a[...] @ self.lora_b[...]).reshape(kernel.shape)
+    if not self.matmul:
+      y = jax.lax.conv_general_dilated(x, kernel, self.strides, self.padding,
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                       feature_group_count=self.feature_group_count)
+      return y + self.bias[...] if self.bias is not None else y
     kh, kw, cin, cout = kernel.shape
     (s, _), ((p, _), _) = self.strides, self.padding
     x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
@@ -84,6 +105,14 @@ class Conv(nnx.Conv):
     else:
       y = jnp.concatenate(taps, axis=-1) @ kernel.reshape(kh * kw * cin, cout)
     return y + self.bias[...] if self.bias is not None else y
+
+
+def adapter_streams(spec: UNetSpec, rngs: nnx.Rngs) -> Callable[[str], nnx.Rngs | None]:
+  """block -> the random stream of its adapters, or None where ``spec`` adapts no block of
+  that name. The stream is its own, so the other weights are those of the same seed's
+  network without adapters (as ``unet_jax.unet``)."""
+  stream = nnx.Rngs(jax.random.fold_in(rngs.params.key[...], 0x10A))
+  return lambda block: stream if spec.adapted(block) else None
 
 
 def torch_bn(spec: UNetSpec, features: int, rngs: nnx.Rngs) -> BatchNorm:
@@ -125,11 +154,14 @@ class Stage(Numbered):
 class DecoderBlock(nnx.Module):
   """smp's UnetDecoderBlock: nearest upsampling by 2, the skip, two conv + norm + ReLU."""
 
-  def __init__(self, spec: UNetSpec, cin: int, cout: int, rngs: nnx.Rngs):
+  def __init__(self, spec: UNetSpec, cin: int, cout: int, rngs: nnx.Rngs,
+               adapter: nnx.Rngs | None = None):
     bias = spec.norm == 'none'
-    self.conv1 = Conv(spec, cin, cout, 3, bias=bias, init=DECODER_INIT, rngs=rngs)
+    self.conv1 = Conv(spec, cin, cout, 3, bias=bias, init=DECODER_INIT, rngs=rngs,
+                      adapter=adapter)
     self.norm1 = _decoder_norm(spec, cout, rngs)
-    self.conv2 = Conv(spec, cout, cout, 3, bias=bias, init=DECODER_INIT, rngs=rngs)
+    self.conv2 = Conv(spec, cout, cout, 3, bias=bias, init=DECODER_INIT, rngs=rngs,
+                      adapter=adapter)
     self.norm2 = _decoder_norm(spec, cout, rngs)
 
   def __call__(self, x, skip, train: bool, running: dict | None = None):
@@ -153,13 +185,15 @@ class PyramidUNet(nnx.Module):
   ``encode``. ``running``: per block, the BatchNorm flags of unet_jax.model's docstring.
   """
 
-  def add_decoder(self, spec: UNetSpec, widths: tuple[int, ...], rngs: nnx.Rngs) -> None:
-    """Adds dec5..dec1 and head for features of ``widths`` channels (1/2 .. 1/32)."""
+  def add_decoder(self, spec: UNetSpec, widths: tuple[int, ...], rngs: nnx.Rngs,
+                  adapters: Callable[[str], nnx.Rngs | None] = lambda block: None) -> None:
+    """Adds dec5..dec1 and head for features of ``widths`` channels (1/2 .. 1/32);
+    ``adapters`` as :func:`adapter_streams` returns it (the head has none)."""
     check_decoder(spec)
     skips = (widths[3], widths[2], widths[1], widths[0], 0)  # 1/16 .. 1/2, none
     cin = widths[4]
     for name, skip, cout in zip(DECODER_BLOCKS, skips, spec.decoder_channels):
-      setattr(self, name, DecoderBlock(spec, cin + skip, cout, rngs))
+      setattr(self, name, DecoderBlock(spec, cin + skip, cout, rngs, adapters(name)))
       cin = cout
     self.head = Conv(spec, cin, spec.out_channels, 3, bias=True, init=HEAD_INIT, rngs=rngs)
 

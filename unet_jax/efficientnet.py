@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from unet_jax import decoder, encoder_weights, encoders
-from unet_jax.decoder import Conv, PyramidUNet, Stage, normalise, torch_bn
+from unet_jax.decoder import Conv, PyramidUNet, Stage, adapter_streams, normalise, torch_bn
 from unet_jax.errors import UserError
 from unet_jax.layers import init_program
 from unet_jax.spec import UNetSpec
@@ -99,8 +99,9 @@ def encoder_widths(spec: UNetSpec) -> tuple[int, ...]:
 class Stem(nnx.Module):
   """The 3x3/2 convolution, BatchNorm and SiLU."""
 
-  def __init__(self, spec: UNetSpec, cout: int, rngs: nnx.Rngs):
-    self.conv = Conv(spec, spec.in_channels, cout, 3, stride=2, rngs=rngs)
+  def __init__(self, spec: UNetSpec, cout: int, rngs: nnx.Rngs,
+               adapter: nnx.Rngs | None = None):
+    self.conv = Conv(spec, spec.in_channels, cout, 3, stride=2, rngs=rngs, adapter=adapter)
     self.bn = torch_bn(spec, cout, rngs)
 
   def __call__(self, x, train: bool, running: dict | None = None):
@@ -123,19 +124,19 @@ class MBConv(nnx.Module):
   """An inverted-residual block (timm's DepthwiseSeparableConv when ``expansion == 1``)."""
 
   def __init__(self, spec: UNetSpec, cin: int, cout: int, expansion: int, kernel: int,
-               stride: int, rngs: nnx.Rngs):
+               stride: int, rngs: nnx.Rngs, adapter: nnx.Rngs | None = None):
     mid = cin * expansion
     self.expanded = expansion != 1
     self.residual = stride == 1 and cin == cout
     if self.expanded:
-      self.conv_pw = Conv(spec, cin, mid, 1, rngs=rngs)
+      self.conv_pw = Conv(spec, cin, mid, 1, rngs=rngs, adapter=adapter)
       self.bn1 = torch_bn(spec, mid, rngs)
     conv_dw = Conv(spec, mid, mid, kernel, stride=stride, groups=mid, rngs=rngs)
     bn_dw = torch_bn(spec, mid, rngs)
     self.conv_dw = conv_dw
     setattr(self, 'bn2' if self.expanded else 'bn1', bn_dw)
     self.se = SqueezeExcite(spec, mid, max(1, cin // 4), rngs)
-    project = Conv(spec, mid, cout, 1, rngs=rngs)
+    project = Conv(spec, mid, cout, 1, rngs=rngs, adapter=adapter)
     bn_project = torch_bn(spec, cout, rngs)
     if self.expanded:
       self.conv_pwl, self.bn3 = project, bn_project
@@ -165,14 +166,15 @@ class EfficientNetUNet(PyramidUNet):
     self.spec = spec
     w, _ = ENCODERS[spec.encoder]
     cin = width(STEM_WIDTH, w)
-    self.stem = Stem(spec, cin, rngs)
+    adapters = adapter_streams(spec, rngs)
+    self.stem = Stem(spec, cin, rngs, adapters('stem'))
     for name, (e, k, s, cout, n) in zip(ENCODER_BLOCKS[1:], stages(spec)):
       blocks = []
       for i in range(n):
-        blocks.append(MBConv(spec, cin, cout, e, k, s if i == 0 else 1, rngs))
+        blocks.append(MBConv(spec, cin, cout, e, k, s if i == 0 else 1, rngs, adapters(name)))
         cin = cout
       setattr(self, name, Stage(*blocks))
-    self.add_decoder(spec, encoder_widths(spec), rngs)
+    self.add_decoder(spec, encoder_widths(spec), rngs, adapters)
 
   def encode(self, x, *, train: bool, running: dict | None = None) -> list[jax.Array]:
     """Features of stage1, stage2, stage3, stage5 and stage7 (1/2 .. 1/32)."""

@@ -47,10 +47,10 @@ FAMILIES = {
     'unet': Family('unet_jax.unet', (UNET,), lambda spec: 2 ** spec.depth, weights=False,
                    adapters=True, layout=unet_layout),
     'resnet': Family('unet_jax.resnet', ('resnet18', 'resnet34', 'resnet50'), lambda spec: 32,
-                     weights=True, adapters=False, layout=lambda depth: RESNET),
+                     weights=True, adapters=True, layout=lambda depth: RESNET),
     'efficientnet': Family('unet_jax.efficientnet',
                            tuple(f'efficientnet_b{i}' for i in range(5)), lambda spec: 32,
-                           weights=True, adapters=False, layout=lambda depth: EFFICIENTNET),
+                           weights=True, adapters=True, layout=lambda depth: EFFICIENTNET),
 }
 ENCODERS = tuple(name for family in FAMILIES.values() for name in family.encoders)
 

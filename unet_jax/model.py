@@ -20,6 +20,7 @@ so experiments with different flags share one program).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -31,7 +32,7 @@ from unet_jax import encoders, structures
 # The names readers of networks use, from where they live.
 from unet_jax.layers import BatchNorm, PyTree, merge_adapters, split_model  # noqa: F401
 from unet_jax.spec import NORMS, UNetSpec  # noqa: F401
-from unet_jax.unet import UNet, adapter_limit  # noqa: F401
+from unet_jax.unet import UNet  # noqa: F401
 
 
 def init_model(spec: UNetSpec, seed: int) -> tuple[nnx.GraphDef, PyTree, PyTree]:
@@ -50,6 +51,19 @@ def model_graphdef(spec: UNetSpec) -> nnx.GraphDef:
   (tracing a ResNet U-Net takes about 0.5 s: built once per spec)."""
   network = encoders.network_module(spec.encoder).Network
   return split_model(nnx.eval_shape(lambda: network(spec, nnx.Rngs(0))))[0]
+
+
+def adapter_limit(spec: UNetSpec) -> tuple[int, str]:
+  """(largest rank every adapted kernel allows, the block that sets it): a rank-r update of
+  a (kh kw cin) x cout kernel needs r <= min(kh kw cin, cout); (0, '') where
+  ``spec.adapter_blocks`` adapts no convolution. Read off the network's shapes."""
+  shapes = nnx.state(nnx.eval_shape(
+      lambda: encoders.network_module(spec.encoder).Network(
+          dataclasses.replace(spec, adapter_rank=1), nnx.Rngs(0))), nnx.Param)
+  flat = dict(nnx.to_flat_state(shapes))
+  limits = [(min(leaf.value.shape[0], flat[path[:-1] + ('lora_b',)].value.shape[1]), str(path[0]))
+            for path, leaf in flat.items() if path[-1] == 'lora_a']
+  return min(limits) if limits else (0, '')
 
 
 def apply_model(graphdef: nnx.GraphDef, params: PyTree, stats: PyTree,

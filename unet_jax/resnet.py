@@ -42,7 +42,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from unet_jax import decoder, encoder_weights, encoders
-from unet_jax.decoder import Conv, Numbered, PyramidUNet, Stage, normalise, torch_bn
+from unet_jax.decoder import (
+  Conv,
+  Numbered,
+  PyramidUNet,
+  Stage,
+  adapter_streams,
+  normalise,
+  torch_bn,
+)
 from unet_jax.errors import UserError
 from unet_jax.layers import init_program
 from unet_jax.spec import UNetSpec
@@ -79,8 +87,8 @@ def check_image_size(spec: UNetSpec, size: int | tuple[int, int]) -> None:
 class Stem(nnx.Module):
   """torchvision's conv1 (7x7, stride 2, no bias), bn1 and ReLU."""
 
-  def __init__(self, spec: UNetSpec, rngs: nnx.Rngs):
-    self.conv1 = Conv(spec, spec.in_channels, 64, 7, stride=2, rngs=rngs)
+  def __init__(self, spec: UNetSpec, rngs: nnx.Rngs, adapter: nnx.Rngs | None = None):
+    self.conv1 = Conv(spec, spec.in_channels, 64, 7, stride=2, rngs=rngs, adapter=adapter)
     self.bn1 = torch_bn(spec, 64, rngs)
 
   def __call__(self, x, train: bool, running: dict | None = None):
@@ -91,7 +99,7 @@ class Residual(nnx.Module):
   """torchvision's BasicBlock or Bottleneck (stride on the 3x3 convolution, v1.5)."""
 
   def __init__(self, spec: UNetSpec, kind: str, cin: int, planes: int, stride: int,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, adapter: nnx.Rngs | None = None):
     cout = planes * EXPANSION[kind]
     if kind == 'basic':
       shapes = [(cin, planes, 3, stride), (planes, planes, 3, 1)]
@@ -99,9 +107,10 @@ class Residual(nnx.Module):
       shapes = [(cin, planes, 1, 1), (planes, planes, 3, stride), (planes, cout, 1, 1)]
     self.convs = len(shapes)
     for i, (a, b, size, s) in enumerate(shapes, start=1):
-      setattr(self, f'conv{i}', Conv(spec, a, b, size, stride=s, rngs=rngs))
+      setattr(self, f'conv{i}', Conv(spec, a, b, size, stride=s, rngs=rngs, adapter=adapter))
       setattr(self, f'bn{i}', torch_bn(spec, b, rngs))
-    self.downsample = (Numbered(Conv(spec, cin, cout, 1, stride=stride, rngs=rngs),
+    self.downsample = (Numbered(Conv(spec, cin, cout, 1, stride=stride, rngs=rngs,
+                                     adapter=adapter),
                                 torch_bn(spec, cout, rngs))
                        if stride != 1 or cin != cout else None)
 
@@ -132,16 +141,18 @@ class ResNetUNet(PyramidUNet):
     check_spec(spec)
     self.spec = spec
     kind, counts = ENCODERS[spec.encoder]
-    self.stem = Stem(spec, rngs)
+    adapters = adapter_streams(spec, rngs)
+    self.stem = Stem(spec, rngs, adapters('stem'))
     cin = 64
     for level, (planes, count) in enumerate(zip(STAGE_WIDTHS, counts), start=1):
       stride = 1 if level == 1 else 2
       blocks = []
       for i in range(count):
-        blocks.append(Residual(spec, kind, cin, planes, stride if i == 0 else 1, rngs))
+        blocks.append(Residual(spec, kind, cin, planes, stride if i == 0 else 1, rngs,
+                               adapters(f'layer{level}')))
         cin = planes * EXPANSION[kind]
       setattr(self, f'layer{level}', Stage(*blocks))
-    self.add_decoder(spec, encoder_widths(spec), rngs)
+    self.add_decoder(spec, encoder_widths(spec), rngs, adapters)
 
   def encode(self, x, *, train: bool, running: dict | None = None) -> list[jax.Array]:
     """Features of the stem (before the max pool) and of layer1..layer4."""

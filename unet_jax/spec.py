@@ -33,9 +33,12 @@ class UNetSpec:
   # decoder_channels are then the widths of its five decoder blocks.
   encoder: str = 'unet'
   decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
-  # Low-rank adapters (LoRA for convolutions): > 0 gives the 3x3 kernels of
-  # the blocks adapter_blocks matches (a regular expression over block
-  # names) a rank-r update W + A B, B zero-initialised (:class:`LoRAConv`).
+  # Low-rank adapters (LoRA for convolutions): > 0 gives the dense kernels
+  # (the paper U-Net's 3x3; a ResNet's or EfficientNet's every convolution
+  # but depthwise and squeeze-excitation ones) of the blocks adapter_blocks
+  # matches (a regular expression over block names; the default names the
+  # paper U-Net's blocks, the sweep's settings give other families theirs) a
+  # rank-r update W + A B, B zero-initialised (layers.LoRAConv, decoder.Conv).
   adapter_rank: int = 0
   adapter_blocks: str = 'enc.*|bottleneck|dec.*'
 
@@ -60,7 +63,7 @@ class UNetSpec:
     return out
 
   def adapted(self, block: str) -> bool:
-    """Whether ``block``'s 3x3 convolutions carry low-rank adapters."""
+    """Whether ``block``'s convolutions carry low-rank adapters."""
     return self.adapter_rank > 0 and re.fullmatch(self.adapter_blocks, block) is not None
 
   def width(self, level: int) -> int:

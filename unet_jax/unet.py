@@ -10,29 +10,12 @@ BatchNorm modes and ``running`` flags: ``unet_jax.model``'s docstring.
 
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from unet_jax.layers import MatmulUpConv, PyTree, conv, make_norm, split_model
 from unet_jax.spec import UNetSpec
-
-
-def adapter_limit(spec: UNetSpec) -> tuple[int, str]:
-  """(largest rank every adapted kernel allows, the block that sets it): a rank-r
-  update of a (kh kw cin) x cout kernel needs r <= min(kh kw cin, cout)."""
-  limits = []
-  cin = spec.in_channels
-  for level in range(1, spec.depth + 1):
-    limits.append((min(9 * cin, spec.width(level)), f'enc{level}'))
-    cin = spec.width(level)
-  limits.append((min(9 * cin, spec.width(spec.depth + 1)), 'bottleneck'))
-  for level in range(spec.depth, 0, -1):
-    limits.append((min(9 * spec.width(level), spec.width(level)), f'dec{level}'))
-  adapted = [(n, b) for n, b in limits if re.fullmatch(spec.adapter_blocks, b)]
-  return min(adapted) if adapted else (0, '')
 
 
 class ConvBlock(nnx.Module):

@@ -4,11 +4,13 @@ import os
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 from repo import CONFIGS
 from safetensors.numpy import save_file
 
 from unet_jax import efficientnet
+from unet_jax.errors import UserError
 from unet_jax.files import read_jsonl
 from unet_jax.freeze import leaf_paths
 from unet_jax.model import UNetSpec, split_model
@@ -41,13 +43,29 @@ def _write_weights(path: str) -> dict[str, np.ndarray]:
   return state
 
 
-def test_sweep_from_a_timm_file(tmp_path):
-  weights = str(tmp_path / 'efficientnet_b0.safetensors')
-  state = _write_weights(weights)
+def _config():
   config = load_config(os.path.join(CONFIGS, 'default.py') + ':tiny')
   config.model.encoder = 'efficientnet_b0'
   config.model.decoder_channels = CHANNELS
   config.image_size = 32
+  return config
+
+
+def test_adapters_default_to_every_block_but_the_head():
+  config = _config()
+  config.model.adapter_rank = 2
+  s = SweepSettings.from_config(config)
+  assert s.model.adapter_blocks == ('stem|stage1|stage2|stage3|stage4|stage5|stage6|stage7|'
+                                    'dec5|dec4|dec3|dec2|dec1')
+  config.model.adapter_rank = 5  # dec1's first convolution: 3 x 3 x 4 inputs, 4 outputs
+  with pytest.raises(UserError, match="'model.adapter_rank' is 5; valid: 1 to 4"):
+    SweepSettings.from_config(config)
+
+
+def test_sweep_from_a_timm_file(tmp_path):
+  weights = str(tmp_path / 'efficientnet_b0.safetensors')
+  state = _write_weights(weights)
+  config = _config()
   config.only = 'full,head'
   config.grid.seed = (0,)
   config.finetune.steps = config.chunk_steps = 2

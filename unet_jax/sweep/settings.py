@@ -355,16 +355,24 @@ def _adapters(config, encoder: str) -> dict:
   problem = _int_problem(rank, 0)
   if problem:
     raise UserError(f"config field 'model.adapter_rank' {problem}; got {rank!r}")
-  blocks = str(_optional(config, 'model.adapter_blocks', UNetSpec.adapter_blocks))
+  blocks = str(_optional(config, 'model.adapter_blocks', _default_adapter_blocks(encoder)))
   try:
     re.compile(blocks)
   except re.error as e:
     raise UserError(f"config field 'model.adapter_blocks' is not a valid regular expression: "
                     f'{e}') from None
   if rank and not encoders.family(encoder).adapters:
-    raise UserError(f"config field 'model.adapter_rank': adapters are built for the paper's "
-                    f"U-Net (model.encoder='unet'), not yet for {encoder}; set it to 0")
+    raise UserError(f"config field 'model.adapter_rank': adapters are not built for "
+                    f'{encoder}; set it to 0')
   return {'adapter_rank': rank, 'adapter_blocks': blocks}
+
+
+def _default_adapter_blocks(encoder: str) -> str:
+  """Every block but the head: the paper U-Net's pattern as first released, the others'
+  blocks by name."""
+  if encoder == UNET:
+    return UNetSpec.adapter_blocks
+  return '|'.join(b for b in encoders.layout({'encoder': encoder}).flow if b != 'head')
 
 
 def _new_head(pretrain_source: str, num_structures: int) -> bool:
