@@ -37,7 +37,7 @@ from unet_jax.schedules import Schedule
 from unet_jax.sweep import load_config
 from unet_jax.sweep.run import load_target, pretrain
 from unet_jax.sweep.settings import SweepSettings
-from unet_jax.sweep.workdir import prepare_workdir
+from unet_jax.workdir import prepare_workdir
 
 
 def replay(curve: np.ndarray, steps: np.ndarray, rule: StopRule) -> tuple[int, int]:

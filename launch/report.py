@@ -19,6 +19,13 @@ _ALSO = flags.DEFINE_list('also', [], 'Work directories of other domains (for F4
 _ALPHA = flags.DEFINE_float('alpha', 0.05, 'Significance level of the findings.')
 
 
+def _predictions_from_weights(workdir, images, experiments):
+  """Runs saved networks, for work directories scored before predictions were saved (the
+  only case that loads JAX here)."""
+  from unet_jax.sweep.evaluate import predictions_from_weights  # noqa: PLC0415
+  return predictions_from_weights(workdir, images, experiments)
+
+
 def main(argv) -> int:
   try:
     try:
@@ -27,7 +34,8 @@ def main(argv) -> int:
       raise UserError(f'bad flags: {e}') from None
     if not _WORKDIR.value:
       raise UserError('give --workdir, the work directory of a sweep')
-    path = write_report(_WORKDIR.value, also=_ALSO.value, alpha=_ALPHA.value)
+    path = write_report(_WORKDIR.value, also=_ALSO.value, alpha=_ALPHA.value,
+                        predict=_predictions_from_weights)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -22,7 +22,7 @@ from unet_jax.engine import distributed
 from unet_jax.engine.resume import Interrupted
 from unet_jax.errors import UserError
 from unet_jax.sweep.run import run_sweep
-from unet_jax.sweep.workdir import WorkdirPaths
+from unet_jax.workdir import WorkdirPaths
 
 _DEFAULT_CONFIG = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), '..', 'configs', 'default.py'))

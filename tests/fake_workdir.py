@@ -1,7 +1,7 @@
 """A sweep work directory with made-up scores whose comparisons are known.
 
 Written through the records and paths the sweep writes with
-(``unet_jax.sweep.records``, ``unet_jax.sweep.workdir``): summaries with the
+(``unet_jax.records``, ``unet_jax.workdir``): summaries with the
 blocks each stage trains and the schedule's kind, config.json with the runs.
 """
 
@@ -11,9 +11,9 @@ import numpy as np
 
 from unet_jax import files, freeze
 from unet_jax.block_order import ORDERS, block_groups, cumulative
+from unet_jax.records import ExperimentSummary, StageRecord
 from unet_jax.schedules import Schedule, gradual
-from unet_jax.sweep.records import ExperimentSummary, StageRecord
-from unet_jax.sweep.workdir import WorkdirPaths
+from unet_jax.workdir import WorkdirPaths
 
 DEPTH = 2
 TOTAL_PARAMS = 1000

@@ -19,7 +19,7 @@ from unet_jax.schedules import Schedule
 from unet_jax.sweep import checkpoint, evaluate
 from unet_jax.sweep.run import load_target, run_sweep
 from unet_jax.sweep.settings import SweepSettings, load_config
-from unet_jax.sweep.workdir import WorkdirPaths
+from unet_jax.workdir import WorkdirPaths
 
 SPEC = UNetSpec(base_width=4, depth=2, norm='batch')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

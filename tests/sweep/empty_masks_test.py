@@ -12,7 +12,7 @@ from unet_jax import analysis, data, files
 from unet_jax.errors import UserError
 from unet_jax.sweep.run import load_target, run_sweep
 from unet_jax.sweep.settings import SweepSettings, load_config
-from unet_jax.sweep.workdir import WorkdirPaths
+from unet_jax.workdir import WorkdirPaths
 
 TINY = os.path.join(CONFIGS, 'default.py') + ':tiny'
 

@@ -7,7 +7,7 @@ import pytest
 from repo import CONFIGS, LAUNCH, set_fields
 
 from unet_jax.errors import UserError
-from unet_jax.sweep.records import ExperimentSummary
+from unet_jax.records import ExperimentSummary
 from unet_jax.sweep.settings import SweepSettings, load_config
 
 TINY = os.path.join(CONFIGS, 'default.py') + ':tiny'

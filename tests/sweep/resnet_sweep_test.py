@@ -20,7 +20,7 @@ from unet_jax.model import UNetSpec, split_model
 from unet_jax.sweep import checkpoint
 from unet_jax.sweep.run import pretrain, pretrain_steps, run_sweep
 from unet_jax.sweep.settings import SweepSettings, load_config
-from unet_jax.sweep.workdir import WorkdirPaths
+from unet_jax.workdir import WorkdirPaths
 
 CHANNELS = (16, 8, 8, 4, 4)
 

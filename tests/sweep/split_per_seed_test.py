@@ -11,7 +11,7 @@ from unet_jax import analysis
 from unet_jax.errors import UserError
 from unet_jax.sweep.run import experiment_fingerprint, load_target, run_sweep, split_seed
 from unet_jax.sweep.settings import SweepSettings, load_config
-from unet_jax.sweep.workdir import WorkdirPaths
+from unet_jax.workdir import WorkdirPaths
 
 TINY = os.path.join(CONFIGS, 'default.py') + ':tiny'
 

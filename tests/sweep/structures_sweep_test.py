@@ -13,8 +13,8 @@ from unet_jax import analysis, data, files, structures
 from unet_jax.errors import UserError
 from unet_jax.model import model_graphdef
 from unet_jax.model import predict as predict_batches
+from unet_jax.records import read_summary
 from unet_jax.sweep.checkpoint import load_weights
-from unet_jax.sweep.records import read_summary
 from unet_jax.sweep.run import _race_frame, run_sweep
 from unet_jax.sweep.settings import NEW_HEAD_RULE, SweepSettings, load_config
 

@@ -20,7 +20,7 @@ from unet_jax.errors import UserError
 from unet_jax.files import read_jsonl
 from unet_jax.sweep.run import run_sweep
 from unet_jax.sweep.settings import load_config
-from unet_jax.sweep.workdir import WorkdirLock
+from unet_jax.workdir import WorkdirLock
 
 SWEEP = os.path.join(ROOT, 'launch', 'sweep.py')
 TINY = os.path.join(ROOT, 'configs', 'default.py') + ':tiny'
@@ -140,6 +140,34 @@ def test_sweep_ends_with_a_report_history_and_events(sweep_dir):
   tags = _event_tags(os.path.join(workdir, 'tensorboard', 'head'))
   assert {'loss', 'val_dice', 'learning_rate', 'trainable_fraction'} <= set(tags)
   assert sorted(tags['val_dice']) == [2, 4]
+
+
+def test_a_workdir_without_saved_predictions_reports_overlays_only_from_the_launcher(
+    sweep_dir, tmp_path):
+  # As a work directory scored before the sweep saved predictions: the analysis runs no
+  # network (no figure), launch/report.py runs the saved ones (the same masks).
+  from unet_jax.analysis import load, report  # noqa: PLC0415
+  from unet_jax.sweep.evaluate import predictions_from_weights  # noqa: PLC0415
+  from unet_jax.workdir import WorkdirPaths  # noqa: PLC0415
+  old = str(tmp_path / 'old')
+  shutil.copytree(sweep_dir[0], old, ignore=shutil.ignore_patterns('report*', 'tensorboard'))
+  paths = WorkdirPaths(old)
+  saved = {}
+  for name in os.listdir(os.path.join(old, 'experiments')):
+    path = paths.experiment(name).predictions
+    saved[name] = unet_jax.files.read_masks(path)
+    os.remove(path)
+  res = load(old)
+  assert report.saved_overlays(old, res) is None
+  overlays = report.saved_overlays(old, res, predictions_from_weights)
+  for name, masks in overlays.predictions.items():
+    ids, want = saved[name]
+    where = {image: i for i, image in enumerate(ids)}
+    np.testing.assert_array_equal(masks, want[[where[i] for i in overlays.ids]])
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'launch', 'report.py'),
+                         f'--workdir={old}'], capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr
+  assert os.path.isfile(os.path.join(paths.report_dir, 'overlays.png'))
 
 
 def _event_tags(folder: str) -> dict[str, list[int]]:

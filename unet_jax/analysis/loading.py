@@ -1,8 +1,8 @@
 """Reading results into a Results: from work directories or from any table.
 
 ``load(workdir)`` reads what a sweep wrote, through the typed records and
-paths the sweep writes them with (``unet_jax.sweep.records``,
-``unet_jax.sweep.workdir``): ``results.jsonl``, every
+paths the sweep writes them with (``unet_jax.records``,
+``unet_jax.workdir``): ``results.jsonl``, every
 ``experiments/<name>/summary.json``, ``config.json`` (the resolved
 settings: the domain, the sweep's run names) and, when the engine wrote
 them, ``history.jsonl`` curves. ``from_frame(df)`` takes a table of
@@ -29,8 +29,8 @@ import pandas as pd
 from unet_jax import files
 from unet_jax.analysis.results import HIGHER_IS_BETTER, LoadedRun, Results, structure_metrics
 from unet_jax.errors import UserError
-from unet_jax.sweep.records import ExperimentSummary, SweepRecord, read_summary, read_sweep
-from unet_jax.sweep.workdir import WorkdirPaths
+from unet_jax.records import ExperimentSummary, SweepRecord, read_summary, read_sweep
+from unet_jax.workdir import WorkdirPaths
 
 
 def load(workdirs: str | os.PathLike | Sequence[str | os.PathLike]) -> Results:

@@ -27,7 +27,7 @@ import matplotlib.ticker  # noqa: E402
 
 from unet_jax import files  # noqa: E402
 from unet_jax.analysis.results import Results  # noqa: E402
-from unet_jax.sweep.records import ExperimentSummary  # noqa: E402
+from unet_jax.records import ExperimentSummary  # noqa: E402
 
 
 def _save(fig, path: str) -> str:

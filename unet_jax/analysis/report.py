@@ -3,9 +3,11 @@
 ``write_report(workdir)`` reads only saved results (``unet_jax.analysis.load``),
 so it can be rerun at any time, also on an interrupted sweep; figures go to
 ``<workdir>/report/``. Overlays of predictions come from the sweep's
-``test_set.npz`` and saved weights (:func:`saved_overlays`), or from
-:class:`Overlays` a notebook passes, for instance built with
-:func:`predictions_from_weights`.
+``test_set.npz`` and the predictions it saved (:func:`saved_overlays`), or from
+:class:`Overlays` a notebook passes. The analysis runs no network and imports no JAX:
+for work directories scored before predictions were saved, ``predict`` (for instance
+``unet_jax.sweep.evaluate.predictions_from_weights``, as ``launch/report.py`` passes it)
+runs them.
 
 Example::
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,9 +30,7 @@ from unet_jax.analysis import plots
 from unet_jax.analysis.loading import load
 from unet_jax.analysis.results import Results
 from unet_jax.conventions import EMPTY_MASK_CONVENTION, HD95_CONVENTIONS
-from unet_jax.errors import UserError
-from unet_jax.sweep.records import read_sweep
-from unet_jax.sweep.workdir import WorkdirPaths
+from unet_jax.workdir import WorkdirPaths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +41,10 @@ class Overlays:
   masks: np.ndarray  # (N, H, W, 1)
   ids: Sequence[str]  # image ids as in results.jsonl
   predictions: Mapping[str, np.ndarray]  # experiment name -> (N, H, W, 1)
+
+
+# (workdir, images, experiment names) -> name -> predicted masks (N, H, W, K)
+Predict = Callable[[str, np.ndarray, Sequence[str]], Mapping[str, np.ndarray]]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -64,28 +68,6 @@ def _span(lo: int, hi: int) -> str:
 
 def _p(value: float) -> str:
   return 'nan' if np.isnan(value) else f'{value:.2g}'
-
-
-def predictions_from_weights(workdir: str, images: np.ndarray,
-                             experiments: Sequence[str]) -> dict[str, np.ndarray]:
-  """Predicted masks (N, H, W, K) of saved experiments on ``images``.
-
-  The one place the analysis runs the network: JAX is imported only here.
-  """
-  from unet_jax import structures  # noqa: PLC0415 - JAX
-  from unet_jax.model import UNetSpec, model_graphdef, predict  # noqa: PLC0415 - JAX
-  from unet_jax.sweep import checkpoint  # noqa: PLC0415 - orbax
-  paths = WorkdirPaths(workdir)
-  sweep = read_sweep(paths.config)
-  graphdef = model_graphdef(UNetSpec(**sweep.model))
-  out = {}
-  for name in experiments:
-    path = paths.experiment(name).weights
-    if not os.path.isdir(path):
-      raise UserError(f'no weights for experiment {name!r} at {path}')
-    params, stats = checkpoint.load_weights(path)
-    out[name] = structures.masks_from_probabilities(predict(graphdef, params, stats, images))
-  return out
 
 
 def _hd95_conventions(res: Results) -> str:
@@ -541,12 +523,16 @@ def _overlay_figure(res, domain, folder, tag, overlays: Overlays, link) -> list[
   return []
 
 
-def saved_overlays(workdir: str, res: Results) -> Overlays | None:
-  """Overlays from the sweep's ``test_set.npz`` and saved weights, one run per base.
+def saved_overlays(workdir: str, res: Results, predict: Predict | None = None
+                   ) -> Overlays | None:
+  """Overlays from the sweep's ``test_set.npz`` and the predictions it saved, one run per
+  base.
 
   Only images that every chosen run was tested on are shown (with folds, a
   run's test images are its fold's). None when the work directory has no
-  test set file or no weights.
+  test set file or no weights. A work directory scored before predictions were saved has
+  none to show unless ``predict`` runs the networks (``launch/report.py`` passes
+  ``unet_jax.sweep.evaluate.predictions_from_weights``; the analysis itself runs no network).
   """
   paths = WorkdirPaths(workdir)
   path = paths.test_set
@@ -575,8 +561,9 @@ def saved_overlays(workdir: str, res: Results) -> Overlays | None:
       where = {image: i for i, image in enumerate(got)}
       predictions[name] = masks_of[[where[i] for i in ids]]
     return Overlays(images, masks, ids, predictions)
-  # Work directories scored before predictions were saved: run the networks.
-  return Overlays(images, masks, ids, predictions_from_weights(workdir, images, names))
+  if predict is None:  # scored before predictions were saved
+    return None
+  return Overlays(images, masks, ids, predict(workdir, images, names))
 
 
 def _mean_seconds(seconds: list[float]) -> str:
@@ -707,20 +694,21 @@ def _race_section(race: dict, folder: str, res: Results, alpha: float) -> list[s
 
 def write_report(workdir: str, *, overlays: Overlays | None = None,
                  also: Sequence[str] = (), alpha: float = 0.05,
-                 delta: float | None = None) -> str:
+                 delta: float | None = None, predict: Predict | None = None) -> str:
   """Writes ``<workdir>/report.md`` and its figures; returns the report's path.
 
   ``also`` adds work directories of other domains (F4 compares ultrasound
   with chest X-ray); ``overlays`` adds a figure of predictions on the best and
   worst test images (of ``workdir``'s domain); by default they come from the
-  sweep's ``test_set.npz`` and saved weights. ``delta`` (Dice units) adds the
+  sweep's ``test_set.npz`` and saved predictions, or ``predict`` (:func:`saved_overlays`).
+  ``delta`` (Dice units) adds the
   answer's 'within delta' verdict (``Results.recommend``).
   """
   workdir = os.path.abspath(workdir)
   res = load([workdir, *also])
   paths = WorkdirPaths(workdir)
   if overlays is None:
-    overlays = saved_overlays(workdir, res)
+    overlays = saved_overlays(workdir, res, predict)
   folder = paths.report_dir
   os.makedirs(folder, exist_ok=True)
   main_domain = res.df['domain'].iloc[0]  # workdir's rows come first

@@ -47,8 +47,8 @@ from unet_jax.analysis import stats
 from unet_jax.analysis.paired import PairedTest, paired_test
 from unet_jax.errors import UserError
 from unet_jax.modalities import MODALITIES
-from unet_jax.sweep.records import ExperimentSummary, SweepRecord
-from unet_jax.sweep.workdir import WorkdirPaths
+from unet_jax.records import ExperimentSummary, SweepRecord
+from unet_jax.workdir import WorkdirPaths
 
 if TYPE_CHECKING:
   from unet_jax.analysis.findings import Finding

@@ -2,15 +2,15 @@
 
 - ``settings``: a config validated once into :class:`SweepSettings` (``load_config``);
 - ``grid``: config.experiments x config.grid expanded into runs, grouped into bundles;
-- ``workdir``: where each file of a work directory lives, its lock;
-- ``records``: the typed records a sweep writes (summary.json, config.json);
 - ``run``: plan, pretrain, train the bundles, score, write (``run_sweep``);
 - ``evaluate``: scoring a trained network, the BatchNorm check;
 - ``checkpoint``: weights as plain orbax checkpoints;
 - ``export``: one experiment as a standalone model, ``predict`` on new images.
 
-``run_sweep`` and ``load_config`` are loaded on first use, so that readers
-of records and paths (``unet_jax.analysis``) need no JAX.
+Where each file of a work directory lives (``unet_jax.workdir``) and the typed records a
+sweep writes (``unet_jax.records``) are below both the sweep and the analysis, so the
+analysis imports nothing of the sweep. ``run_sweep`` and ``load_config`` are loaded on
+first use.
 """
 
 _LAZY = {'run_sweep': 'unet_jax.sweep.run', 'load_config': 'unet_jax.sweep.settings',

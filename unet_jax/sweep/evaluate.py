@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+import os
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +30,11 @@ import numpy as np
 from unet_jax import data, freeze, metrics, structures
 from unet_jax.engine.experiment import Experiment
 from unet_jax.engine.run import Weights
+from unet_jax.errors import UserError
 from unet_jax.model import UNetSpec, apply_model, model_graphdef, predict
+from unet_jax.records import read_sweep
+from unet_jax.sweep import checkpoint
+from unet_jax.workdir import WorkdirPaths
 
 PyTree = Any
 
@@ -205,3 +210,21 @@ def reestimate_stats(spec: UNetSpec, params: PyTree, stats: PyTree, images: np.n
     raise ValueError('re-estimating BatchNorm statistics needs at least 2 images')
   return jax.tree.map(lambda keep, total, old: total / count if keep else old,
                       update, sums, stats)
+
+
+def predictions_from_weights(workdir: str, images: np.ndarray,
+                             experiments: Sequence[str]) -> dict[str, np.ndarray]:
+  """Predicted masks (N, H, W, K) of saved experiments on ``images``: the overlays of a
+  work directory scored before the sweep saved its predictions
+  (``analysis.report.write_report(predict=...)``)."""
+  paths = WorkdirPaths(workdir)
+  sweep = read_sweep(paths.config)
+  graphdef = model_graphdef(UNetSpec(**sweep.model))
+  out = {}
+  for name in experiments:
+    path = paths.experiment(name).weights
+    if not os.path.isdir(path):
+      raise UserError(f'no weights for experiment {name!r} at {path}')
+    params, stats = checkpoint.load_weights(path)
+    out[name] = structures.masks_from_probabilities(predict(graphdef, params, stats, images))
+  return out

@@ -25,9 +25,9 @@ from unet_jax.data.real.pixels import placement
 from unet_jax.errors import UserError
 from unet_jax.model import UNetSpec, merge_adapters, model_graphdef
 from unet_jax.model import predict as predict_batches
+from unet_jax.records import read_summary, read_sweep
 from unet_jax.sweep import checkpoint
-from unet_jax.sweep.records import read_summary, read_sweep
-from unet_jax.sweep.workdir import ExportPaths, WorkdirPaths
+from unet_jax.workdir import ExportPaths, WorkdirPaths
 
 
 def export_experiment(workdir: str, experiment: str, out: str) -> str:

@@ -2,8 +2,8 @@
 
 Experiments (``config.experiments`` x ``config.grid``) are grouped into
 bundles that each run as one compiled program (``unet_jax.engine``). What
-the sweep writes is laid out by ``unet_jax.sweep.workdir`` and typed by
-``unet_jax.sweep.records``.
+the sweep writes is laid out by ``unet_jax.workdir`` and typed by
+``unet_jax.records``.
 
 Resuming: running the same sweep again skips finished experiments (their
 summary's fingerprint matches the settings), scores finished ones again
@@ -36,11 +36,11 @@ from unet_jax.engine.run import BundleData, BundleResult, RunOptions, Weights, r
 from unet_jax.engine.step import BundleContext
 from unet_jax.errors import UserError
 from unet_jax.model import UNetSpec, init_model
+from unet_jax.records import ExperimentSummary, StageRecord
 from unet_jax.schedules import Schedule
 from unet_jax.sweep import checkpoint, evaluate, grid
-from unet_jax.sweep.records import ExperimentSummary, StageRecord
 from unet_jax.sweep.settings import TORCHVISION, SweepSettings
-from unet_jax.sweep.workdir import WorkdirLock, WorkdirPaths, prepare_workdir
+from unet_jax.workdir import WorkdirLock, WorkdirPaths, prepare_workdir
 
 # Part of every fingerprint: results made by an engine that drew batches or
 # treated BatchNorm differently, or summaries of another shape, are never

@@ -7,9 +7,9 @@ import os
 from repo import CONFIGS
 
 from unet_jax.model import UNetSpec
-from unet_jax.sweep.records import ExperimentSummary, StageRecord, SweepRecord
+from unet_jax.records import ExperimentSummary, StageRecord, SweepRecord
 from unet_jax.sweep.settings import SweepSettings, load_config
-from unet_jax.sweep.workdir import WorkdirPaths
+from unet_jax.workdir import WorkdirPaths
 
 
 def test_summary_round_trips_through_json():
@@ -51,7 +51,7 @@ def test_paths_spell_the_layout_once():
 def test_files_of_an_older_version_are_refused_by_name(tmp_path):
   from unet_jax import files
   from unet_jax.errors import UserError
-  from unet_jax.sweep.records import read_summary, read_sweep
+  from unet_jax.records import read_summary, read_sweep
   old_config = tmp_path / 'config.json'  # the raw config an earlier version wrote
   files.write_json(old_config, {'data': {'source': 'ultrasound'}, 'only': ''})
   old_summary = tmp_path / 'summary.json'
