@@ -35,7 +35,8 @@ from unet_jax.engine.stopping import StopRule, StopTracker
 from unet_jax.model import init_model
 from unet_jax.schedules import Schedule
 from unet_jax.sweep import load_config
-from unet_jax.sweep.run import load_target, pretrain
+from unet_jax.sweep.pretraining import pretrain
+from unet_jax.sweep.run import load_target
 from unet_jax.sweep.settings import SweepSettings
 from unet_jax.workdir import prepare_workdir
 

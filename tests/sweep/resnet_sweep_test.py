@@ -18,7 +18,8 @@ from unet_jax.files import read_jsonl
 from unet_jax.freeze import leaf_paths
 from unet_jax.model import UNetSpec, split_model
 from unet_jax.sweep import checkpoint
-from unet_jax.sweep.run import pretrain, pretrain_steps, run_sweep
+from unet_jax.sweep.pretraining import pretrain, pretrain_steps
+from unet_jax.sweep.run import run_sweep
 from unet_jax.sweep.settings import SweepSettings, load_config
 from unet_jax.workdir import WorkdirPaths
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import sys
@@ -27,85 +26,34 @@ import jax
 import numpy as np
 import tqdm
 
-from unet_jax import augment, data, encoders, files, freeze, structures, weights_file
+from unet_jax import augment, data, encoders, files, freeze, structures
 from unet_jax.engine.choices import BATCHED
 from unet_jax.engine.distributed import is_writer
 from unet_jax.engine.experiment import AUGMENT_DEFAULTS, STRATEGY_DEFAULTS, Experiment
-from unet_jax.engine.resume import BundleCheckpoints, StopRequest
+from unet_jax.engine.resume import StopRequest
 from unet_jax.engine.run import BundleData, BundleResult, RunOptions, Weights, run_bundle
 from unet_jax.engine.step import BundleContext
 from unet_jax.errors import UserError
-from unet_jax.model import UNetSpec, init_model
+from unet_jax.model import init_model
 from unet_jax.records import ExperimentSummary, StageRecord
 from unet_jax.schedules import Schedule
 from unet_jax.sweep import checkpoint, evaluate, grid
-from unet_jax.sweep.settings import TORCHVISION, SweepSettings
+from unet_jax.sweep.pretraining import (
+    bundle_checkpoints,
+    fingerprint_hash,
+    pretrain,
+    pretrain_fingerprint,
+    pretrain_steps,
+)
+from unet_jax.sweep.settings import SweepSettings
 from unet_jax.workdir import WorkdirLock, WorkdirPaths, prepare_workdir
 
 # Part of every fingerprint: results made by an engine that drew batches or
 # treated BatchNorm differently, or summaries of another shape, are never
 # reused (2: common random numbers and finetune.frozen_norm; 3: the typed
 # summary record; 4: runs train to convergence and keep their best-validation
-# weights). Pretraining was last changed by 2: its weights are reused.
+# weights). Pretraining was last changed by 2 (unet_jax.sweep.pretraining).
 _ENGINE_VERSION = 4
-_PRETRAIN_VERSION = 2
-
-
-def _hash(obj) -> str:
-  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _pretrain_fingerprint(s: SweepSettings) -> dict:
-  if s.pretrain_source == TORCHVISION:
-    # No training: the random initialisation (seed, model) with the file's encoder.
-    return {'seed': s.seed, 'model': s.model.identity(), 'source': s.pretrain_source,
-            'weights': _file_identity(s.pretrain_weights), 'grey': s.pretrain_grey,
-            'engine': _PRETRAIN_VERSION,
-            **({'intensity': s.intensity} if s.intensity != data.INTENSITIES[0] else {})}
-  return {'seed': s.seed, 'image_size': s.image_size,
-          'model': pretrain_model(s).identity(), 'source': s.pretrain_source,
-          'root': s.pretrain_root, 'engine': _PRETRAIN_VERSION,
-          'num_images': s.pretrain_images, 'train': dataclasses.asdict(s.pretrain),
-          **({'intensity': s.intensity} if s.intensity != data.INTENSITIES[0] else {})}
-
-
-def _file_identity(path: str) -> dict:
-  """A weights file by content (sha256 and size), wherever it lies; hashed once per version."""
-  stat = os.stat(path)
-  return _file_digest(path, stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _file_digest(path: str, size: int, mtime_ns: int) -> dict:
-  del mtime_ns  # part of the cache key only: a rewritten file is hashed again
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return {'sha256': digest.hexdigest(), 'bytes': size}
-
-
-def pretrain_model(s: SweepSettings) -> UNetSpec:
-  """The network pretraining trains: the sweep's, with the head its source's masks need
-  (``unet_jax.structures``); fine-tuning replaces a head of another width (:func:`pretrain`)."""
-  if s.pretrain_source == TORCHVISION:
-    return s.model
-  names, _ = data.structures_of(s.pretrain_source)
-  return dataclasses.replace(s.model, out_channels=structures.out_channels(len(names)))
-
-
-def _target_head(s: SweepSettings, weights: Weights, init: Weights) -> Weights:
-  """Pretrained weights with ``init``'s head when pretraining's head differs from the
-  sweep's (a binary source before a set of several structures): a new task's head starts
-  from random weights, as torchvision's classifiers do on a new set of classes."""
-  if pretrain_model(s) == s.model:
-    return weights
-  return Weights({**weights.params, 'head': init.params['head']}, weights.stats)
-
-
-def pretrain_steps(s: SweepSettings) -> int:
-  """Training steps of pretraining: none when the encoder comes from a weights file."""
-  return 0 if s.pretrain_source == TORCHVISION else s.pretrain.steps
 
 
 def experiment_fingerprint(s: SweepSettings, exp: Experiment, copies: int = 0) -> str:
@@ -114,21 +62,22 @@ def experiment_fingerprint(s: SweepSettings, exp: Experiment, copies: int = 0) -
   ``copies``: groups of copied images in the target set, which change its
   split (kept in one part); a set without copies keeps its older fingerprint.
   """
-  return _hash({'pretrain': _pretrain_fingerprint(s) if exp.init == 'pretrained' else None,
-                'data': [s.target_source, s.target_root, s.on_bad, s.target_images,
-                         s.test_fraction, s.val_fraction, s.folds, s.image_size, s.seed]
-                + (['split_per_seed'] if s.split_per_seed else [])
-                + ([f'empty masks: {s.empty_masks}'] if s.empty_masks != data.EMPTY_MASKS[0]
-                   else [])
-                + ([f'intensity: {s.intensity}'] if s.intensity != data.INTENSITIES[0]
-                   else [])
-                + ([f'copies kept together: {copies}'] if copies else [])
-                + ([f'label maps: {list(s.structures)}={list(s.label_values)}']
-                   if s.label_values else [])
-                + ([f'resize: {s.resize}'] if s.resize != data.RESIZES[0] else []),
-                'model': s.model.identity(), 'engine': _ENGINE_VERSION,
-                'finetune': [s.rewarmup_steps, dataclasses.asdict(s.early_stop)],
-                'experiment': _identity(exp)})
+  pretrained = pretrain_fingerprint(s) if exp.init == 'pretrained' else None
+  return fingerprint_hash({'pretrain': pretrained,
+                          'data': [s.target_source, s.target_root, s.on_bad, s.target_images,
+                                   s.test_fraction, s.val_fraction, s.folds, s.image_size, s.seed]
+                          + (['split_per_seed'] if s.split_per_seed else [])
+                          + ([f'empty masks: {s.empty_masks}']
+                             if s.empty_masks != data.EMPTY_MASKS[0] else [])
+                          + ([f'intensity: {s.intensity}'] if s.intensity != data.INTENSITIES[0]
+                             else [])
+                          + ([f'copies kept together: {copies}'] if copies else [])
+                          + ([f'label maps: {list(s.structures)}={list(s.label_values)}']
+                             if s.label_values else [])
+                          + ([f'resize: {s.resize}'] if s.resize != data.RESIZES[0] else []),
+                          'model': s.model.identity(), 'engine': _ENGINE_VERSION,
+                          'finetune': [s.rewarmup_steps, dataclasses.asdict(s.early_stop)],
+                          'experiment': _identity(exp)})
 
 
 def _identity(exp: Experiment) -> dict:
@@ -141,77 +90,6 @@ def _identity(exp: Experiment) -> dict:
                                 for rule in stage] for stage in out['schedule']['stages']]
   augmented = {k: getattr(exp, k) for k, v in AUGMENT_DEFAULTS.items() if getattr(exp, k) != v}
   return {**out, **exp.strategy_fields(), **augmented}
-
-
-def _checkpoints(paths: WorkdirPaths, key: str) -> BundleCheckpoints:
-  return BundleCheckpoints(paths.checkpoints(key), writer=is_writer())
-
-
-def pretrain(s: SweepSettings, init: Weights, paths: WorkdirPaths, bar: tqdm.tqdm,
-             stop: StopRequest | None = None) -> Weights:
-  """Pretrains on the natural-image-like source, or reuses a matching run.
-
-  With ``pretrain.source='torchvision'`` nothing trains: ``init`` with its encoder
-  read from the weights file, saved like a pretraining run's weights.
-  """
-  # As meta.json reads back (tuples as lists: a ResNet's decoder widths).
-  fingerprint = json.loads(json.dumps(_pretrain_fingerprint(s)))
-  if os.path.exists(paths.pretrain_meta):
-    if files.read_json(paths.pretrain_meta).get('fingerprint') == fingerprint:
-      bar.write(f'reusing pretrained weights from {paths.pretrain_dir}', file=sys.stderr)
-      bar.update(pretrain_steps(s))
-      return _target_head(s, Weights(*checkpoint.load_weights(paths.pretrain_weights)), init)
-    bar.write('pretrain settings changed: pretraining again', file=sys.stderr)
-  if s.pretrain_source == TORCHVISION:
-    bar.write(f'{s.model.encoder} encoder from {s.pretrain_weights} (no pretraining steps)',
-              file=sys.stderr)
-    weights = encoder_from_file(s, init)
-    if is_writer():
-      os.makedirs(paths.pretrain_dir, exist_ok=True)
-      checkpoint.save_weights(paths.pretrain_weights, weights.params, weights.stats)
-      files.write_json(paths.pretrain_meta, {'fingerprint': fingerprint, 'losses': [],
-                                             'seconds': 0.0, 'file': s.pretrain_weights})
-    return weights
-  spec = pretrain_model(s)
-  start = init if spec == s.model else Weights(*init_model(spec, s.seed)[1:])
-  dataset = data.open_source(s.pretrain_source, num=s.pretrain_images, size=s.image_size,
-                             seed=s.seed + 1, root=s.pretrain_root, cache_dir=paths.cache,
-                             on_bad=s.on_bad).with_channels(
-                                 s.model.in_channels).normalised(s.intensity)
-  # Everything is trained, so every BatchNorm layer uses batch statistics
-  # and updates its running ones whatever the policy.
-  run = Experiment('pretrain', 'pretrain',
-                   Schedule.constant(freeze.preset_rules('full', encoders.layout(spec))),
-                   'random', s.seed + 2, s.pretrain.learning_rate, s.pretrain.weight_decay,
-                   s.pretrain.steps, s.pretrain.batch_size, frozen_norm='adapt')
-  key = _hash(fingerprint)
-  checkpoints = _checkpoints(paths, f'pretrain-{key}')
-  result = run_bundle(
-      BundleContext(spec, s.pretrain.batch_size), [run], [start],
-      BundleData(dataset.images, dataset.masks, [np.arange(len(dataset))]),
-      RunOptions('static', s.loop, s.chunk_steps, s.checkpoint_every), bar=bar,
-      checkpoints=checkpoints, fingerprint=key, stop=stop)  # no validation: all steps
-  if result.diverged_at[0] is not None:
-    raise UserError(f'pretraining diverged at step {result.diverged_at[0]} (a loss or '
-                    'weight became NaN or Inf); lower pretrain.learning_rate')
-  weights = result.weights[0]
-  if is_writer():
-    os.makedirs(paths.pretrain_dir, exist_ok=True)
-    checkpoint.save_weights(paths.pretrain_weights, weights.params, weights.stats)
-    files.write_json(paths.pretrain_meta, {'fingerprint': fingerprint,
-                                           'losses': result.losses[0],
-                                           'seconds': result.report.seconds})
-  checkpoints.remove()
-  return _target_head(s, weights, init)
-
-
-def encoder_from_file(s: SweepSettings, init: Weights) -> Weights:
-  """``init`` with stem and layer1..layer4 from ``s.pretrain_weights`` (torchvision names)."""
-  state = weights_file.read_state_dict(s.pretrain_weights)
-  read = encoders.network_module(s.model.encoder).encoder_from_torchvision
-  params, stats = read(state, init.params, init.stats, s.model, source=s.pretrain_weights,
-                       grey=s.pretrain_grey, imagenet=s.intensity == 'imagenet')
-  return Weights(params, stats)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -520,8 +398,8 @@ class _Sweep:
     images, masks = target.dataset.images, target.dataset.masks
     val = ([(images[sp.val], masks[sp.val]) for sp in splits]
            if all(len(sp.val) for sp in splits) else None)
-    key = _hash([self.fingerprints[e.name] for e in members])
-    checkpoints = _checkpoints(self.paths, key)
+    key = fingerprint_hash([self.fingerprints[e.name] for e in members])
+    checkpoints = bundle_checkpoints(self.paths, key)
     result = run_bundle(
         BundleContext(s.model, members[0].batch_size, rewarmup_steps=s.rewarmup_steps),
         members, inits, BundleData(images, masks, [sp.fit for sp in splits], val),

@@ -26,6 +26,21 @@ from unet_jax.freeze import FROZEN_NORM, FreezeRule
 from unet_jax.model import NORMS, UNetSpec, adapter_limit
 from unet_jax.schedules import Schedule, parse_schedule
 from unet_jax.structures import BINARY
+from unet_jax.sweep.fields import (
+    NUMBERS,
+    bool_field,
+    choice,
+    field_value,
+    float_field,
+    float_problem,
+    int_field,
+    int_problem,
+    number,
+    number_problem,
+    optional,
+    optional_bool,
+    optional_choice,
+)
 from unet_jax.sweep.grid import AXES, STRATEGY_AXES, expand
 
 INITS = ('pretrained', 'random')
@@ -193,55 +208,55 @@ class SweepSettings:
     """Validates ``config`` once; a bad field raises UserError naming it."""
     _refuse_replaced_fields(config)
     model = _model(config)
-    size = _int(config, 'image_size', 8)
+    size = int_field(config, 'image_size', 8)
     divisor = encoders.family(model.encoder).divisor(model)
     if size % divisor:
       why = ('2**model.depth' if model.encoder == UNET
              else f'the {model.encoder} encoder halves it five times')
       raise UserError(f"config field 'image_size': image size {size} must be divisible by "
                       f'{divisor} ({why})')
-    only = [n.strip() for n in str(_get(config, 'only')).split(',') if n.strip()]
-    seed, finetune = _number(config, 'seed'), _train(config, 'finetune')
-    frozen_norm = _choice(config, 'finetune.frozen_norm', tuple(FROZEN_NORM))
-    folds = _int(config, 'data.folds', 0)
+    only = [n.strip() for n in str(field_value(config, 'only')).split(',') if n.strip()]
+    seed, finetune = number(config, 'seed'), _train(config, 'finetune')
+    frozen_norm = choice(config, 'finetune.frozen_norm', tuple(FROZEN_NORM))
+    folds = int_field(config, 'data.folds', 0)
     policies = _augment_policies(config)
     sources = _sources(config, model)
     names, values = data.structures_of(sources['target_source'],
-                                       str(_optional(config, 'data.structures', '')).strip())
+                                       str(optional(config, 'data.structures', '')).strip())
     model = dataclasses.replace(model, out_channels=structures.out_channels(len(names)))
     settings = cls(
         seed=seed, image_size=size, model=model, structures=names, label_values=values,
-        resize=_optional_choice(config, 'data.resize', data.RESIZES),
+        resize=optional_choice(config, 'data.resize', data.RESIZES),
         **sources,
-        pretrain_images=_int(config, 'pretrain.num_images', 1),
+        pretrain_images=int_field(config, 'pretrain.num_images', 1),
         pretrain=_train(config, 'pretrain'),
-        on_bad=_choice(config, 'data.on_bad', ('error', 'skip')),
-        target_images=_int(config, 'data.num_images', 2),
-        test_fraction=_float(config, 'data.test_fraction', 0.0, 1.0),
-        val_fraction=_float(config, 'data.val_fraction', 0.0, 0.9),
-        folds=folds, split_per_seed=_optional_bool(config, 'data.split_per_seed'),
-        empty_masks=_optional_choice(config, 'data.empty_masks', data.EMPTY_MASKS),
-        intensity=_optional_choice(config, 'data.intensity', data.INTENSITIES),
+        on_bad=choice(config, 'data.on_bad', ('error', 'skip')),
+        target_images=int_field(config, 'data.num_images', 2),
+        test_fraction=float_field(config, 'data.test_fraction', 0.0, 1.0),
+        val_fraction=float_field(config, 'data.val_fraction', 0.0, 0.9),
+        folds=folds, split_per_seed=optional_bool(config, 'data.split_per_seed'),
+        empty_masks=optional_choice(config, 'data.empty_masks', data.EMPTY_MASKS),
+        intensity=optional_choice(config, 'data.intensity', data.INTENSITIES),
         finetune=finetune, frozen_norm=frozen_norm,
-        hd95_convention=_choice(config, 'evaluation.hd95', tuple(HD95_CONVENTIONS)),
-        norm_check=_bool(config, 'evaluation.norm_check'),
-        chunk_steps=_int(config, 'chunk_steps', 1),
-        checkpoint_every=_int(config, 'checkpoint_every', 0),
-        loop=_choice(config, 'loop', LOOPS),
+        hd95_convention=choice(config, 'evaluation.hd95', tuple(HD95_CONVENTIONS)),
+        norm_check=bool_field(config, 'evaluation.norm_check'),
+        chunk_steps=int_field(config, 'chunk_steps', 1),
+        checkpoint_every=int_field(config, 'checkpoint_every', 0),
+        loop=choice(config, 'loop', LOOPS),
         experiments=_experiments(config, model, only, finetune.steps,
                                  _new_head(sources['pretrain_source'], len(names))),
         grid=_grid(config, folds, {'seed': seed, 'frozen_norm': frozen_norm,
                                    'augment': _augment_choice(config, policies),
                                    **dataclasses.asdict(finetune)}, policies),
         augment_policies=policies,
-        executor=_choice(config, 'executor', ('auto',) + EXECUTORS),
-        max_bundle=_int(config, 'max_bundle', 0),
-        rewarmup_steps=_int(config, 'finetune.rewarmup_steps', 0),
+        executor=choice(config, 'executor', ('auto',) + EXECUTORS),
+        max_bundle=int_field(config, 'max_bundle', 0),
+        rewarmup_steps=int_field(config, 'finetune.rewarmup_steps', 0),
         early_stop=_early_stop(config),
         epochs=_epochs(config),
         race=_race(config),
-        bootstrap_samples=_int(config, 'bootstrap_samples', 100),
-        compilation_cache=str(_get(config, 'compilation_cache')))
+        bootstrap_samples=int_field(config, 'bootstrap_samples', 100),
+        compilation_cache=str(field_value(config, 'compilation_cache')))
     for axis in STRATEGY_AXES:
       if settings.grid[axis] and not any(axis in e.strategy for e in settings.experiments):
         raise UserError(f'config field {"grid." + axis!r} crosses the experiments whose '
@@ -267,13 +282,13 @@ class SweepSettings:
 def _early_stop(config) -> StopRule:
   """finetune.patience and finetune.min_delta (configs written before them: the defaults)."""
   default = StopRule()
-  patience = _optional(config, 'finetune.patience', default.patience)
-  if _int_problem(patience, 0):
+  patience = optional(config, 'finetune.patience', default.patience)
+  if int_problem(patience, 0):
     raise UserError(f"config field 'finetune.patience' (evaluations without improvement "
                     f"before a run stops; 0 = train to the cap) must be an integer >= 0; "
                     f"got {patience!r}")
-  min_delta = _optional(config, 'finetune.min_delta', default.min_delta)
-  if _float_problem(min_delta, 0.0, 1.0):
+  min_delta = optional(config, 'finetune.min_delta', default.min_delta)
+  if float_problem(min_delta, 0.0, 1.0):
     raise UserError(f"config field 'finetune.min_delta' (validation Dice an evaluation must "
                     f"gain to count as an improvement) must be a number in [0, 1]; "
                     f"got {min_delta!r}")
@@ -282,18 +297,20 @@ def _early_stop(config) -> StopRule:
 
 def _race(config) -> RaceSettings | None:
   """config.race (configs written before it, or enabled=False: None)."""
-  race = _optional(config, 'race', None)
-  if race is None or not _bool(config, 'race.enabled'):
+  race = optional(config, 'race', None)
+  if race is None or not bool_field(config, 'race.enabled'):
     return None
-  out = RaceSettings(delta=_float(config, 'race.delta', 1e-6, 1.0),
-                     alpha=_float(config, 'race.alpha', 1e-6, 0.5),
-                     n0=_int(config, 'race.n0', 2), per_round=_int(config, 'race.per_round', 1),
-                     max_replicates=_int(config, 'race.max_replicates', 2),
-                     metric=str(_optional(config, 'race.metric', 'dice')))
+  out = RaceSettings(delta=float_field(config, 'race.delta', 1e-6, 1.0),
+                     alpha=float_field(config, 'race.alpha', 1e-6, 0.5),
+                     n0=int_field(config, 'race.n0', 2),
+                     per_round=int_field(config, 'race.per_round', 1),
+                     max_replicates=int_field(config, 'race.max_replicates', 2),
+                     metric=str(optional(config, 'race.metric', 'dice')))
   if out.max_replicates < out.n0:
     raise UserError(f"config field 'race.max_replicates' ({out.max_replicates}) must be at "
                     f"least race.n0 ({out.n0})")
-  if tuple(_get(config, 'grid.seed')) not in ((), (0, 1, 2), tuple(range(out.max_replicates))):
+  seeds = tuple(field_value(config, 'grid.seed'))
+  if seeds not in ((), (0, 1, 2), tuple(range(out.max_replicates))):
     raise UserError("config field 'grid.seed' is set with race.enabled: the race chooses the "
                     "seeds (replicate r is seed r - 1); leave grid.seed=()")
   return out
@@ -301,11 +318,11 @@ def _race(config) -> RaceSettings | None:
 
 def _epochs(config) -> float:
   """finetune.epochs: 0 (the cap is finetune.steps) or a positive number of epochs."""
-  epochs = _optional(config, 'finetune.epochs', 0)
-  if _float_problem(epochs, 0.0, 1e6):
+  epochs = optional(config, 'finetune.epochs', 0)
+  if float_problem(epochs, 0.0, 1e6):
     raise UserError(f"config field 'finetune.epochs' (the step cap in epochs of the "
                     f"training set; 0 = finetune.steps) must be a number >= 0; got {epochs!r}")
-  if epochs and tuple(_optional(config, 'grid.steps', ())):
+  if epochs and tuple(optional(config, 'grid.steps', ())):
     raise UserError("config fields 'finetune.epochs' and 'grid.steps' are both set: the "
                     "step cap is either in epochs (grid.steps=()) or a grid of steps "
                     "(finetune.epochs=0)")
@@ -315,26 +332,26 @@ def _epochs(config) -> float:
 def _model(config) -> UNetSpec:
   """config.model; ``encoder`` absent means the paper's U-Net, ``decoder_channels`` is read
   only for an encoder with smp's decoder (ResNet, EfficientNet)."""
-  encoder = _optional(config, 'model.encoder', UNET)
+  encoder = optional(config, 'model.encoder', UNET)
   if encoder not in ENCODERS:
     raise UserError(f"config field 'model.encoder' is {encoder!r}; valid choices: "
                     f'{", ".join(ENCODERS)}')
   pyramid_fields = {}
   if encoder != UNET:
     field = 'model.decoder_channels'
-    channels = _optional(config, field, UNetSpec.decoder_channels)
+    channels = optional(config, field, UNetSpec.decoder_channels)
     if (not isinstance(channels, (tuple, list)) or len(channels) != 5
-        or any(_int_problem(c, 1) for c in channels)):
+        or any(int_problem(c, 1) for c in channels)):
       raise UserError(f'config field {field!r} must be five integers >= 1, the widths of '
                       f'dec5..dec1; got {channels!r}')
     pyramid_fields['decoder_channels'] = tuple(channels)
   spec = UNetSpec(
-      base_width=_int(config, 'model.base_width', 1),
-      depth=_int(config, 'model.depth', 1),
-      norm=_choice(config, 'model.norm', NORMS),
-      in_channels=_int(config, 'model.in_channels', 1),
-      group_size=_int(config, 'model.group_size', 1),
-      bn_momentum=_float(config, 'model.bn_momentum', 0.0, 1.0),
+      base_width=int_field(config, 'model.base_width', 1),
+      depth=int_field(config, 'model.depth', 1),
+      norm=choice(config, 'model.norm', NORMS),
+      in_channels=int_field(config, 'model.in_channels', 1),
+      group_size=int_field(config, 'model.group_size', 1),
+      bn_momentum=float_field(config, 'model.bn_momentum', 0.0, 1.0),
       encoder=encoder, **pyramid_fields, **_adapters(config, encoder))
   if spec.adapter_rank:
     limit, block = adapter_limit(spec)
@@ -351,11 +368,11 @@ def _model(config) -> UNetSpec:
 
 def _adapters(config, encoder: str) -> dict:
   """model.adapter_rank (0: none) and model.adapter_blocks; absent means none."""
-  rank = _optional(config, 'model.adapter_rank', 0)
-  problem = _int_problem(rank, 0)
+  rank = optional(config, 'model.adapter_rank', 0)
+  problem = int_problem(rank, 0)
   if problem:
     raise UserError(f"config field 'model.adapter_rank' {problem}; got {rank!r}")
-  blocks = str(_optional(config, 'model.adapter_blocks', _default_adapter_blocks(encoder)))
+  blocks = str(optional(config, 'model.adapter_blocks', _default_adapter_blocks(encoder)))
   try:
     re.compile(blocks)
   except re.error as e:
@@ -387,10 +404,10 @@ def _new_head(pretrain_source: str, num_structures: int) -> bool:
 def _sources(config, model: UNetSpec) -> dict:
   """The pretraining and target sources and their folders; a real set needs one."""
   sources = data.source_names(pets=True) + (TORCHVISION,)
-  out = {'pretrain_source': _choice(config, 'pretrain.source', sources),
-         'pretrain_root': os.path.expanduser(str(_get(config, 'pretrain.root'))),
-         'target_source': _choice(config, 'data.source', data.source_names()),
-         'target_root': os.path.expanduser(str(_get(config, 'data.root')))}
+  out = {'pretrain_source': choice(config, 'pretrain.source', sources),
+         'pretrain_root': os.path.expanduser(str(field_value(config, 'pretrain.root'))),
+         'target_source': choice(config, 'data.source', data.source_names()),
+         'target_root': os.path.expanduser(str(field_value(config, 'data.root')))}
   for kind, field in (('pretrain', 'pretrain'), ('target', 'data')):
     if data.is_real(out[f'{kind}_source']) and not out[f'{kind}_root']:
       raise UserError(f'{field}.source={out[f"{kind}_source"]!r} is a real data set: give '
@@ -400,10 +417,10 @@ def _sources(config, model: UNetSpec) -> dict:
 
 def _pretrained_weights(config, source: str, model: UNetSpec) -> dict:
   """pretrain.weights and pretrain.grey, checked against the source and the model."""
-  weights = str(_optional(config, 'pretrain.weights', ''))
+  weights = str(optional(config, 'pretrain.weights', ''))
   # Absolute, so config.json says which file was read from wherever the sweep ran.
   weights = os.path.abspath(os.path.expanduser(weights)) if weights else ''
-  grey = _optional(config, 'pretrain.grey', 'sum')
+  grey = optional(config, 'pretrain.grey', 'sum')
   if grey not in encoder_weights.GREY:
     raise UserError(f"config field 'pretrain.grey' is {grey!r}; valid choices: "
                     f'{", ".join(encoder_weights.GREY)}')
@@ -435,98 +452,6 @@ def _pretrained_weights(config, source: str, model: UNetSpec) -> dict:
   return {'pretrain_weights': weights, 'pretrain_grey': grey}
 
 
-def _optional(config, field: str, default) -> Any:
-  """A field that configs written before it existed leave out."""
-  try:
-    return _get(config, field)
-  except UserError:
-    return default
-
-
-def _get(config, field: str) -> Any:
-  node = config
-  for part in field.split('.'):
-    try:
-      node = node[part]
-    except (KeyError, AttributeError, TypeError):
-      raise UserError(f'config field {field!r} is missing') from None
-  return node
-
-
-def _int_problem(value, minimum) -> str:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    return f'must be an integer >= {minimum}'
-  return ''
-
-
-def _float_problem(value, lo, hi) -> str:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-    return f'must be a number in [{lo}, {hi}]'
-  return ''
-
-
-def _int(config, field, minimum) -> int:
-  value = _get(config, field)
-  problem = _int_problem(value, minimum)
-  if problem:
-    raise UserError(f'config field {field!r} {problem}; got {value!r}')
-  return value
-
-
-def _float(config, field, lo, hi) -> float:
-  value = _get(config, field)
-  problem = _float_problem(value, lo, hi)
-  if problem:
-    raise UserError(f'config field {field!r} {problem}; got {value!r}')
-  return float(value)
-
-
-# The bounds of the fields a grid axis can take several values of; a single
-# value and a grid value are checked against the same ones.
-_NUMBERS = {'seed': (int, 0), 'steps': (int, 1), 'batch_size': (int, 1),
-            'learning_rate': (float, 1e-12, 1e3), 'weight_decay': (float, 0.0, 1.0),
-            'layer_decay': (float, 1e-6, 1.0), 'l2sp': (float, 0.0, 100.0)}
-
-
-def _number_problem(axis: str, value) -> str:
-  if axis == 'layer_decay':  # a factor in (0, 1]: 1 is no decay
-    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or \
-        not 0 < value <= 1
-    return 'must be a number in (0, 1]' if bad else ''
-  kind, *bounds = _NUMBERS[axis]
-  return _int_problem(value, *bounds) if kind is int else _float_problem(value, *bounds)
-
-
-def _number(config, field: str):
-  """A field of ``_NUMBERS`` (by its last name part), checked and cast."""
-  axis = field.rsplit('.', 1)[-1]
-  value = _get(config, field)
-  problem = _number_problem(axis, value)
-  if problem:
-    raise UserError(f'config field {field!r} {problem}; got {value!r}')
-  return _NUMBERS[axis][0](value)
-
-
-def _bool(config, field) -> bool:
-  value = _get(config, field)
-  if not isinstance(value, bool):
-    raise UserError(f'config field {field!r} must be True or False; got {value!r}')
-  return value
-
-
-def _optional_bool(config, field, default: bool = False) -> bool:
-  """A True/False field that configs written before it existed leave out."""
-  value = _optional(config, field, default)
-  if not isinstance(value, bool):
-    raise UserError(f'config field {field!r} must be True or False; got {value!r}')
-  return value
-
-
-def _optional_choice(config, field, choices) -> str:
-  """One of ``choices`` (the first when a config written before the field leaves it out)."""
-  return _checked_choice(field, _optional(config, field, choices[0]), choices)
-
-
 # Fields that were replaced: a config that still sets one gets told what to write.
 _REPLACED = {
     'finetune.update_frozen_stats': "finetune.frozen_norm ('inference' | 'adapt'): "
@@ -542,25 +467,14 @@ _REPLACED = {
 def _refuse_replaced_fields(config) -> None:
   for field, instead in _REPLACED.items():
     try:
-      _get(config, field)
+      field_value(config, field)
     except UserError:
       continue
     raise UserError(f'config field {field!r} was replaced by {instead}; remove it')
 
 
-def _choice(config, field, choices) -> str:
-  return _checked_choice(field, _get(config, field), choices)
-
-
-def _checked_choice(field, value, choices) -> str:
-  if value not in choices:
-    raise UserError(f'config field {field!r} is {value!r}; valid choices: '
-                    f'{", ".join(choices)}')
-  return value
-
-
 def _train(config, prefix) -> TrainSettings:
-  return TrainSettings(**{f.name: _number(config, f'{prefix}.{f.name}')
+  return TrainSettings(**{f.name: number(config, f'{prefix}.{f.name}')
                           for f in dataclasses.fields(TrainSettings)})
 
 
@@ -568,7 +482,7 @@ def _experiments(config, model, only, steps, new_head: bool = False
                  ) -> tuple[ExperimentSpec, ...]:
   """config.experiments (those ``only`` names); ``new_head``: pretrained runs also train the
   head (:data:`NEW_HEAD_RULE`)."""
-  table = _get(config, 'experiments')
+  table = field_value(config, 'experiments')
   names = list(table.keys())
   unknown = [n for n in only if n not in names]
   if unknown:
@@ -577,12 +491,12 @@ def _experiments(config, model, only, steps, new_head: bool = False
   specs = []
   for name in (only or names):
     field = f'experiments.{name}'
-    rules = _get(config, f'{field}.rules')
+    rules = field_value(config, f'{field}.rules')
     try:
       schedule = parse_schedule(rules, encoders.layout(model), steps)
     except UserError as e:
       raise UserError(f'config field {field + ".rules"!r}: {e}') from None
-    init = _choice(config, f'{field}.init', INITS)
+    init = choice(config, f'{field}.init', INITS)
     new = new_head and init == 'pretrained'
     specs.append(ExperimentSpec(name, schedule.first(NEW_HEAD_RULE) if new else schedule,
                                 init, _strategy(config, field, init), rules, model, new))
@@ -598,7 +512,7 @@ _ENTRY_FIELDS = {'rules', 'init'} | _STRATEGY_FIELDS
 
 def _strategy(config, field: str, init: str) -> dict:
   """The strategy fields an experiment entry sets, checked."""
-  entry = _get(config, field)
+  entry = field_value(config, field)
   keys = set(entry.keys()) if hasattr(entry, 'keys') else set()
   extra = sorted(keys - _ENTRY_FIELDS)
   if extra:
@@ -607,10 +521,10 @@ def _strategy(config, field: str, init: str) -> dict:
   out = {}
   for key in sorted(keys & _STRATEGY_FIELDS):
     name = f'{field}.{key}'
-    if key in _NUMBERS:
-      out[key] = _number(config, name)
+    if key in NUMBERS:
+      out[key] = number(config, name)
     else:
-      out[key] = _choice(config, name, ORDERS if key == 'decay_order' else LR_SCALINGS)
+      out[key] = choice(config, name, ORDERS if key == 'decay_order' else LR_SCALINGS)
   if 'decay_order' in out and 'layer_decay' not in out:
     raise UserError(f'config field {field + ".decay_order"!r} needs {field}.layer_decay')
   if 'l2sp' in out and init != 'pretrained':
@@ -622,7 +536,7 @@ def _strategy(config, field: str, init: str) -> dict:
 def _augment_policies(config) -> dict[str, tuple[float, ...]]:
   """config.augmentation (policy name -> fields) over the built-in policies."""
   table = {name: dict(fields) for name, fields in augment.POLICIES.items()}
-  given = _optional(config, 'augmentation', None)
+  given = optional(config, 'augmentation', None)
   if given is not None:
     if not hasattr(given, 'items'):
       raise UserError(f"config field 'augmentation' must map policy names to their fields; "
@@ -640,7 +554,7 @@ def _augment_policies(config) -> dict[str, tuple[float, ...]]:
 
 
 def _augment_choice(config, policies: dict) -> str:
-  value = _optional(config, 'augment', augment.DEFAULT)
+  value = optional(config, 'augment', augment.DEFAULT)
   if value not in policies:
     raise UserError(f"config field 'augment' is {value!r}; valid policies: "
                     f'{", ".join(policies)} (config.augmentation defines more)')
@@ -656,13 +570,13 @@ def _grid(config, folds: int, defaults: dict, policies: dict | None = None) -> d
   grid = {}
   for axis in AXES:
     field = f'grid.{axis}'
-    if axis in STRATEGY_AXES and axis not in _get(config, 'grid'):
+    if axis in STRATEGY_AXES and axis not in field_value(config, 'grid'):
       grid[axis] = ()  # configs written before the strategy axes
       continue
-    if axis == 'augment' and axis not in _get(config, 'grid'):
+    if axis == 'augment' and axis not in field_value(config, 'grid'):
       grid[axis] = (defaults[axis],)  # configs written before the axis
       continue
-    values = _get(config, field)
+    values = field_value(config, field)
     if isinstance(values, (int, float, str)) and not isinstance(values, bool):
       values = (values,)
     if not isinstance(values, (tuple, list)):
@@ -675,12 +589,12 @@ def _grid(config, folds: int, defaults: dict, policies: dict | None = None) -> d
         problem = ('' if isinstance(v, str) and v in (policies or {}) else
                    f'valid policies: {", ".join(policies or {})}')
       else:
-        problem = (_number_problem(axis, v) if axis in _NUMBERS else
+        problem = (number_problem(axis, v) if axis in NUMBERS else
                    '' if isinstance(v, str) and v in FROZEN_NORM else
                    f'valid: {", ".join(FROZEN_NORM)}')
       if problem:
         raise UserError(f'config field {field!r} has a bad value {v!r}; {problem}')
-    values = tuple(_NUMBERS[axis][0](v) if axis in _NUMBERS else v for v in values)
+    values = tuple(NUMBERS[axis][0](v) if axis in NUMBERS else v for v in values)
     if len(set(values)) != len(values):
       raise UserError(f'config field {field!r} repeats a value: {values}')
     grid[axis] = values if axis in STRATEGY_AXES else values or (defaults[axis],)
