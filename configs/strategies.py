@@ -75,7 +75,7 @@ def strategies(depth: int) -> dict:
       'lp_ft': dict(rules={'lp_ft': 0.5}, init='pretrained'),
       # Auto-RGN: every tensor at a rate scaled by its relative gradient norm.
       'auto_rgn': dict(rules='full', init='pretrained', lr_scaling='rgn'),
-      # Low-rank adapters on every block's 3x3 convolutions (model.adapter_rank),
+      # Low-rank adapters on every block's dense convolutions (model.adapter_rank),
       # and the head.
       'lora': dict(rules='lora', init='pretrained'),
   }
