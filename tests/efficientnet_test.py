@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from torch_state import random_state, randomise_batchnorm
 
 from unet_jax import efficientnet
 from unet_jax.decoder import Conv
@@ -86,16 +87,8 @@ def test_torch_names(path, torchvision, timm):
 def _state(params, stats, scheme, rng):
   """Random tensors under ``scheme``'s names and PyTorch's shapes, with the classifier,
   the final 1x1 convolution and the batch counters a whole checkpoint has."""
-  state = {}
-  for tree in (params, stats):
-    for name, leaf in zip(leaf_paths(tree), jax.tree.leaves(tree)):
-      parts = tuple(name.split('/'))
-      if parts[0] not in ENCODER:
-        continue
-      shape = tuple(leaf.shape[i] for i in (3, 2, 0, 1)) if parts[-1] == 'kernel' else leaf.shape
-      if parts == ('stem', 'conv', 'kernel'):
-        shape = (shape[0], 3) + shape[2:]  # an RGB stem
-      state[efficientnet.torch_name(parts, scheme)] = rng.normal(0, 1, shape).astype(np.float32)
+  state = random_state(params, stats, ENCODER, lambda p: efficientnet.torch_name(p, scheme),
+                       rng, scale=1.0, rgb_stem='stem/conv/kernel')
   extra = (['features.8.0.weight', 'classifier.1.weight', 'features.0.1.num_batches_tracked']
            if scheme == 'torchvision' else ['conv_head.weight', 'bn2.weight', 'classifier.bias'])
   return {**state, **{k: np.zeros(3, np.float32) for k in extra}}
@@ -180,13 +173,7 @@ def test_encoder_features_match_the_reference(encoder, library):
     net = getattr(reference.models, encoder)().eval()
   else:
     net = reference.create_model(encoder).eval()
-  with torch.no_grad():
-    for module in net.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.normal_(0, 0.2)
-        module.running_mean.normal_(0, 0.2)
-        module.running_var.uniform_(0.5, 2.0)
+  randomise_batchnorm(torch, net)
   spec = dataclasses.replace(RGB, encoder=encoder)
   graphdef, params, stats = _abstract(spec)
   state = {k: v.numpy() for k, v in net.state_dict().items()}

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from torch_state import randomise_batchnorm
 
 from unet_jax import resnet
 from unet_jax.errors import UserError
@@ -321,13 +322,7 @@ def test_encoder_features_match_torchvision(encoder):
     pytest.skip(f'torchvision does not import: {e}')
   torch.manual_seed(0)
   net = getattr(torchvision.models, encoder)().eval()
-  with torch.no_grad():
-    for module in net.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.normal_(0, 0.2)
-        module.running_mean.normal_(0, 0.2)
-        module.running_var.uniform_(0.5, 2.0)
+  randomise_batchnorm(torch, net)
   spec = dataclasses.replace(RGB, encoder=encoder)
   graphdef, params, stats = _abstract(spec)
   state = {k: v.numpy() for k, v in net.state_dict().items()}

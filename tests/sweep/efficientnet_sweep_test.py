@@ -2,17 +2,16 @@
 
 import os
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 from repo import CONFIGS
 from safetensors.numpy import save_file
+from torch_state import random_state
 
 from unet_jax import efficientnet
 from unet_jax.errors import UserError
 from unet_jax.files import read_jsonl
-from unet_jax.freeze import leaf_paths
 from unet_jax.model import UNetSpec, split_model
 from unet_jax.sweep import checkpoint
 from unet_jax.sweep.run import run_sweep
@@ -26,17 +25,9 @@ def _write_weights(path: str) -> dict[str, np.ndarray]:
   """Random efficientnet_b0 tensors under timm's names and shapes (RGB stem, head)."""
   _, params, stats = split_model(nnx.eval_shape(
       lambda: efficientnet.EfficientNetUNet(SPEC, nnx.Rngs(0))))
-  rng = np.random.default_rng(3)
-  state = {}
-  for tree in (params, stats):
-    for name, leaf in zip(leaf_paths(tree), jax.tree.leaves(tree)):
-      parts = tuple(name.split('/'))
-      if parts[0] not in efficientnet.ENCODER_BLOCKS:
-        continue
-      shape = tuple(leaf.shape[i] for i in (3, 2, 0, 1)) if parts[-1] == 'kernel' else leaf.shape
-      shape = (shape[0], 3) + shape[2:] if name == 'stem/conv/kernel' else shape
-      value = rng.uniform(0.5, 1.5, shape) if parts[-1] == 'var' else rng.normal(0, 0.1, shape)
-      state[efficientnet.torch_name(parts, 'timm')] = value.astype(np.float32)
+  state = random_state(params, stats, efficientnet.ENCODER_BLOCKS,
+                       lambda p: efficientnet.torch_name(p, 'timm'), np.random.default_rng(3),
+                       rgb_stem='stem/conv/kernel')
   state['conv_head.weight'] = np.zeros((1280, 320, 1, 1), np.float32)
   state['classifier.weight'] = np.zeros((1000, 1280), np.float32)
   save_file(state, path)

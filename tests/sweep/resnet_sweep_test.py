@@ -11,6 +11,7 @@ import tqdm
 from flax import nnx
 from repo import CONFIGS, set_fields
 from safetensors.numpy import save_file
+from torch_state import random_state
 
 from unet_jax import resnet
 from unet_jax.errors import UserError
@@ -30,20 +31,11 @@ def _write_weights(path: str) -> dict[str, np.ndarray]:
   """Random resnet18 tensors under torchvision's names and shapes (RGB stem, fc, counters)."""
   spec = UNetSpec(encoder='resnet18', in_channels=3, decoder_channels=CHANNELS)
   _, params, stats = split_model(nnx.eval_shape(lambda: resnet.ResNetUNet(spec, nnx.Rngs(0))))
-  rng = np.random.default_rng(7)
-  state = {}
-  for tree in (params, stats):
-    for name, leaf in zip(leaf_paths(tree), jax.tree.leaves(tree)):
-      parts = tuple(name.split('/'))
-      if parts[0] not in resnet.ENCODER_BLOCKS:
-        continue
-      h, w, cin, cout = leaf.shape if parts[-1] == 'kernel' else (0, 0, 0, 0)
-      shape = (cout, cin, h, w) if parts[-1] == 'kernel' else leaf.shape
-      value = rng.uniform(0.5, 1.5, shape) if parts[-1] == 'var' else rng.normal(0, 0.05, shape)
-      state[resnet.torch_name(parts)] = value.astype(np.float32)
-      if parts[-1] == 'mean':  # torchvision counts batches per BatchNorm layer
-        layer = resnet.torch_name(parts).rsplit('.', 1)[0]
-        state[f'{layer}.num_batches_tracked'] = np.array(3, np.int64)
+  state = random_state(params, stats, resnet.ENCODER_BLOCKS, resnet.torch_name,
+                       np.random.default_rng(7), scale=0.05)
+  for name in [n for n in state if n.endswith('.running_mean')]:
+    # torchvision counts batches per BatchNorm layer
+    state[name.replace('running_mean', 'num_batches_tracked')] = np.array(3, np.int64)
   state['fc.weight'] = np.zeros((10, 512), np.float32)
   state['fc.bias'] = np.zeros(10, np.float32)
   save_file(state, path)
