@@ -131,10 +131,10 @@ class MBConv(nnx.Module):
     if self.expanded:
       self.conv_pw = Conv(spec, cin, mid, 1, rngs=rngs, adapter=adapter)
       self.bn1 = torch_bn(spec, mid, rngs)
-    conv_dw = Conv(spec, mid, mid, kernel, stride=stride, groups=mid, rngs=rngs)
-    bn_dw = torch_bn(spec, mid, rngs)
-    self.conv_dw = conv_dw
-    setattr(self, 'bn2' if self.expanded else 'bn1', bn_dw)
+    # timm's names: conv_pw, bn1, conv_dw, bn2, se, conv_pwl, bn3 in an expanding block;
+    # conv_dw, bn1, se, conv_pw, bn2 without expansion (built in data-flow order).
+    self.conv_dw = Conv(spec, mid, mid, kernel, stride=stride, groups=mid, rngs=rngs)
+    setattr(self, 'bn2' if self.expanded else 'bn1', torch_bn(spec, mid, rngs))
     self.se = SqueezeExcite(spec, mid, max(1, cin // 4), rngs)
     project = Conv(spec, mid, cout, 1, rngs=rngs, adapter=adapter)
     bn_project = torch_bn(spec, cout, rngs)
