@@ -24,11 +24,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from unet_jax.errors import UserError
-from unet_jax.layers import BatchNorm, make_norm
+from unet_jax.layers import BatchNorm, adapted_kernel, lora_factors, make_norm
 from unet_jax.spec import NORMS, UNetSpec
 
 DECODER_BLOCKS = ('dec5', 'dec4', 'dec3', 'dec2', 'dec1')  # the head after them
@@ -77,18 +76,15 @@ class Conv(nnx.Conv):
     self.matmul = spec.conv == 'matmul'
     self.adapted = adapter is not None
     if self.adapted:
-      fan_in = size * size * cin // groups
-      bound = 1.0 / np.sqrt(fan_in)
-      self.lora_a = nnx.Param(jax.random.uniform(adapter.params(), (fan_in, spec.adapter_rank),
-                                                 jnp.float32, -bound, bound))
-      self.lora_b = nnx.Param(jnp.zeros((spec.adapter_rank, cout), jnp.float32))
+      self.lora_a, self.lora_b = lora_factors(adapter, size * size * cin // groups,
+                                              spec.adapter_rank, cout)
 
   def __call__(self, x):
     if not self.matmul and not self.adapted:
       return super().__call__(x)
     kernel = self.kernel[...]
     if self.adapted:
-      kernel = kernel + (self.lora_a[...] @ self.lora_b[...]).reshape(kernel.shape)
+      kernel = adapted_kernel(kernel, self.lora_a, self.lora_b)
     if not self.matmul:
       y = jax.lax.conv_general_dilated(x, kernel, self.strides, self.padding,
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
@@ -159,10 +155,10 @@ class DecoderBlock(nnx.Module):
     bias = spec.norm == 'none'
     self.conv1 = Conv(spec, cin, cout, 3, bias=bias, init=DECODER_INIT, rngs=rngs,
                       adapter=adapter)
-    self.norm1 = _decoder_norm(spec, cout, rngs)
+    self.norm1 = make_norm(spec, cout, rngs)  # BatchNorm's epsilon is torch's, 1e-5
     self.conv2 = Conv(spec, cout, cout, 3, bias=bias, init=DECODER_INIT, rngs=rngs,
                       adapter=adapter)
-    self.norm2 = _decoder_norm(spec, cout, rngs)
+    self.norm2 = make_norm(spec, cout, rngs)
 
   def __call__(self, x, skip, train: bool, running: dict | None = None):
     running = running or {}
@@ -171,11 +167,6 @@ class DecoderBlock(nnx.Module):
       x = jnp.concatenate([x, skip], axis=-1)
     x = jax.nn.relu(normalise(self.norm1, self.conv1(x), train, running.get('norm1')))
     return jax.nn.relu(normalise(self.norm2, self.conv2(x), train, running.get('norm2')))
-
-
-def _decoder_norm(spec: UNetSpec, features: int, rngs: nnx.Rngs) -> nnx.Module:
-  return torch_bn(spec, features, rngs) if spec.norm == 'batch' else make_norm(spec, features,
-                                                                               rngs)
 
 
 class PyramidUNet(nnx.Module):

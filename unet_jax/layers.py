@@ -111,22 +111,33 @@ class LoRAConv(nnx.Conv):
   def __init__(self, cin, cout, kernel_size, *, rank: int, matmul: bool,
                adapter_rngs: nnx.Rngs, rngs: nnx.Rngs):
     super().__init__(cin, cout, kernel_size, rngs=rngs)
-    fan_in = int(np.prod(kernel_size)) * cin
-    bound = 1.0 / np.sqrt(fan_in)
-    self.lora_a = nnx.Param(jax.random.uniform(adapter_rngs.params(), (fan_in, rank),
-                                               jnp.float32, -bound, bound))
-    self.lora_b = nnx.Param(jnp.zeros((rank, cout), jnp.float32))
+    self.lora_a, self.lora_b = lora_factors(adapter_rngs, int(np.prod(kernel_size)) * cin,
+                                            rank, cout)
     self._matmul = matmul
 
   def __call__(self, x):
     kernel = self.kernel[...]
-    kernel = kernel + (self.lora_a[...] @ self.lora_b[...]).reshape(kernel.shape)
+    kernel = adapted_kernel(kernel, self.lora_a, self.lora_b)
     if self._matmul:
       y = im2col_conv(x, kernel)
     else:
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     return y + self.bias[...] if self.bias is not None else y
+
+
+def lora_factors(adapter_rngs: nnx.Rngs, fan_in: int, rank: int, cout: int
+                 ) -> tuple[nnx.Param, nnx.Param]:
+  """A low-rank update's factors: ``A`` (fan_in, rank) Kaiming-uniform (bound
+  1/sqrt(fan_in)) from ``adapter_rngs``, ``B`` (rank, cout) zero (:class:`LoRAConv`)."""
+  bound = 1.0 / np.sqrt(fan_in)
+  a = jax.random.uniform(adapter_rngs.params(), (fan_in, rank), jnp.float32, -bound, bound)
+  return nnx.Param(a), nnx.Param(jnp.zeros((rank, cout), jnp.float32))
+
+
+def adapted_kernel(kernel, lora_a, lora_b):
+  """The kernel with its low-rank update: ``W + A B`` reshaped like ``W``."""
+  return kernel + (lora_a[...] @ lora_b[...]).reshape(kernel.shape)
 
 
 def merge_adapters(params: PyTree) -> PyTree:

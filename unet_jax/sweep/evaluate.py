@@ -225,6 +225,5 @@ def predictions_from_weights(workdir: str, images: np.ndarray,
     path = paths.experiment(name).weights
     if not os.path.isdir(path):
       raise UserError(f'no weights for experiment {name!r} at {path}')
-    params, stats = checkpoint.load_weights(path)
-    out[name] = structures.masks_from_probabilities(predict(graphdef, params, stats, images))
+    out[name] = predicted_masks(graphdef, Weights(*checkpoint.load_weights(path)), images)
   return out
